@@ -1,0 +1,605 @@
+//! Filesystem object store.
+//!
+//! Each object is one file. A key `a/b/c` is stored at `<root>/a/b/c@`: every
+//! segment but the last is a directory and the last gets an `@` suffix, a
+//! character keys may not contain, so a key may also be a prefix of another
+//! key (`a/b` and `a/b/c`) as on S3. Writes go to a temporary file under
+//! `<root>/.tmp`, are optionally fsynced, then renamed into place, so readers
+//! see the old object or the new one and never a mix. Multipart uploads are
+//! one staging file under `<root>/.uploads` written at each part's offset and
+//! renamed into place on completion.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use berth_storage::{
+    clip_range, GetResult, ListPage, MultipartUpload, ObjectMeta, ObjectStore, PartLimits,
+    PartReceipt, PutMode, Result, StorageError,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio_util::io::ReaderStream;
+
+const BACKEND: &str = "fs";
+const OBJECT_SUFFIX: char = '@';
+const TMP_DIR: &str = ".tmp";
+const UPLOADS_DIR: &str = ".uploads";
+/// Read buffer for streamed gets: large enough to keep syscalls few.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Options of the filesystem store.
+#[derive(Debug, Clone, Copy)]
+pub struct FsOptions {
+    /// fsync files and their directories before a write is acknowledged.
+    pub fsync: bool,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions { fsync: true }
+    }
+}
+
+/// An [`ObjectStore`] over a local directory.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    options: FsOptions,
+}
+
+fn backend_err(e: io::Error) -> StorageError {
+    StorageError::Backend {
+        backend: BACKEND,
+        source: Box::new(e),
+    }
+}
+
+fn map_io(key: &str, e: io::Error) -> StorageError {
+    if e.kind() == io::ErrorKind::NotFound {
+        StorageError::NotFound {
+            key: key.to_owned(),
+        }
+    } else {
+        backend_err(e)
+    }
+}
+
+/// Checks a key and returns its segments. Keys are `/`-separated, non-empty
+/// segments of `[A-Za-z0-9._:+=-]` that do not start with a dot, which rules
+/// out `..`, absolute paths and collisions with the store's own files.
+fn key_segments(key: &str) -> Result<Vec<&str>> {
+    let bad = |reason| StorageError::InvalidKey {
+        key: key.to_owned(),
+        reason,
+    };
+    if key.is_empty() {
+        return Err(bad("empty key"));
+    }
+    if key.len() > 4096 {
+        return Err(bad("key too long"));
+    }
+    let segments: Vec<&str> = key.split('/').collect();
+    for seg in &segments {
+        if seg.is_empty() {
+            return Err(bad("empty segment"));
+        }
+        if seg.starts_with('.') {
+            return Err(bad("segment starts with a dot"));
+        }
+        if seg.len() > 255 {
+            return Err(bad("segment longer than 255 bytes"));
+        }
+        if !seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:+=-".contains(&b))
+        {
+            return Err(bad("character outside [A-Za-z0-9._:+=-]"));
+        }
+    }
+    Ok(segments)
+}
+
+impl FsStore {
+    /// Open (creating if needed) a store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>, options: FsOptions) -> io::Result<FsStore> {
+        let root = root.into();
+        fs::create_dir_all(root.join(TMP_DIR))?;
+        fs::create_dir_all(root.join(UPLOADS_DIR))?;
+        // Temporary files left by a crash are never visible; clear them.
+        for entry in fs::read_dir(root.join(TMP_DIR))? {
+            let _ = fs::remove_file(entry?.path());
+        }
+        Ok(FsStore {
+            inner: Arc::new(Inner { root, options }),
+        })
+    }
+
+    /// The directory this store lives in.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StorageError::Backend {
+                backend: BACKEND,
+                source: Box::new(e),
+            })?
+    }
+}
+
+impl Inner {
+    fn object_path(&self, key: &str) -> Result<PathBuf> {
+        let segments = key_segments(key)?;
+        let mut path = self.root.clone();
+        let (last, dirs) = segments
+            .split_last()
+            .expect("split yields at least one segment");
+        for d in dirs {
+            path.push(d);
+        }
+        path.push(format!("{last}{OBJECT_SUFFIX}"));
+        Ok(path)
+    }
+
+    fn upload_path(&self, upload: &MultipartUpload) -> Result<PathBuf> {
+        let id = &upload.upload_id;
+        if id.is_empty()
+            || id.len() > 64
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(StorageError::InvalidKey {
+                key: id.clone(),
+                reason: "malformed upload id",
+            });
+        }
+        Ok(self.root.join(UPLOADS_DIR).join(id))
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        self.root
+            .join(TMP_DIR)
+            .join(uuid::Uuid::new_v4().to_string())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.options.fsync {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Moves a finished temporary file into place for `key`.
+    fn publish(&self, tmp: &Path, key: &str, dest: &Path, mode: PutMode) -> Result<()> {
+        let parent = dest.parent().expect("object paths have a parent");
+        fs::create_dir_all(parent).map_err(backend_err)?;
+        match mode {
+            PutMode::Overwrite => fs::rename(tmp, dest).map_err(backend_err)?,
+            PutMode::Create => {
+                // link(2) fails if the destination exists: an atomic create.
+                let linked = fs::hard_link(tmp, dest);
+                let _ = fs::remove_file(tmp);
+                match linked {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(StorageError::AlreadyExists {
+                            key: key.to_owned(),
+                        })
+                    }
+                    Err(e) => return Err(backend_err(e)),
+                }
+            }
+        }
+        self.sync_dir(parent).map_err(backend_err)
+    }
+
+    fn meta(key: &str, md: &fs::Metadata) -> ObjectMeta {
+        ObjectMeta {
+            key: key.to_owned(),
+            size: md.len(),
+            last_modified: md.modified().ok(),
+        }
+    }
+
+    fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<ObjectMeta> {
+        let dest = self.object_path(key)?;
+        let tmp = self.temp_path();
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            if self.options.fsync {
+                f.sync_all()?;
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(backend_err(e));
+        }
+        self.publish(&tmp, key, &dest, mode)?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: data.len() as u64,
+            last_modified: None,
+        })
+    }
+
+    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage> {
+        // Walk only the deepest directory the prefix names in full.
+        let dir_part = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let mut base = self.root.clone();
+        if !dir_part.is_empty() {
+            match key_segments(dir_part) {
+                Ok(segs) => segs.iter().for_each(|s| base.push(s)),
+                // No valid key can live under an invalid prefix.
+                Err(_) => return Ok(ListPage::default()),
+            }
+        }
+        let mut found = Vec::new();
+        walk(&base, dir_part, prefix, &mut found).map_err(backend_err)?;
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut objects: Vec<ObjectMeta> = found
+            .into_iter()
+            .filter(|m| start_after.is_none_or(|after| m.key.as_str() > after))
+            .take(limit.saturating_add(1))
+            .collect();
+        let next_start_after = if objects.len() > limit {
+            objects.truncate(limit);
+            objects.last().map(|m| m.key.clone())
+        } else {
+            None
+        };
+        Ok(ListPage {
+            objects,
+            next_start_after,
+        })
+    }
+}
+
+/// Collects objects under `dir` (whose key prefix is `dir_key`) whose keys
+/// start with `prefix`.
+fn walk(dir: &Path, dir_key: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') {
+            continue;
+        }
+        let joined = |seg: &str| {
+            if dir_key.is_empty() {
+                seg.to_owned()
+            } else {
+                format!("{dir_key}/{seg}")
+            }
+        };
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            let sub_key = joined(name);
+            // Descend only where keys could still match the prefix.
+            let sub_prefix = format!("{sub_key}/");
+            if sub_prefix.starts_with(prefix) || prefix.starts_with(&sub_prefix) {
+                walk(&entry.path(), &sub_key, prefix, out)?;
+            }
+        } else if let Some(seg) = name.strip_suffix(OBJECT_SUFFIX) {
+            let key = joined(seg);
+            if key.starts_with(prefix) {
+                match entry.metadata() {
+                    Ok(md) => out.push(Inner::meta(&key, &md)),
+                    // Deleted while listing: it is simply not in this page.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ObjectStore for FsStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        let key = key.to_owned();
+        self.blocking(move |inner| {
+            let path = inner.object_path(&key)?;
+            let md = fs::metadata(&path).map_err(|e| map_io(&key, e))?;
+            Ok(Inner::meta(&key, &md))
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult> {
+        let owned = key.to_owned();
+        let (file, meta, range) = self
+            .blocking(move |inner| {
+                let path = inner.object_path(&owned)?;
+                let mut file = File::open(&path).map_err(|e| map_io(&owned, e))?;
+                let md = file.metadata().map_err(backend_err)?;
+                let meta = Inner::meta(&owned, &md);
+                let range = clip_range(range, md.len())?;
+                file.seek(SeekFrom::Start(range.start))
+                    .map_err(backend_err)?;
+                Ok((file, meta, range))
+            })
+            .await?;
+        let len = range.end - range.start;
+        let reader = tokio::fs::File::from_std(file).take(len);
+        let body = ReaderStream::with_capacity(reader, READ_CHUNK)
+            .map(|r| r.map_err(backend_err))
+            .boxed();
+        Ok(GetResult { meta, range, body })
+    }
+
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<ObjectMeta> {
+        let key = key.to_owned();
+        self.blocking(move |inner| inner.put(&key, &data, mode))
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let key = key.to_owned();
+        self.blocking(move |inner| {
+            let path = inner.object_path(&key)?;
+            match fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(backend_err(e)),
+            }
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListPage> {
+        let prefix = prefix.to_owned();
+        let start_after = start_after.map(str::to_owned);
+        self.blocking(move |inner| inner.list(&prefix, start_after.as_deref(), limit))
+            .await
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<ObjectMeta> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.blocking(move |inner| {
+            let src = inner.object_path(&from)?;
+            let dest = inner.object_path(&to)?;
+            let tmp = inner.temp_path();
+            let size = match fs::copy(&src, &tmp) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(map_io(&from, e));
+                }
+            };
+            if inner.options.fsync {
+                File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(backend_err)?;
+            }
+            inner.publish(&tmp, &to, &dest, PutMode::Overwrite)?;
+            Ok(ObjectMeta {
+                key: to,
+                size,
+                last_modified: None,
+            })
+        })
+        .await
+    }
+
+    async fn create_multipart(&self) -> Result<MultipartUpload> {
+        self.blocking(|inner| {
+            let id = uuid::Uuid::new_v4().to_string();
+            let upload = MultipartUpload {
+                staging_key: format!("{UPLOADS_DIR}/{id}"),
+                upload_id: id,
+            };
+            File::create(inner.upload_path(&upload)?).map_err(backend_err)?;
+            Ok(upload)
+        })
+        .await
+    }
+
+    async fn put_part(
+        &self,
+        upload: &MultipartUpload,
+        number: u32,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<PartReceipt> {
+        if number == 0 {
+            return Err(StorageError::InvalidPart("part numbers start at 1".into()));
+        }
+        let upload = upload.clone();
+        self.blocking(move |inner| {
+            let path = inner.upload_path(&upload)?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| map_io(&upload.upload_id, e))?;
+            file.write_all_at(&data, offset).map_err(backend_err)?;
+            Ok(PartReceipt {
+                number,
+                offset,
+                size: data.len() as u64,
+                etag: format!("{number}-{offset}-{}", data.len()),
+            })
+        })
+        .await
+    }
+
+    async fn complete_multipart(
+        &self,
+        upload: &MultipartUpload,
+        parts: &[PartReceipt],
+        dest: &str,
+    ) -> Result<ObjectMeta> {
+        let mut expected_offset = 0u64;
+        for (i, p) in parts.iter().enumerate() {
+            if p.number as usize != i + 1 || p.offset != expected_offset {
+                return Err(StorageError::InvalidPart(format!(
+                    "part {} is out of sequence",
+                    p.number
+                )));
+            }
+            expected_offset += p.size;
+        }
+        let total = expected_offset;
+        let (upload, dest) = (upload.clone(), dest.to_owned());
+        self.blocking(move |inner| {
+            let path = inner.upload_path(&upload)?;
+            let dest_path = inner.object_path(&dest)?;
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| map_io(&upload.upload_id, e))?;
+            // A part rewritten by a retry may have left bytes past the end.
+            if file.metadata().map_err(backend_err)?.len() != total {
+                file.set_len(total).map_err(backend_err)?;
+            }
+            if inner.options.fsync {
+                file.sync_all().map_err(backend_err)?;
+            }
+            drop(file);
+            inner.publish(&path, &dest, &dest_path, PutMode::Overwrite)?;
+            Ok(ObjectMeta {
+                key: dest,
+                size: total,
+                last_modified: None,
+            })
+        })
+        .await
+    }
+
+    async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()> {
+        let upload = upload.clone();
+        self.blocking(
+            move |inner| match fs::remove_file(inner.upload_path(&upload)?) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(backend_err(e)),
+            },
+        )
+        .await
+    }
+
+    fn part_limits(&self) -> PartLimits {
+        PartLimits {
+            min_part_size: 1,
+            preferred_part_size: 1024 * 1024,
+            max_parts: u32::MAX,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_with_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path(), FsOptions { fsync: true }).unwrap();
+        berth_storage::testing::run_all(Arc::new(store)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_without_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path(), FsOptions { fsync: false }).unwrap();
+        berth_storage::testing::run_all(Arc::new(store)).await;
+    }
+
+    #[test]
+    fn hostile_keys_are_refused() {
+        for key in [
+            "",
+            "/abs",
+            "a//b",
+            "a/../b",
+            "..",
+            "a/.hidden",
+            "a/b/",
+            "a\\b",
+            "a b",
+            "a/%2e%2e",
+            "a@b",
+            "a\0b",
+        ] {
+            assert!(key_segments(key).is_err(), "{key:?} accepted");
+        }
+        for key in [
+            "a",
+            "blobs/sha256/ab/abcdef",
+            "repositories/x/y/_manifests/tags/v1.0-rc_1",
+            "a:b+c=d",
+        ] {
+            assert!(key_segments(key).is_ok(), "{key:?} refused");
+        }
+    }
+
+    #[tokio::test]
+    async fn files_stay_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = FsStore::open(&root, FsOptions { fsync: false }).unwrap();
+        assert!(store
+            .put("../escape", Bytes::new(), PutMode::Overwrite)
+            .await
+            .is_err());
+        assert!(store
+            .put("a/../../escape", Bytes::new(), PutMode::Overwrite)
+            .await
+            .is_err());
+        assert!(!dir.path().join("escape").exists());
+        let bogus = MultipartUpload {
+            staging_key: String::new(),
+            upload_id: "../../x".into(),
+        };
+        assert!(store.put_part(&bogus, 1, 0, Bytes::new()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn leftover_temp_files_are_cleared_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join(TMP_DIR)).unwrap();
+        fs::write(dir.path().join(TMP_DIR).join("junk"), b"x").unwrap();
+        let _store = FsStore::open(dir.path(), FsOptions::default()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,284 @@
+//! In-process shared state for the embedded shape: one mutex-guarded map per
+//! concern. Nothing here survives a restart, which is what the contract allows.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::{Lease, Result, SharedState};
+
+const BACKEND: &str = "memory";
+const CHANNEL_CAPACITY: usize = 1024;
+
+#[derive(Debug)]
+struct Expiring<T> {
+    value: T,
+    expires_at: Instant,
+}
+
+impl<T> Expiring<T> {
+    fn live(&self, now: Instant) -> bool {
+        now < self.expires_at
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    values: HashMap<String, Expiring<Bytes>>,
+    counters: HashMap<String, Expiring<i64>>,
+    locks: HashMap<String, Expiring<u64>>,
+    /// Highest token ever issued per lock name; survives lock expiry.
+    fences: HashMap<String, u64>,
+    /// queue -> ordered (due, member), and member -> due for replacement.
+    queues: HashMap<String, (BTreeSet<(SystemTime, String)>, HashMap<String, SystemTime>)>,
+    /// Size of `values` after the last sweep of expired entries.
+    swept_at_len: usize,
+}
+
+impl Tables {
+    /// Drops expired values once the map has doubled since the last sweep, so
+    /// keys nobody reads again do not accumulate.
+    fn maybe_sweep(&mut self, now: Instant) {
+        if self.values.len() > 2 * self.swept_at_len.max(512) {
+            self.values.retain(|_, v| v.live(now));
+            self.counters.retain(|_, v| v.live(now));
+            self.locks.retain(|_, v| v.live(now));
+            self.swept_at_len = self.values.len();
+        }
+    }
+
+    fn holds(&self, lease: &Lease, now: Instant) -> bool {
+        self.locks
+            .get(&lease.name)
+            .is_some_and(|l| l.live(now) && l.value == lease.token)
+    }
+}
+
+/// [`SharedState`] held in this process's memory.
+#[derive(Debug, Default)]
+pub struct MemoryState {
+    tables: Mutex<Tables>,
+    channels: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
+}
+
+impl MemoryState {
+    pub fn new() -> MemoryState {
+        MemoryState::default()
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+        // A panic while holding the lock cannot leave the maps half-updated in
+        // a way that matters here (every update is a single insert/remove).
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sender(&self, channel: &str) -> broadcast::Sender<Bytes> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels
+            .entry(channel.to_owned())
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .clone()
+    }
+}
+
+#[async_trait]
+impl SharedState for MemoryState {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let now = Instant::now();
+        let t = self.tables();
+        Ok(t.values
+            .get(key)
+            .filter(|v| v.live(now))
+            .map(|v| v.value.clone()))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
+        let now = Instant::now();
+        let mut t = self.tables();
+        t.values.insert(
+            key.to_owned(),
+            Expiring {
+                value,
+                expires_at: now + ttl,
+            },
+        );
+        t.maybe_sweep(now);
+        Ok(())
+    }
+
+    async fn set_fenced(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        lease: &Lease,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let mut t = self.tables();
+        if !t.holds(lease, now) {
+            return Err(crate::StateError::Fenced {
+                name: lease.name.clone(),
+            });
+        }
+        t.values.insert(
+            key.to_owned(),
+            Expiring {
+                value,
+                expires_at: now + ttl,
+            },
+        );
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.tables().values.remove(key);
+        Ok(())
+    }
+
+    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Option<Lease>> {
+        let now = Instant::now();
+        let mut t = self.tables();
+        if t.locks.get(name).is_some_and(|l| l.live(now)) {
+            return Ok(None);
+        }
+        let token = {
+            let fence = t.fences.entry(name.to_owned()).or_insert(0);
+            *fence += 1;
+            *fence
+        };
+        t.locks.insert(
+            name.to_owned(),
+            Expiring {
+                value: token,
+                expires_at: now + ttl,
+            },
+        );
+        Ok(Some(Lease {
+            name: name.to_owned(),
+            token,
+        }))
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        let now = Instant::now();
+        let mut t = self.tables();
+        if !t.holds(lease, now) {
+            return Ok(false);
+        }
+        t.locks.insert(
+            lease.name.clone(),
+            Expiring {
+                value: lease.token,
+                expires_at: now + ttl,
+            },
+        );
+        Ok(true)
+    }
+
+    async fn unlock(&self, lease: &Lease) -> Result<()> {
+        let now = Instant::now();
+        let mut t = self.tables();
+        if t.holds(lease, now) {
+            t.locks.remove(&lease.name);
+        }
+        Ok(())
+    }
+
+    async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
+        let now = Instant::now();
+        let mut t = self.tables();
+        let entry = t.counters.entry(key.to_owned()).or_insert(Expiring {
+            value: 0,
+            expires_at: now + ttl,
+        });
+        if !entry.live(now) {
+            *entry = Expiring {
+                value: 0,
+                expires_at: now + ttl,
+            };
+        }
+        entry.value = entry.value.saturating_add(by);
+        Ok(entry.value)
+    }
+
+    async fn schedule(&self, queue: &str, member: &str, due: SystemTime) -> Result<()> {
+        let mut t = self.tables();
+        let (order, index) = t.queues.entry(queue.to_owned()).or_default();
+        if let Some(old) = index.insert(member.to_owned(), due) {
+            order.remove(&(old, member.to_owned()));
+        }
+        order.insert((due, member.to_owned()));
+        Ok(())
+    }
+
+    async fn unschedule(&self, queue: &str, member: &str) -> Result<()> {
+        let mut t = self.tables();
+        if let Some((order, index)) = t.queues.get_mut(queue) {
+            if let Some(old) = index.remove(member) {
+                order.remove(&(old, member.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn due(&self, queue: &str, now: SystemTime, limit: usize) -> Result<Vec<String>> {
+        let t = self.tables();
+        Ok(t.queues
+            .get(queue)
+            .map(|(order, _)| {
+                order
+                    .iter()
+                    .take_while(|(due, _)| *due <= now)
+                    .take(limit)
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn publish(&self, channel: &str, message: Bytes) -> Result<()> {
+        // No subscribers is not an error: the message simply has no audience.
+        let _ = self.sender(channel).send(message);
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<BoxStream<'static, Bytes>> {
+        let rx = self.sender(channel).subscribe();
+        Ok(BroadcastStream::new(rx)
+            .filter_map(|m| async move { m.ok() })
+            .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        crate::testing::run_all(Arc::new(MemoryState::new())).await;
+    }
+
+    #[tokio::test]
+    async fn expired_values_are_swept() {
+        let s = MemoryState::new();
+        for i in 0..2000 {
+            s.set(&format!("k{i}"), Bytes::new(), Duration::from_millis(0))
+                .await
+                .unwrap();
+        }
+        assert!(s.tables().values.len() < 2000);
+    }
+}

@@ -1,0 +1,579 @@
+//! One handler per endpoint. Each authenticates through the gate, obtains
+//! the typed access its service call needs, and turns the result into the
+//! spec's response and headers.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use http::header::{self, HeaderName};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::json;
+
+use super::endpoint::{self, Endpoint, ParseError};
+use super::errors::{envelope, error_response};
+use super::ranges::{parse_content_range, parse_range, RangeRequest};
+use super::App;
+use crate::auth::Identity;
+use crate::oci::manifest::{MAX_MANIFEST_SIZE, OCI_INDEX};
+use crate::oci::{Algorithm, Digest, OciError, Reference, RepoName};
+use crate::registry::{BodyError, BodyStream, Page, UploadStatus};
+
+pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+const OCI_CHUNK_MIN_LENGTH: HeaderName = HeaderName::from_static("oci-chunk-min-length");
+
+type HandlerResult = Result<Response, OciError>;
+
+/// Entry point for every `/v2` request.
+pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let endpoint = match endpoint::parse(&parts.method, parts.uri.path()) {
+        Ok(e) => e,
+        Err(ParseError::NotFound) => {
+            return envelope(
+                StatusCode::NOT_FOUND,
+                "NAME_UNKNOWN",
+                "no such API endpoint",
+            )
+        }
+        Err(ParseError::MethodNotAllowed(allow)) => {
+            let mut resp = envelope(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UNSUPPORTED",
+                "method not allowed here",
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            return resp;
+        }
+        Err(ParseError::Invalid(e)) => return error_response(&e),
+    };
+    let identity = match app.gate.authenticate(&parts) {
+        Ok(id) => id,
+        Err(e) => return error_response(&e),
+    };
+    let upload_id = match &endpoint {
+        Endpoint::UploadPatch { name, id } | Endpoint::UploadPut { name, id } => {
+            Some((name.clone(), id.clone()))
+        }
+        _ => None,
+    };
+    let result = handle(&app, &identity, endpoint, parts, body).await;
+    match (result, upload_id) {
+        (Ok(resp), _) => resp,
+        (Err(OciError::UploadOffsetMismatch { offset }), Some((name, id))) => {
+            // Tell the client where the upload stands so it can resume.
+            let mut resp = error_response(&OciError::UploadOffsetMismatch { offset });
+            upload_headers(resp.headers_mut(), &name, &UploadStatus { id, offset });
+            resp
+        }
+        (Err(e), _) => error_response(&e),
+    }
+}
+
+async fn handle(
+    app: &App,
+    id: &Identity,
+    endpoint: Endpoint,
+    parts: Parts,
+    body: Body,
+) -> HandlerResult {
+    let query = Query::parse(parts.uri.query());
+    match endpoint {
+        Endpoint::Base => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{}",
+        )
+            .into_response()),
+        Endpoint::Catalog => catalog(app, id, &query).await,
+        Endpoint::BlobGet { name, digest } => {
+            blob_get(app, id, &name, &digest, &parts.headers).await
+        }
+        Endpoint::BlobHead { name, digest } => blob_head(app, id, &name, &digest).await,
+        Endpoint::BlobDelete { name, digest } => {
+            app.registry
+                .blob_delete(&app.gate.authorize(id, &name)?, &digest)
+                .await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        Endpoint::UploadStart { name } => {
+            upload_start(app, id, &name, &query, &parts.headers, body).await
+        }
+        Endpoint::UploadStatus { name, id: upload } => {
+            let access = app.gate.authorize(id, &name)?;
+            let status = app.registry.upload_status(&access, &upload).await?;
+            Ok(upload_response(StatusCode::NO_CONTENT, &name, &status))
+        }
+        Endpoint::UploadPatch { name, id: upload } => {
+            let access = app.gate.authorize(id, &name)?;
+            let start = content_range_start(&parts.headers)?;
+            let len = content_length(&parts.headers)?;
+            let status = app
+                .registry
+                .upload_append(&access, &upload, start, len, body_stream(body, app))
+                .await?;
+            Ok(upload_response(StatusCode::ACCEPTED, &name, &status))
+        }
+        Endpoint::UploadPut { name, id: upload } => {
+            let access = app.gate.authorize(id, &name)?;
+            let digest = query.digest("digest")?.ok_or_else(|| {
+                OciError::DigestInvalid("the digest parameter is required".into())
+            })?;
+            let start = content_range_start(&parts.headers)?;
+            let len = content_length(&parts.headers)?;
+            let done = app
+                .registry
+                .upload_complete(
+                    &access,
+                    &upload,
+                    &digest,
+                    start,
+                    len,
+                    Some(body_stream(body, app)),
+                )
+                .await?;
+            Ok(blob_created(&name, &done))
+        }
+        Endpoint::UploadCancel { name, id: upload } => {
+            app.registry
+                .upload_cancel(&app.gate.authorize(id, &name)?, &upload)
+                .await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Endpoint::ManifestGet { name, reference } => {
+            manifest_get(app, id, &name, &reference, &parts.headers, true).await
+        }
+        Endpoint::ManifestHead { name, reference } => {
+            manifest_get(app, id, &name, &reference, &parts.headers, false).await
+        }
+        Endpoint::ManifestPut { name, reference } => {
+            manifest_put(app, id, &name, &reference, &parts.headers, body).await
+        }
+        Endpoint::ManifestDelete { name, reference } => {
+            app.registry
+                .manifest_delete(&app.gate.authorize(id, &name)?, &reference)
+                .await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        Endpoint::TagsList { name } => {
+            let access = app.gate.authorize(id, &name)?;
+            let (n, last) = (query.page_size()?, query.get("last"));
+            let page = app.registry.tags(&access, n, last).await?;
+            let body = json!({ "name": name.as_str(), "tags": page.items });
+            Ok(listing(format!("/v2/{name}/tags/list"), n, &page, body))
+        }
+        Endpoint::Referrers { name, digest } => {
+            let access = app.gate.authorize(id, &name)?;
+            let filter = query.get("artifactType").filter(|t| !t.is_empty());
+            let manifests = app.registry.referrers(&access, &digest, filter).await?;
+            let body =
+                json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
+            let mut resp = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, OCI_INDEX)],
+                body.to_string(),
+            )
+                .into_response();
+            if filter.is_some() {
+                resp.headers_mut().insert(
+                    OCI_FILTERS_APPLIED,
+                    HeaderValue::from_static("artifactType"),
+                );
+            }
+            Ok(resp)
+        }
+    }
+}
+
+/// Decoded query parameters.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        Query(
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn digest(&self, key: &str) -> Result<Option<Digest>, OciError> {
+        self.get(key)
+            .map(|d| {
+                d.parse().map_err(|e: crate::oci::digest::DigestError| {
+                    OciError::DigestInvalid(e.to_string())
+                })
+            })
+            .transpose()
+    }
+
+    /// `n`: a non-negative integer.
+    fn page_size(&self) -> Result<Option<usize>, OciError> {
+        self.get("n")
+            .map(|n| {
+                n.parse::<usize>().map_err(|_| {
+                    OciError::Unsupported(format!("n must be a non-negative integer, not {n:?}"))
+                })
+            })
+            .transpose()
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, OciError> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| OciError::SizeInvalid("Content-Length is not a number".into())),
+    }
+}
+
+fn content_range_start(headers: &HeaderMap) -> Result<Option<u64>, OciError> {
+    match headers.get(header::CONTENT_RANGE) {
+        None => Ok(None),
+        Some(v) => {
+            let (first, last) = v
+                .to_str()
+                .ok()
+                .and_then(parse_content_range)
+                .ok_or_else(|| {
+                    OciError::BlobUploadInvalid("Content-Range must be <first>-<last>".into())
+                })?;
+            if let Some(len) = content_length(headers)? {
+                if len != last - first + 1 {
+                    return Err(OciError::SizeInvalid(format!(
+                        "Content-Range {first}-{last} is {} bytes, Content-Length says {len}",
+                        last - first + 1
+                    )));
+                }
+            }
+            Ok(Some(first))
+        }
+    }
+}
+
+/// The request body as a stream that fails if the client pauses too long.
+fn body_stream(body: Body, app: &App) -> BodyStream {
+    let idle = app.body_idle_timeout;
+    let stream = body.into_data_stream();
+    futures::stream::unfold((stream, false), move |(mut s, done)| async move {
+        if done {
+            return None;
+        }
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(Ok(b))) => Some((Ok(b), (s, false))),
+            Ok(Some(Err(e))) => Some((Err(BodyError::Read(e.to_string())), (s, true))),
+            Ok(None) => None,
+            Err(_) => Some((Err(BodyError::IdleTimeout(idle)), (s, true))),
+        }
+    })
+    .boxed()
+}
+
+fn hv(s: &str) -> HeaderValue {
+    // Every value built here comes from validated names, digests and numbers.
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+fn upload_headers(headers: &mut HeaderMap, name: &RepoName, status: &UploadStatus) {
+    headers.insert(
+        header::LOCATION,
+        hv(&format!("/v2/{name}/blobs/uploads/{}", status.id)),
+    );
+    // The range received so far, inclusive; "0-0" before any byte, as clients expect.
+    headers.insert(
+        header::RANGE,
+        hv(&format!("0-{}", status.offset.saturating_sub(1))),
+    );
+    headers.insert(UPLOAD_UUID, hv(&status.id));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+}
+
+fn upload_response(status: StatusCode, name: &RepoName, upload: &UploadStatus) -> Response {
+    let mut resp = status.into_response();
+    upload_headers(resp.headers_mut(), name, upload);
+    resp
+}
+
+fn blob_created(name: &RepoName, digest: &Digest) -> Response {
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, hv(&format!("/v2/{name}/blobs/{digest}")));
+    h.insert(CONTENT_DIGEST, hv(&digest.to_string()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
+async fn blob_head(app: &App, id: &Identity, name: &RepoName, digest: &Digest) -> HandlerResult {
+    let meta = app
+        .registry
+        .blob_meta(&app.gate.authorize(id, name)?, digest)
+        .await?;
+    let mut resp = StatusCode::OK.into_response();
+    blob_headers(resp.headers_mut(), digest, meta.size);
+    Ok(resp)
+}
+
+fn blob_headers(h: &mut HeaderMap, digest: &Digest, len: u64) {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(CONTENT_DIGEST, hv(&digest.to_string()));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+}
+
+async fn blob_get(
+    app: &App,
+    id: &Identity,
+    name: &RepoName,
+    digest: &Digest,
+    headers: &HeaderMap,
+) -> HandlerResult {
+    let access = app.gate.authorize(id, name)?;
+    let range_header = header_str(headers, &header::RANGE);
+    let range = match range_header {
+        None => None,
+        Some(_) => {
+            // Resolving a range needs the size first.
+            let size = app.registry.blob_meta(&access, digest).await?.size;
+            match parse_range(range_header, size) {
+                RangeRequest::Full => None,
+                RangeRequest::Bytes(r) => Some(r),
+                RangeRequest::Unsatisfiable => return Err(OciError::RangeNotSatisfiable { size }),
+            }
+        }
+    };
+    let partial = range.is_some();
+    let read = app.registry.blob_get(&access, digest, range).await?;
+    let len = read.range.end - read.range.start;
+    let mut resp = Response::new(Body::from_stream(read.body));
+    blob_headers(resp.headers_mut(), digest, len);
+    if partial {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let cr = format!(
+            "bytes {}-{}/{}",
+            read.range.start,
+            read.range.end.saturating_sub(1),
+            read.size
+        );
+        resp.headers_mut().insert(header::CONTENT_RANGE, hv(&cr));
+    }
+    Ok(resp)
+}
+
+async fn upload_start(
+    app: &App,
+    id: &Identity,
+    name: &RepoName,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> HandlerResult {
+    let access = app.gate.authorize(id, name)?;
+    if let Some(mount) = query.digest("mount")? {
+        if let Some(from) = query.get("from") {
+            let from: RepoName = from
+                .parse()
+                .map_err(|e: crate::oci::name::NameError| OciError::NameInvalid(e.to_string()))?;
+            // Mounting needs read access to the source; without it, fall back
+            // to a fresh upload exactly as for an unknown blob.
+            if let Ok(source) = app.gate.authorize(id, &from) {
+                if app.registry.mount(&access, &source, &mount).await? {
+                    return Ok(blob_created(name, &mount));
+                }
+            }
+        }
+    } else if let Some(digest) = query.digest("digest")? {
+        let len = content_length(headers)?;
+        let done = app
+            .registry
+            .upload_monolithic(
+                &access,
+                id.subject.clone(),
+                &digest,
+                len,
+                body_stream(body, app),
+            )
+            .await?;
+        return Ok(blob_created(name, &done));
+    }
+    let algorithm = match query.get("digest-algorithm") {
+        Some("sha512") => Algorithm::Sha512,
+        _ => Algorithm::Sha256,
+    };
+    let status = app
+        .registry
+        .upload_start(&access, id.subject.clone(), algorithm)
+        .await?;
+    let mut resp = upload_response(StatusCode::ACCEPTED, name, &status);
+    let min = app.registry.min_chunk_length();
+    if min > 1 {
+        resp.headers_mut()
+            .insert(OCI_CHUNK_MIN_LENGTH, HeaderValue::from(min));
+    }
+    Ok(resp)
+}
+
+/// Whether an `Accept` header admits `media_type`. No header, or a wildcard,
+/// admits everything.
+fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    let mut any = false;
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mt = item.split(';').next().unwrap_or("").trim();
+            if mt.is_empty() {
+                continue;
+            }
+            any = true;
+            if mt == "*/*" || mt == "application/*" || mt.eq_ignore_ascii_case(media_type) {
+                return true;
+            }
+        }
+    }
+    !any
+}
+
+async fn manifest_get(
+    app: &App,
+    id: &Identity,
+    name: &RepoName,
+    reference: &Reference,
+    headers: &HeaderMap,
+    with_body: bool,
+) -> HandlerResult {
+    let m = app
+        .registry
+        .manifest_get(&app.gate.authorize(id, name)?, reference)
+        .await?;
+    // A tag resolves to whatever was pushed; a client that cannot read that
+    // type is told it is not available. A digest names exact bytes: serve them.
+    if matches!(reference, Reference::Tag(_)) && !accepts(headers, &m.media_type) {
+        return Err(OciError::ManifestUnknown(format!(
+            "{name}:{reference} is a {} and the request's Accept header does not include it",
+            m.media_type
+        )));
+    }
+    let len = m.bytes.len() as u64;
+    let mut resp = if with_body {
+        Response::new(Body::from(m.bytes))
+    } else {
+        StatusCode::OK.into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, hv(&m.media_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(CONTENT_DIGEST, hv(&m.digest.to_string()));
+    h.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
+    Ok(resp)
+}
+
+async fn manifest_put(
+    app: &App,
+    id: &Identity,
+    name: &RepoName,
+    reference: &Reference,
+    headers: &HeaderMap,
+    body: Body,
+) -> HandlerResult {
+    let access = app.gate.authorize(id, name)?;
+    let too_large =
+        || OciError::ManifestInvalid(format!("manifest is larger than {MAX_MANIFEST_SIZE} bytes"));
+    if content_length(headers)?.is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
+        return Err(too_large());
+    }
+    let mut stream = body_stream(body, app);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| OciError::ManifestInvalid(e.to_string()))?;
+        if buf.len() + chunk.len() > MAX_MANIFEST_SIZE {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let body: Bytes = buf.freeze();
+    let content_type = header_str(headers, &header::CONTENT_TYPE);
+    let pushed = app
+        .registry
+        .manifest_put(&access, reference, content_type, body)
+        .await?;
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::LOCATION,
+        hv(&format!("/v2/{name}/manifests/{}", pushed.digest)),
+    );
+    h.insert(CONTENT_DIGEST, hv(&pushed.digest.to_string()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if let Some(subject) = &pushed.subject {
+        h.insert(OCI_SUBJECT, hv(&subject.to_string()));
+    }
+    Ok(resp)
+}
+
+async fn catalog(app: &App, id: &Identity, query: &Query) -> HandlerResult {
+    let n = query.page_size()?;
+    let page = app.registry.catalog(n, query.get("last")).await?;
+    let visible = Page {
+        items: page
+            .items
+            .into_iter()
+            .filter(|r| app.gate.may_list(id, r))
+            .collect(),
+        more: page.more,
+    };
+    let body = json!({ "repositories": visible.items });
+    Ok(listing("/v2/_catalog".to_owned(), n, &visible, body))
+}
+
+/// A JSON listing with a `Link` to the next page when there is one.
+fn listing(path: String, n: Option<usize>, page: &Page, body: serde_json::Value) -> Response {
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if page.more {
+        if let Some(last) = page.items.last() {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("n", &n.unwrap_or(page.items.len()).to_string());
+            q.append_pair("last", last);
+            resp.headers_mut().insert(
+                header::LINK,
+                hv(&format!("<{path}?{}>; rel=\"next\"", q.finish())),
+            );
+        }
+    }
+    resp
+}

@@ -1,0 +1,88 @@
+//! The HTTP face of the registry: parse the request into an [`Endpoint`],
+//! authenticate, authorize, call one service method, build the response.
+//! Handlers never touch a backend (DESIGN invariant 8).
+
+pub mod endpoint;
+pub mod errors;
+mod handlers;
+pub mod ranges;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{HeaderValue, StatusCode};
+
+pub use endpoint::Endpoint;
+
+use crate::auth::Gate;
+use crate::registry::Registry;
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct App {
+    pub registry: Registry,
+    pub gate: Gate,
+    /// Longest pause allowed while reading a request body.
+    pub body_idle_timeout: Duration,
+}
+
+/// The peer address of the connection, put on each request by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The router: health endpoints, then everything else through the parser.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .fallback(handlers::dispatch)
+        .layer(middleware::from_fn(log_and_stamp))
+        .with_state(app)
+}
+
+async fn livez() -> impl IntoResponse {
+    (StatusCode::OK, "ok\n")
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), app.registry.check_backends()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "backends unavailable\n").into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "backends did not answer\n").into_response(),
+    }
+}
+
+/// One log line per request, and the API version header on every response.
+async fn log_and_stamp(req: Request<Body>, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let peer = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0.to_string())
+        .unwrap_or_default();
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        handlers::API_VERSION,
+        HeaderValue::from_static("registry/2.0"),
+    );
+    let status = resp.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::warn!(target: "berth::access", %method, %path, status, latency_ms, %peer, "request");
+    } else {
+        tracing::info!(target: "berth::access", %method, %path, status, latency_ms, %peer, "request");
+    }
+    resp
+}

@@ -1,0 +1,405 @@
+//! Configuration in layers: built-in defaults, then a TOML file, then
+//! `BERTH__SECTION__KEY` environment variables, then command-line flags.
+//! Unknown keys are errors that name the key. Secrets ([`Secret`]) may be
+//! given inline or as `{ file = "/run/secrets/x" }` and never print.
+
+mod duration;
+mod secret;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::HumanDuration;
+pub use secret::Secret;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub state: StateConfig,
+    pub uploads: UploadsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the public listener.
+    pub listen: SocketAddr,
+    /// Serve without authentication on a non-loopback address. Without it,
+    /// Berth refuses to expose an unauthenticated registry to the network.
+    pub allow_anonymous: bool,
+    /// Time a client has to send a request's headers (slow-loris guard).
+    pub header_read_timeout: HumanDuration,
+    /// Longest pause while receiving a request body. There is no total
+    /// request timeout: a multi-GB layer on a slow link may take hours.
+    pub body_idle_timeout: HumanDuration,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            allow_anonymous: false,
+            header_read_timeout: HumanDuration(Duration::from_secs(30)),
+            body_idle_timeout: HumanDuration(Duration::from_secs(60)),
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum StorageBackend {
+    Fs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    pub fs: FsConfig,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Fs,
+            fs: FsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FsConfig {
+    /// Directory holding every blob, manifest and tag.
+    pub root: PathBuf,
+    /// fsync data and directories before acknowledging a write.
+    pub fsync: bool,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            root: PathBuf::from("./data"),
+            fsync: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum StateBackend {
+    Memory,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: StateBackend::Memory,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadsConfig {
+    /// An upload untouched for this long is abandoned and its data removed.
+    pub session_ttl: HumanDuration,
+    /// How often expired uploads are looked for.
+    pub janitor_interval: HumanDuration,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig {
+            session_ttl: HumanDuration(Duration::from_secs(3600)),
+            janitor_interval: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `berth=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+pub const ENV_PREFIX: &str = "BERTH__";
+
+/// Load configuration: defaults, then `file` if given, then environment
+/// overrides from `env` (pass `std::env::vars()`).
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.into(),
+                source,
+            })?;
+            text.parse::<toml::Table>()
+                .map_err(|e| ConfigError::Syntax {
+                    path: path.into(),
+                    message: e.message().to_owned(),
+                })?
+        }
+        None => toml::Table::new(),
+    };
+    let overrides: BTreeMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    for (var, value) in overrides {
+        apply_env(&mut table, &var, &value)?;
+    }
+    let config: Config = {
+        let de = toml::Value::Table(table);
+        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Key {
+            key: e.path().to_string(),
+            message: e.inner().message().to_owned(),
+        })?
+    };
+    Ok(config)
+}
+
+/// `BERTH__SERVER__LISTEN=0.0.0.0:5000` sets `server.listen`. The value is
+/// read as a TOML value when it parses as one (numbers, booleans, arrays),
+/// otherwise as a string.
+fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    if path.iter().any(|s| s.is_empty()) {
+        return Err(ConfigError::Env {
+            var: var.into(),
+            message: "expected BERTH__SECTION__KEY".into(),
+        });
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let (last, parents) = path.split_last().expect("split of a non-empty path");
+    let mut cursor = table;
+    for p in parents {
+        let entry = cursor
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
+            var: var.into(),
+            message: format!("`{p}` is not a section"),
+        })?;
+    }
+    cursor.insert(last.clone(), parsed);
+    Ok(())
+}
+
+impl Config {
+    /// Whether any authentication is configured. The embedded core has none,
+    /// so only loopback listeners (or `allow_anonymous`) are allowed.
+    pub fn has_authentication(&self) -> bool {
+        false
+    }
+
+    /// Refuse settings that are valid one by one but unsafe or useless together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.server.listen.ip().is_loopback()
+            && !self.has_authentication()
+            && !self.server.allow_anonymous
+        {
+            return Err(ConfigError::Key {
+                key: "server.listen".into(),
+                message: format!(
+                    "{} is reachable from the network but no authentication is configured; \
+                     configure authentication, listen on a loopback address such as 127.0.0.1:5000, \
+                     or set server.allow_anonymous = true to serve anyone who can connect",
+                    self.server.listen
+                ),
+            });
+        }
+        if self.uploads.session_ttl.0 < Duration::from_secs(60) {
+            return Err(ConfigError::Key {
+                key: "uploads.session_ttl".into(),
+                message: "must be at least 1m, e.g. session_ttl = \"1h\"".into(),
+            });
+        }
+        if self.uploads.janitor_interval.0.is_zero() {
+            return Err(ConfigError::Key {
+                key: "uploads.janitor_interval".into(),
+                message: "must be positive, e.g. janitor_interval = \"1m\"".into(),
+            });
+        }
+        if self.server.header_read_timeout.0.is_zero() || self.server.body_idle_timeout.0.is_zero()
+        {
+            return Err(ConfigError::Key {
+                key: "server".into(),
+                message: "header_read_timeout and body_idle_timeout must be positive".into(),
+            });
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| ConfigError::Key {
+            key: "log.level".into(),
+            message: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        load(
+            Some(f.path()),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_shape() {
+        let c = load(None, Vec::new()).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.storage.fs.root, PathBuf::from("./data"));
+        assert!(c.storage.fs.fsync);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_env() {
+        let c = load_str(
+            "[server]\nlisten = \"127.0.0.1:6000\"\n[storage.fs]\nfsync = false\n",
+            &[
+                ("BERTH__SERVER__LISTEN", "127.0.0.2:7000"),
+                ("BERTH__UPLOADS__SESSION_TTL", "2h"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.2:7000");
+        assert!(!c.storage.fs.fsync);
+        assert_eq!(c.uploads.session_ttl.0, Duration::from_secs(7200));
+        let c = load_str("", &[("BERTH__STORAGE__FS__FSYNC", "false")]).unwrap();
+        assert!(!c.storage.fs.fsync);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load_str("[server]\nlisen = \"127.0.0.1:1\"\n", &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("server.lisen") || err.to_string().contains("lisen"),
+            "{err}"
+        );
+        let err = load_str("[sever]\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("sever"), "{err}");
+        let err = load_str("", &[("BERTH__SERVER__NOPE", "1")]).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+        let err = load_str("[server]\nlisten = \"not an address\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("server.listen"), "{err}");
+        let err = load_str("[uploads]\nsession_ttl = \"forever\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("uploads.session_ttl"), "{err}");
+        let err = load_str("[storage]\nbackend = \"floppy\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("storage.backend"), "{err}");
+        let err = load_str("not toml at all [", &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    }
+
+    #[test]
+    fn network_listen_needs_auth_or_explicit_anonymous() {
+        let c = load_str("[server]\nlisten = \"0.0.0.0:5000\"\n", &[]).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("server.listen") && err.contains("allow_anonymous"),
+            "{err}"
+        );
+        let c = load_str(
+            "[server]\nlisten = \"0.0.0.0:5000\"\nallow_anonymous = true\n",
+            &[],
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let c = load_str("[server]\nlisten = \"[::1]:5000\"\n", &[]).unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_combinations_are_refused() {
+        let c = load_str("[uploads]\nsession_ttl = \"1s\"\n", &[]).unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("uploads.session_ttl"));
+        let c = load_str("[log]\nlevel = \"=[\"\n", &[]).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("log.level"));
+    }
+
+    #[test]
+    fn redacted_output_roundtrips() {
+        let c = load(None, Vec::new()).unwrap();
+        let text = c.to_redacted_toml();
+        let again = load_str(&text, &[]).unwrap();
+        assert_eq!(again.to_redacted_toml(), text);
+    }
+}

@@ -1,0 +1,14 @@
+//! Berth: an OCI Distribution Specification v1.1 container registry.
+//!
+//! Layers, top to bottom (see docs/architecture.md): `api` (HTTP) ->
+//! `auth` (identity, typed access) -> `registry` (services) -> backends
+//! (`berth-storage`, `berth-state` and their implementations). `oci` holds
+//! the pure spec types every layer shares; `config` and `server` wire it up.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod oci;
+pub mod registry;
+pub mod server;
+pub mod telemetry;

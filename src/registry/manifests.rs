@@ -1,0 +1,294 @@
+//! Manifests, tags and referrers.
+//!
+//! A manifest is stored per repository as one revision object holding its
+//! media type and its exact bytes, so a GET by digest is one read and a GET by
+//! tag is two. A manifest with a `subject` also writes one referrer record
+//! (its descriptor) under the subject's digest.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::try_join_all;
+
+use berth_storage::{ObjectStoreExt, PutMode};
+
+use super::keys;
+use super::{Access, Delete, Pull, Push, Registry, Result};
+use crate::oci::manifest::{self, ManifestError, MAX_MANIFEST_SIZE};
+use crate::oci::{Descriptor, Digest, Manifest, OciError, Reference, RepoName, Tag};
+
+/// A manifest as served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// The outcome of a manifest push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedManifest {
+    pub digest: Digest,
+    /// The subject the manifest refers to, echoed as `OCI-Subject`.
+    pub subject: Option<Digest>,
+}
+
+/// Largest revision object: the manifest plus its media-type line.
+const MAX_REVISION_SIZE: u64 = MAX_MANIFEST_SIZE as u64 + 512;
+
+fn encode_revision(media_type: &str, bytes: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(media_type.len() + 1 + bytes.len());
+    out.put_slice(media_type.as_bytes());
+    out.put_u8(b'\n');
+    out.put_slice(bytes);
+    out.freeze()
+}
+
+fn decode_revision(digest: Digest, raw: Bytes) -> Result<StoredManifest> {
+    let nl = raw.iter().position(|b| *b == b'\n').ok_or_else(|| {
+        OciError::internal(format!(
+            "revision object of {digest} has no media-type line"
+        ))
+    })?;
+    let media_type = std::str::from_utf8(&raw[..nl])
+        .map_err(|_| {
+            OciError::internal(format!("revision object of {digest} has a bad media type"))
+        })?
+        .to_owned();
+    Ok(StoredManifest {
+        digest,
+        media_type,
+        bytes: raw.slice(nl + 1..),
+    })
+}
+
+impl From<ManifestError> for OciError {
+    fn from(e: ManifestError) -> OciError {
+        OciError::ManifestInvalid(e.to_string())
+    }
+}
+
+impl Registry {
+    async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Digest> {
+        let raw = match self.store.get_bytes(&keys::tag(repo, tag), 1024).await {
+            Ok(raw) => raw,
+            Err(e) if e.is_not_found() => {
+                return Err(OciError::ManifestUnknown(format!("{repo}:{tag}")))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| {
+                OciError::internal(format!("tag object {repo}:{tag} does not hold a digest"))
+            })
+    }
+
+    async fn read_revision(&self, repo: &RepoName, digest: &Digest) -> Result<StoredManifest> {
+        match self
+            .store
+            .get_bytes(&keys::revision(repo, digest), MAX_REVISION_SIZE)
+            .await
+        {
+            Ok(raw) => decode_revision(digest.clone(), raw),
+            Err(e) if e.is_not_found() => Err(OciError::ManifestUnknown(digest.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Fetch a manifest by tag or digest.
+    pub async fn manifest_get(
+        &self,
+        access: &Access<Pull>,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        let repo = access.repo();
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => self.resolve_tag(repo, t).await?,
+        };
+        self.read_revision(repo, &digest).await
+    }
+
+    /// Validate and store a manifest, tagging it when pushed by tag.
+    pub async fn manifest_put(
+        &self,
+        access: &Access<Push>,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<PushedManifest> {
+        let repo = access.repo();
+        let parsed = manifest::parse(content_type, &body)?;
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let actual = Digest::of(d.algorithm(), &body);
+                if &actual != d {
+                    return Err(OciError::DigestInvalid(format!(
+                        "manifest digest is {actual}, not {d}"
+                    )));
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256(&body),
+        };
+        self.check_references(repo, &parsed).await?;
+
+        let media_type = parsed.kind.media_type();
+        self.store
+            .put(
+                &keys::revision(repo, &digest),
+                encode_revision(media_type, &body),
+                PutMode::Overwrite,
+            )
+            .await?;
+        if let Some(subject) = &parsed.subject {
+            let descriptor = Descriptor {
+                media_type: media_type.to_owned(),
+                digest: digest.clone(),
+                size: body.len() as u64,
+                artifact_type: parsed.effective_artifact_type().map(str::to_owned),
+                annotations: parsed.annotations.clone().filter(|a| !a.is_empty()),
+                urls: None,
+            };
+            let record = serde_json::to_vec(&descriptor).map_err(OciError::internal)?;
+            self.store
+                .put(
+                    &keys::referrer(repo, &subject.digest, &digest),
+                    record.into(),
+                    PutMode::Overwrite,
+                )
+                .await?;
+        }
+        if let Reference::Tag(tag) = reference {
+            self.store
+                .put(
+                    &keys::tag(repo, tag),
+                    Bytes::from(digest.to_string()),
+                    PutMode::Overwrite,
+                )
+                .await?;
+        }
+        self.ensure_catalog_entry(repo).await?;
+        Ok(PushedManifest {
+            digest,
+            subject: parsed.subject.map(|s| s.digest),
+        })
+    }
+
+    /// Every blob and child manifest a manifest names must be in the
+    /// repository (the subject need not be: referrers may come first).
+    async fn check_references(&self, repo: &RepoName, parsed: &Manifest) -> Result<()> {
+        let blob_checks = parsed.required_blobs().map(|d| async move {
+            if !self.is_linked(repo, &d.digest).await? {
+                return Err(OciError::ManifestBlobUnknown(d.digest.to_string()));
+            }
+            let meta = match self.store.head(&keys::blob(&d.digest)).await {
+                Ok(meta) => meta,
+                Err(e) if e.is_not_found() => {
+                    return Err(OciError::ManifestBlobUnknown(d.digest.to_string()))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if meta.size != d.size {
+                return Err(OciError::ManifestInvalid(format!(
+                    "descriptor of {} says {} bytes, the blob has {}",
+                    d.digest, d.size, meta.size
+                )));
+            }
+            Ok(())
+        });
+        let child_checks = parsed.manifests.iter().map(|d| async move {
+            if !self.store.exists(&keys::revision(repo, &d.digest)).await? {
+                return Err(OciError::ManifestBlobUnknown(d.digest.to_string()));
+            }
+            Ok(())
+        });
+        try_join_all(blob_checks).await?;
+        try_join_all(child_checks).await?;
+        Ok(())
+    }
+
+    /// Delete a tag (untag) or a manifest by digest (remove it, every tag
+    /// pointing at it, and its referrer record).
+    pub async fn manifest_delete(
+        &self,
+        access: &Access<Delete>,
+        reference: &Reference,
+    ) -> Result<()> {
+        let repo = access.repo();
+        match reference {
+            Reference::Tag(tag) => {
+                // Resolving first turns a missing tag into MANIFEST_UNKNOWN.
+                self.resolve_tag(repo, tag).await?;
+                self.store.delete(&keys::tag(repo, tag)).await?;
+            }
+            Reference::Digest(digest) => {
+                let stored = self.read_revision(repo, digest).await?;
+                self.untag_all(repo, digest).await?;
+                if let Ok(parsed) = manifest::parse(Some(&stored.media_type), &stored.bytes) {
+                    if let Some(subject) = parsed.subject {
+                        self.store
+                            .delete(&keys::referrer(repo, &subject.digest, digest))
+                            .await?;
+                    }
+                }
+                self.store.delete(&keys::revision(repo, digest)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn untag_all(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let prefix = keys::tags_prefix(repo);
+        let wanted = digest.to_string();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.list(&prefix, after.as_deref(), 1000).await?;
+            for obj in &page.objects {
+                match self.store.get_bytes(&obj.key, 1024).await {
+                    Ok(raw) if raw.as_ref() == wanted.as_bytes() => {
+                        self.store.delete(&obj.key).await?
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match page.next_start_after {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Manifests in the repository whose subject is `subject`, optionally
+    /// only those of one artifact type. Unknown subjects have no referrers.
+    pub async fn referrers(
+        &self,
+        access: &Access<Pull>,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
+        let repo = access.repo();
+        let prefix = keys::referrers_prefix(repo, subject);
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.list(&prefix, after.as_deref(), 1000).await?;
+            let reads = page
+                .objects
+                .iter()
+                .map(|o| self.store.get_bytes(&o.key, 64 * 1024));
+            for raw in try_join_all(reads).await? {
+                let d: Descriptor = serde_json::from_slice(&raw).map_err(OciError::internal)?;
+                if artifact_type.is_none() || d.artifact_type.as_deref() == artifact_type {
+                    out.push(d);
+                }
+            }
+            match page.next_start_after {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+}

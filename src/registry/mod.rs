@@ -1,0 +1,256 @@
+//! Registry services: blobs, uploads, manifests, tags, referrers, catalog.
+//! Domain types only: no HTTP, no SDK types (DESIGN invariant 8). Every
+//! method that touches a repository takes an [`Access`] for it.
+
+pub mod access;
+pub mod keys;
+mod manifests;
+mod uploads;
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_state::SharedState;
+use berth_storage::{ByteStream, ObjectStore, ObjectStoreExt, PutMode, StorageError};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub use access::{Access, Delete, Pull, Push};
+pub use manifests::{PushedManifest, StoredManifest};
+pub use uploads::{UploadSession, UploadStatus};
+
+use crate::oci::{Digest, OciError, RepoName};
+
+/// Result alias for service calls.
+pub type Result<T, E = OciError> = std::result::Result<T, E>;
+
+/// Why reading a request body failed; the api layer produces these.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BodyError {
+    #[error("the client sent nothing for {0:?}")]
+    IdleTimeout(Duration),
+    #[error("reading the request body failed: {0}")]
+    Read(String),
+}
+
+/// A request body as the services see it.
+pub type BodyStream = BoxStream<'static, Result<Bytes, BodyError>>;
+
+/// Tunables of the registry services.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// An upload session with no activity for this long is abandoned.
+    pub upload_ttl: Duration,
+    /// How long one PATCH/PUT may hold an upload's lock between renewals.
+    pub upload_lock_ttl: Duration,
+    /// How long a request waits for an upload another request is writing.
+    pub upload_lock_wait: Duration,
+    /// Largest page a listing returns.
+    pub max_page: usize,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            upload_ttl: Duration::from_secs(3600),
+            upload_lock_ttl: Duration::from_secs(30),
+            upload_lock_wait: Duration::from_secs(5),
+            max_page: 10_000,
+        }
+    }
+}
+
+/// The registry: services over one object store and one shared state.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Arc<dyn ObjectStore>,
+    state: Arc<dyn SharedState>,
+    options: RegistryOptions,
+}
+
+/// Size of a blob visible in a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobMeta {
+    pub size: u64,
+}
+
+/// A blob read: the whole blob's size, the range served and its bytes.
+pub struct BlobRead {
+    pub size: u64,
+    pub range: Range<u64>,
+    pub body: ByteStream,
+}
+
+impl std::fmt::Debug for BlobRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobRead")
+            .field("size", &self.size)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One page of a listing and whether more follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<String>,
+    pub more: bool,
+}
+
+impl Registry {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        state: Arc<dyn SharedState>,
+        options: RegistryOptions,
+    ) -> Registry {
+        Registry {
+            store,
+            state,
+            options,
+        }
+    }
+
+    pub fn options(&self) -> &RegistryOptions {
+        &self.options
+    }
+
+    /// Smallest chunk a client should send (the backend's minimum part size).
+    pub fn min_chunk_length(&self) -> u64 {
+        self.store.part_limits().min_part_size
+    }
+
+    /// Probe both backends, for readiness checks.
+    pub async fn check_backends(&self) -> Result<()> {
+        match self.store.head("_readiness-probe").await {
+            Ok(_) | Err(StorageError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.state.get("readiness-probe").await?;
+        Ok(())
+    }
+
+    /// True if `digest` is linked into `repo` (DESIGN invariant 4).
+    async fn is_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        Ok(self.store.exists(&keys::layer_link(repo, digest)).await?)
+    }
+
+    /// Link an existing blob into a repository and record the repository.
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.store
+            .put(
+                &keys::layer_link(repo, digest),
+                Bytes::new(),
+                PutMode::Overwrite,
+            )
+            .await?;
+        self.ensure_catalog_entry(repo).await
+    }
+
+    async fn ensure_catalog_entry(&self, repo: &RepoName) -> Result<()> {
+        let key = keys::catalog_entry(repo);
+        if !self.store.exists(&key).await? {
+            match self.store.put(&key, Bytes::new(), PutMode::Create).await {
+                Ok(_) | Err(StorageError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn repo_exists(&self, repo: &RepoName) -> Result<bool> {
+        Ok(self.store.exists(&keys::catalog_entry(repo)).await?)
+    }
+
+    /// Size of a blob visible in the repository.
+    pub async fn blob_meta(&self, access: &Access<Pull>, digest: &Digest) -> Result<BlobMeta> {
+        if !self.is_linked(access.repo(), digest).await? {
+            return Err(OciError::BlobUnknown(digest.to_string()));
+        }
+        match self.store.head(&keys::blob(digest)).await {
+            Ok(meta) => Ok(BlobMeta { size: meta.size }),
+            Err(e) if e.is_not_found() => Err(OciError::BlobUnknown(digest.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Read a blob, or a range of it.
+    pub async fn blob_get(
+        &self,
+        access: &Access<Pull>,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<BlobRead> {
+        if !self.is_linked(access.repo(), digest).await? {
+            return Err(OciError::BlobUnknown(digest.to_string()));
+        }
+        match self.store.get(&keys::blob(digest), range).await {
+            Ok(got) => Ok(BlobRead {
+                size: got.meta.size,
+                range: got.range,
+                body: got.body,
+            }),
+            Err(StorageError::NotFound { .. }) => Err(OciError::BlobUnknown(digest.to_string())),
+            Err(StorageError::InvalidRange { size }) => Err(OciError::RangeNotSatisfiable { size }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Unlink a blob from a repository. The bytes stay for other
+    /// repositories; reclaiming unreferenced blobs is garbage collection's job.
+    pub async fn blob_delete(&self, access: &Access<Delete>, digest: &Digest) -> Result<()> {
+        if !self.is_linked(access.repo(), digest).await? {
+            return Err(OciError::BlobUnknown(digest.to_string()));
+        }
+        self.store
+            .delete(&keys::layer_link(access.repo(), digest))
+            .await?;
+        Ok(())
+    }
+
+    /// Repositories in lexical order, after `last`, at most `n`.
+    pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page> {
+        let prefix = keys::CATALOG_PREFIX;
+        self.list_names(prefix, n, last).await
+    }
+
+    /// Tags of a repository in lexical order, after `last`, at most `n`.
+    pub async fn tags(
+        &self,
+        access: &Access<Pull>,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Page> {
+        if !self.repo_exists(access.repo()).await? {
+            return Err(OciError::NameUnknown(access.repo().to_string()));
+        }
+        self.list_names(&keys::tags_prefix(access.repo()), n, last)
+            .await
+    }
+
+    /// Lists the key suffixes under `prefix`, paging through the store.
+    async fn list_names(&self, prefix: &str, n: Option<usize>, last: Option<&str>) -> Result<Page> {
+        let want = n.unwrap_or(usize::MAX).min(self.options.max_page);
+        let mut items = Vec::new();
+        if want == 0 {
+            return Ok(Page { items, more: false });
+        }
+        let mut after = last.map(|l| format!("{prefix}{l}"));
+        loop {
+            let page = self
+                .store
+                .list(prefix, after.as_deref(), (want - items.len() + 1).min(1000))
+                .await?;
+            for obj in &page.objects {
+                if items.len() == want {
+                    return Ok(Page { items, more: true });
+                }
+                items.push(obj.key[prefix.len()..].to_owned());
+            }
+            match page.next_start_after {
+                Some(next) => after = Some(next),
+                None => return Ok(Page { items, more: false }),
+            }
+        }
+    }
+}

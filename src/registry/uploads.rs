@@ -1,0 +1,590 @@
+//! Blob uploads.
+//!
+//! A session lives in shared state (never in a replica's memory), so each
+//! PATCH may land on a different replica. A request takes the session's
+//! lock, checks the client's offset, streams the bytes through the resumable
+//! hasher into multipart parts, and stores the new state under the lease
+//! (fencing out a writer whose lease expired). Bytes below the backend's
+//! minimum part size wait in the session as a staged tail. Completion
+//! compares the digest computed on the way in and makes the blob visible by
+//! completing the multipart write at its content address: the bytes are never
+//! read again (DESIGN invariant 6).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use berth_state::{Lease, StateError};
+use berth_storage::{MultipartUpload, ObjectStoreExt, PartReceipt};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::keys;
+use super::{Access, BodyError, BodyStream, Pull, Push, Registry, Result};
+use crate::oci::{Algorithm, Digest, OciError, RepoName, ResumableHasher};
+
+const SESSION_QUEUE: &str = "upload-expiry";
+/// Sessions outlive their expiry in shared state by this much so the janitor
+/// can still read them to abort their multipart writes.
+const SESSION_GRACE: Duration = Duration::from_secs(3600);
+
+fn session_key(id: &str) -> String {
+    format!("upload:{id}")
+}
+
+fn lock_name(id: &str) -> String {
+    format!("upload-lock:{id}")
+}
+
+/// The upload state shared by every replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadSession {
+    pub id: String,
+    pub repo: String,
+    /// Identity that opened the session (authorization checks it later).
+    pub owner: Option<String>,
+    pub staging_key: String,
+    pub upload_id: String,
+    /// Bytes received so far.
+    pub offset: u64,
+    /// Serialized [`ResumableHasher`], base64.
+    hasher: String,
+    parts: Vec<Part>,
+    /// Received bytes not yet written as a part, base64.
+    staged: String,
+    /// Unix seconds after which the session is abandoned.
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Part {
+    number: u32,
+    offset: u64,
+    size: u64,
+    etag: String,
+}
+
+/// What a client learns about an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub id: String,
+    pub offset: u64,
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Upload ids are UUIDs; anything else cannot name a session.
+fn valid_upload_id(id: &str) -> bool {
+    id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+impl UploadSession {
+    fn upload(&self) -> MultipartUpload {
+        MultipartUpload {
+            staging_key: self.staging_key.clone(),
+            upload_id: self.upload_id.clone(),
+        }
+    }
+
+    fn receipts(&self) -> Vec<PartReceipt> {
+        self.parts
+            .iter()
+            .map(|p| PartReceipt {
+                number: p.number,
+                offset: p.offset,
+                size: p.size,
+                etag: p.etag.clone(),
+            })
+            .collect()
+    }
+
+    fn status(&self) -> UploadStatus {
+        UploadStatus {
+            id: self.id.clone(),
+            offset: self.offset,
+        }
+    }
+}
+
+/// A session loaded under its lock, with its decoded working state.
+struct Locked {
+    lease: Lease,
+    session: UploadSession,
+    hasher: ResumableHasher,
+    staged: BytesMut,
+}
+
+impl Registry {
+    async fn save_session(&self, session: &UploadSession, lease: Option<&Lease>) -> Result<()> {
+        let raw = Bytes::from(serde_json::to_vec(session).map_err(OciError::internal)?);
+        let ttl = self.options.upload_ttl + SESSION_GRACE;
+        match lease {
+            Some(lease) => match self
+                .state
+                .set_fenced(&session_key(&session.id), raw, ttl, lease)
+                .await
+            {
+                Ok(()) => {}
+                // Another request took over after our lease lapsed; our view is stale.
+                Err(StateError::Fenced { .. }) => {
+                    return Err(OciError::BlobUploadInvalid(
+                        "the upload was changed by another request".into(),
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => self.state.set(&session_key(&session.id), raw, ttl).await?,
+        }
+        let due = UNIX_EPOCH + Duration::from_secs(session.expires_at);
+        self.state.schedule(SESSION_QUEUE, &session.id, due).await?;
+        Ok(())
+    }
+
+    async fn load_session(&self, repo: &RepoName, id: &str) -> Result<UploadSession> {
+        if !valid_upload_id(id) {
+            return Err(OciError::BlobUploadUnknown);
+        }
+        let raw = self
+            .state
+            .get(&session_key(id))
+            .await?
+            .ok_or(OciError::BlobUploadUnknown)?;
+        let session: UploadSession = serde_json::from_slice(&raw).map_err(OciError::internal)?;
+        // A session is reachable only through the repository it was opened in,
+        // and not after it expired.
+        if session.repo != repo.as_str() || session.expires_at <= unix_now() {
+            return Err(OciError::BlobUploadUnknown);
+        }
+        Ok(session)
+    }
+
+    async fn lock_session(&self, repo: &RepoName, id: &str) -> Result<Locked> {
+        if !valid_upload_id(id) {
+            return Err(OciError::BlobUploadUnknown);
+        }
+        let deadline = tokio::time::Instant::now() + self.options.upload_lock_wait;
+        let mut backoff = Duration::from_millis(5);
+        let lease = loop {
+            if let Some(lease) = self
+                .state
+                .try_lock(&lock_name(id), self.options.upload_lock_ttl)
+                .await?
+            {
+                break lease;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Someone is still writing this upload: the client's offset
+                // cannot be right, and the status endpoint tells it where to go on.
+                let offset = self.load_session(repo, id).await?.offset;
+                return Err(OciError::UploadOffsetMismatch { offset });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        };
+        let loaded = async {
+            let session = self.load_session(repo, id).await?;
+            let hasher_raw = b64().decode(&session.hasher).map_err(OciError::internal)?;
+            let hasher = ResumableHasher::from_bytes(&hasher_raw).map_err(OciError::internal)?;
+            let staged =
+                BytesMut::from(&b64().decode(&session.staged).map_err(OciError::internal)?[..]);
+            Ok::<_, OciError>((session, hasher, staged))
+        }
+        .await;
+        match loaded {
+            Ok((session, hasher, staged)) => Ok(Locked {
+                lease,
+                session,
+                hasher,
+                staged,
+            }),
+            Err(e) => {
+                let _ = self.state.unlock(&lease).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Store the working state back under the lease and release it.
+    async fn unlock_session(&self, mut locked: Locked) -> Result<UploadStatus> {
+        locked.session.hasher = b64().encode(locked.hasher.to_bytes());
+        locked.session.staged = b64().encode(&locked.staged);
+        locked.session.offset = locked.hasher.bytes_hashed();
+        locked.session.expires_at = unix_now() + self.options.upload_ttl.as_secs();
+        let saved = self
+            .save_session(&locked.session, Some(&locked.lease))
+            .await;
+        let _ = self.state.unlock(&locked.lease).await;
+        saved.map(|()| locked.session.status())
+    }
+
+    /// Open an upload session.
+    pub async fn upload_start(
+        &self,
+        access: &Access<Push>,
+        owner: Option<String>,
+        algorithm: Algorithm,
+    ) -> Result<UploadStatus> {
+        let upload = self.store.create_multipart().await?;
+        let session = UploadSession {
+            id: uuid::Uuid::new_v4().to_string(),
+            repo: access.repo().to_string(),
+            owner,
+            staging_key: upload.staging_key,
+            upload_id: upload.upload_id,
+            offset: 0,
+            hasher: b64().encode(ResumableHasher::new(algorithm).to_bytes()),
+            parts: Vec::new(),
+            staged: String::new(),
+            expires_at: unix_now() + self.options.upload_ttl.as_secs(),
+        };
+        self.save_session(&session, None).await?;
+        Ok(session.status())
+    }
+
+    /// Where an upload stands.
+    pub async fn upload_status(&self, access: &Access<Push>, id: &str) -> Result<UploadStatus> {
+        Ok(self.load_session(access.repo(), id).await?.status())
+    }
+
+    /// The identity that opened an upload.
+    pub async fn upload_owner(&self, access: &Access<Push>, id: &str) -> Result<Option<String>> {
+        Ok(self.load_session(access.repo(), id).await?.owner)
+    }
+
+    /// Append a chunk. `start` is the chunk's first byte as the client says
+    /// (`Content-Range`), `declared_len` its `Content-Length`.
+    pub async fn upload_append(
+        &self,
+        access: &Access<Push>,
+        id: &str,
+        start: Option<u64>,
+        declared_len: Option<u64>,
+        body: BodyStream,
+    ) -> Result<UploadStatus> {
+        let mut locked = self.lock_session(access.repo(), id).await?;
+        let appended = self
+            .append_locked(&mut locked, start, declared_len, body)
+            .await;
+        // Progress made before a failure is kept: the client can resume from
+        // the offset the status endpoint reports.
+        let status = self.unlock_session(locked).await;
+        appended?;
+        status
+    }
+
+    async fn append_locked(
+        &self,
+        locked: &mut Locked,
+        start: Option<u64>,
+        declared_len: Option<u64>,
+        mut body: BodyStream,
+    ) -> Result<()> {
+        let offset = locked.hasher.bytes_hashed();
+        if let Some(start) = start {
+            if start != offset {
+                return Err(OciError::UploadOffsetMismatch { offset });
+            }
+        }
+        let limits = self.store.part_limits();
+        let part_size = limits.preferred_part_size.max(limits.min_part_size) as usize;
+        let mut received = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(body_error)?;
+            received += chunk.len() as u64;
+            if declared_len.is_some_and(|len| received > len) {
+                return Err(OciError::SizeInvalid(
+                    "the body is longer than Content-Length".into(),
+                ));
+            }
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                let take = (part_size - locked.staged.len()).min(rest.len());
+                locked.hasher.update(&rest[..take]);
+                locked.staged.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if locked.staged.len() >= part_size {
+                    self.flush_part(locked).await?;
+                }
+            }
+        }
+        if declared_len.is_some_and(|len| received != len) {
+            return Err(OciError::SizeInvalid(format!(
+                "received {received} bytes, Content-Length said {}",
+                declared_len.unwrap_or_default()
+            )));
+        }
+        // Backends that take parts of any size get the tail now, so nothing
+        // waits in shared state; others keep it until a part fills up.
+        if limits.min_part_size <= 1 && !locked.staged.is_empty() {
+            self.flush_part(locked).await?;
+        }
+        Ok(())
+    }
+
+    /// Write the staged bytes as the next part and renew the lease.
+    async fn flush_part(&self, locked: &mut Locked) -> Result<()> {
+        let data = locked.staged.split().freeze();
+        let number = locked.session.parts.len() as u32 + 1;
+        let offset = locked
+            .session
+            .parts
+            .last()
+            .map(|p| p.offset + p.size)
+            .unwrap_or(0);
+        let receipt = self
+            .store
+            .put_part(&locked.session.upload(), number, offset, data)
+            .await?;
+        locked.session.parts.push(Part {
+            number,
+            offset,
+            size: receipt.size,
+            etag: receipt.etag,
+        });
+        if !self
+            .state
+            .extend(&locked.lease, self.options.upload_lock_ttl)
+            .await?
+        {
+            return Err(OciError::BlobUploadInvalid(
+                "the upload was taken over by another request".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Close an upload, with an optional last chunk, and verify `digest`.
+    pub async fn upload_complete(
+        &self,
+        access: &Access<Push>,
+        id: &str,
+        digest: &Digest,
+        start: Option<u64>,
+        declared_len: Option<u64>,
+        body: Option<BodyStream>,
+    ) -> Result<Digest> {
+        let mut locked = self.lock_session(access.repo(), id).await?;
+        // Nothing hashed yet: hash with the algorithm the client's digest uses.
+        if locked.hasher.bytes_hashed() == 0 && locked.hasher.algorithm() != digest.algorithm() {
+            locked.hasher = ResumableHasher::new(digest.algorithm());
+        }
+        if let Some(body) = body {
+            if let Err(e) = self
+                .append_locked(&mut locked, start, declared_len, body)
+                .await
+            {
+                let _ = self.unlock_session(locked).await;
+                return Err(e);
+            }
+        }
+        let result = self.finish_locked(&mut locked, access.repo(), digest).await;
+        match &result {
+            // Completed or refused for a bad digest: the session is over.
+            Ok(_) | Err(OciError::DigestInvalid(_)) => {
+                let _ = self.store.abort_multipart(&locked.session.upload()).await;
+                self.forget_session(&locked.session.id).await?;
+                let _ = self.state.unlock(&locked.lease).await;
+            }
+            // Anything else (a backend hiccup) leaves the upload resumable.
+            Err(_) => {
+                let _ = self.unlock_session(locked).await;
+            }
+        }
+        result
+    }
+
+    async fn finish_locked(
+        &self,
+        locked: &mut Locked,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Digest> {
+        if !locked.staged.is_empty() {
+            self.flush_part(locked).await?;
+        }
+        let upload = locked.session.upload();
+        let receipts = locked.session.receipts();
+        let blob_key = keys::blob(digest);
+        if locked.hasher.algorithm() == digest.algorithm() {
+            let computed = locked.hasher.finish();
+            if &computed != digest {
+                return Err(digest_mismatch(&computed, digest));
+            }
+            // Stored already by another upload: the caller drops the staged copy.
+            if !self.store.exists(&blob_key).await? {
+                self.store
+                    .complete_multipart(&upload, &receipts, &blob_key)
+                    .await?;
+            }
+        } else {
+            // Chunks arrived before the client named another algorithm: the
+            // one case where the bytes must be read again to verify them.
+            let scratch = verify_key(&locked.session.id);
+            self.store
+                .complete_multipart(&upload, &receipts, &scratch)
+                .await?;
+            let mut hasher = ResumableHasher::new(digest.algorithm());
+            let mut body = self.store.get(&scratch, None).await?.body;
+            while let Some(chunk) = body.next().await {
+                hasher.update(&chunk?);
+            }
+            let computed = hasher.finish();
+            if &computed != digest {
+                self.store.delete(&scratch).await?;
+                return Err(digest_mismatch(&computed, digest));
+            }
+            if !self.store.exists(&blob_key).await? {
+                self.store.copy(&scratch, &blob_key).await?;
+            }
+            self.store.delete(&scratch).await?;
+        }
+        self.link_blob(repo, digest).await?;
+        Ok(digest.clone())
+    }
+
+    async fn forget_session(&self, id: &str) -> Result<()> {
+        self.state.delete(&session_key(id)).await?;
+        self.state.unschedule(SESSION_QUEUE, id).await?;
+        let _ = self.store.delete(&verify_key(id)).await;
+        Ok(())
+    }
+
+    /// Cancel an upload and discard what it staged.
+    pub async fn upload_cancel(&self, access: &Access<Push>, id: &str) -> Result<()> {
+        let locked = self.lock_session(access.repo(), id).await?;
+        self.store.abort_multipart(&locked.session.upload()).await?;
+        self.forget_session(id).await?;
+        let _ = self.state.unlock(&locked.lease).await;
+        Ok(())
+    }
+
+    /// Upload a whole blob in one request (`POST ?digest=`).
+    pub async fn upload_monolithic(
+        &self,
+        access: &Access<Push>,
+        owner: Option<String>,
+        digest: &Digest,
+        declared_len: Option<u64>,
+        body: BodyStream,
+    ) -> Result<Digest> {
+        let status = self.upload_start(access, owner, digest.algorithm()).await?;
+        let result = self
+            .upload_complete(
+                access,
+                &status.id,
+                digest,
+                Some(0),
+                declared_len,
+                Some(body),
+            )
+            .await;
+        if result.is_err() {
+            // A failed single-request upload cannot be resumed by the client.
+            if let Ok(locked) = self.lock_session(access.repo(), &status.id).await {
+                let _ = self.store.abort_multipart(&locked.session.upload()).await;
+                let _ = self.forget_session(&status.id).await;
+                let _ = self.state.unlock(&locked.lease).await;
+            }
+        }
+        result
+    }
+
+    /// Cross-repository mount: link `digest` from `from` into the target if
+    /// the caller can read it there. `Ok(false)` means "not mountable".
+    pub async fn mount(
+        &self,
+        target: &Access<Push>,
+        source: &Access<Pull>,
+        digest: &Digest,
+    ) -> Result<bool> {
+        if !self.is_linked(source.repo(), digest).await?
+            || !self.store.exists(&keys::blob(digest)).await?
+        {
+            return Ok(false);
+        }
+        self.link_blob(target.repo(), digest).await?;
+        Ok(true)
+    }
+
+    /// Abort sessions whose expiry has passed. Returns how many were removed.
+    /// Safe to run on every replica at once: each session is handled under
+    /// its lock, and a session touched meanwhile is rescheduled, not removed.
+    pub async fn expire_uploads(&self, limit: usize) -> Result<usize> {
+        let now = SystemTime::now();
+        let due = self.state.due(SESSION_QUEUE, now, limit).await?;
+        let mut removed = 0;
+        for id in due {
+            let Some(lease) = self
+                .state
+                .try_lock(&lock_name(&id), self.options.upload_lock_ttl)
+                .await?
+            else {
+                continue; // being written right now
+            };
+            let outcome = async {
+                let Some(raw) = self.state.get(&session_key(&id)).await? else {
+                    self.state.unschedule(SESSION_QUEUE, &id).await?;
+                    return Ok::<bool, OciError>(false);
+                };
+                let session: UploadSession =
+                    serde_json::from_slice(&raw).map_err(OciError::internal)?;
+                if session.expires_at > unix_now() {
+                    let due = UNIX_EPOCH + Duration::from_secs(session.expires_at);
+                    self.state.schedule(SESSION_QUEUE, &id, due).await?;
+                    return Ok(false);
+                }
+                self.store.abort_multipart(&session.upload()).await?;
+                self.forget_session(&id).await?;
+                Ok(true)
+            }
+            .await;
+            let _ = self.state.unlock(&lease).await;
+            if outcome? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn verify_key(id: &str) -> String {
+    format!("_uploads/verify/{id}")
+}
+
+fn digest_mismatch(computed: &Digest, claimed: &Digest) -> OciError {
+    OciError::DigestInvalid(format!(
+        "uploaded content has digest {computed}, not {claimed}"
+    ))
+}
+
+fn body_error(e: BodyError) -> OciError {
+    OciError::BlobUploadInvalid(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_ids() {
+        assert!(valid_upload_id(&uuid::Uuid::new_v4().to_string()));
+        for bad in [
+            "",
+            "x",
+            "../../etc/passwd",
+            "0000000g-0000-0000-0000-000000000000",
+            "00000000-0000-0000-0000-0000000000000",
+        ] {
+            assert!(!valid_upload_id(bad), "{bad}");
+        }
+    }
+}
