@@ -12,7 +12,9 @@ use futures::StreamExt;
 use http::header::{self, HeaderName};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::BodyExt as _;
 use serde_json::json;
+use std::time::Duration;
 
 use super::endpoint::{self, Endpoint, ParseError};
 use super::errors::{envelope, error_response};
@@ -35,6 +37,12 @@ type HandlerResult = Result<Response, OciError>;
 /// Entry point for every `/v2` request.
 pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    // Wrapped first, so a request refused at any step below still has its
+    // body read off the connection.
+    let body = DrainOnDrop {
+        body: Some(body),
+        idle: app.body_idle_timeout,
+    };
     let endpoint = match endpoint::parse(&parts.method, parts.uri.path()) {
         Ok(e) => e,
         Err(ParseError::NotFound) => {
@@ -84,7 +92,7 @@ async fn handle(
     id: &Identity,
     endpoint: Endpoint,
     parts: Parts,
-    body: Body,
+    body: DrainOnDrop,
 ) -> HandlerResult {
     let query = Query::parse(parts.uri.query());
     match endpoint {
@@ -119,7 +127,7 @@ async fn handle(
             let len = content_length(&parts.headers)?;
             let status = app
                 .registry
-                .upload_append(&access, &upload, start, len, body_stream(body, app))
+                .upload_append(&access, &upload, start, len, body_stream(body))
                 .await?;
             Ok(upload_response(StatusCode::ACCEPTED, &name, &status))
         }
@@ -138,7 +146,7 @@ async fn handle(
                     &digest,
                     start,
                     len,
-                    Some(body_stream(body, app)),
+                    Some(body_stream(body)),
                 )
                 .await?;
             Ok(blob_created(&name, &done))
@@ -275,19 +283,63 @@ fn content_range_start(headers: &HeaderMap) -> Result<Option<u64>, OciError> {
     }
 }
 
+/// Most bytes read and thrown away from a request body a handler did not
+/// consume, so the client can read the response; past this the connection
+/// is closed instead.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// A request body that, if dropped before its end (the request was refused
+/// early), reads and discards the rest in the background: a client still
+/// sending would otherwise see a reset instead of the error response.
+struct DrainOnDrop {
+    body: Option<Body>,
+    idle: Duration,
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        let Some(mut body) = self.body.take() else {
+            return;
+        };
+        if http_body::Body::is_end_stream(&body) {
+            return;
+        }
+        let idle = self.idle;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let mut drained = 0u64;
+                while drained <= DRAIN_LIMIT {
+                    match tokio::time::timeout(idle, body.frame()).await {
+                        Ok(Some(Ok(frame))) => {
+                            drained += frame.data_ref().map(|d| d.len() as u64).unwrap_or(0)
+                        }
+                        _ => break,
+                    }
+                }
+            });
+        }
+    }
+}
+
 /// The request body as a stream that fails if the client pauses too long.
-fn body_stream(body: Body, app: &App) -> BodyStream {
-    let idle = app.body_idle_timeout;
-    let stream = body.into_data_stream();
-    futures::stream::unfold((stream, false), move |(mut s, done)| async move {
+fn body_stream(holder: DrainOnDrop) -> BodyStream {
+    let idle = holder.idle;
+    futures::stream::unfold((holder, false), move |(mut h, done)| async move {
         if done {
             return None;
         }
-        match tokio::time::timeout(idle, s.next()).await {
-            Ok(Some(Ok(b))) => Some((Ok(b), (s, false))),
-            Ok(Some(Err(e))) => Some((Err(BodyError::Read(e.to_string())), (s, true))),
-            Ok(None) => None,
-            Err(_) => Some((Err(BodyError::IdleTimeout(idle)), (s, true))),
+        let body = h.body.as_mut()?;
+        loop {
+            return match tokio::time::timeout(idle, body.frame()).await {
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Some((Ok(data), (h, false))),
+                    // Trailers carry nothing an upload needs.
+                    Err(_) => continue,
+                },
+                Ok(Some(Err(e))) => Some((Err(BodyError::Read(e.to_string())), (h, true))),
+                Ok(None) => None,
+                Err(_) => Some((Err(BodyError::IdleTimeout(idle)), (h, true))),
+            };
         }
     })
     .boxed()
@@ -309,7 +361,6 @@ fn upload_headers(headers: &mut HeaderMap, name: &RepoName, status: &UploadStatu
         hv(&format!("0-{}", status.offset.saturating_sub(1))),
     );
     headers.insert(UPLOAD_UUID, hv(&status.id));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
 }
 
 fn upload_response(status: StatusCode, name: &RepoName, upload: &UploadStatus) -> Response {
@@ -323,7 +374,6 @@ fn blob_created(name: &RepoName, digest: &Digest) -> Response {
     let h = resp.headers_mut();
     h.insert(header::LOCATION, hv(&format!("/v2/{name}/blobs/{digest}")));
     h.insert(CONTENT_DIGEST, hv(&digest.to_string()));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     resp
 }
 
@@ -397,7 +447,7 @@ async fn upload_start(
     name: &RepoName,
     query: &Query,
     headers: &HeaderMap,
-    body: Body,
+    body: DrainOnDrop,
 ) -> HandlerResult {
     let access = app.gate.authorize(id, name)?;
     if let Some(mount) = query.digest("mount")? {
@@ -417,13 +467,7 @@ async fn upload_start(
         let len = content_length(headers)?;
         let done = app
             .registry
-            .upload_monolithic(
-                &access,
-                id.subject.clone(),
-                &digest,
-                len,
-                body_stream(body, app),
-            )
+            .upload_monolithic(&access, id.subject.clone(), &digest, len, body_stream(body))
             .await?;
         return Ok(blob_created(name, &done));
     }
@@ -504,7 +548,7 @@ async fn manifest_put(
     name: &RepoName,
     reference: &Reference,
     headers: &HeaderMap,
-    body: Body,
+    body: DrainOnDrop,
 ) -> HandlerResult {
     let access = app.gate.authorize(id, name)?;
     let too_large =
@@ -512,7 +556,7 @@ async fn manifest_put(
     if content_length(headers)?.is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
         return Err(too_large());
     }
-    let mut stream = body_stream(body, app);
+    let mut stream = body_stream(body);
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| OciError::ManifestInvalid(e.to_string()))?;
@@ -534,7 +578,6 @@ async fn manifest_put(
         hv(&format!("/v2/{name}/manifests/{}", pushed.digest)),
     );
     h.insert(CONTENT_DIGEST, hv(&pushed.digest.to_string()));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     if let Some(subject) = &pushed.subject {
         h.insert(OCI_SUBJECT, hv(&subject.to_string()));
     }
