@@ -3,6 +3,8 @@
 //! discovery, content management) and every error code they name, against
 //! the real binary over HTTP.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{bytes, client, sha256, Berth};

@@ -301,7 +301,10 @@ impl Drop for DrainOnDrop {
         let Some(mut body) = self.body.take() else {
             return;
         };
-        if http_body::Body::is_end_stream(&body) {
+        // Nothing left, or more than is worth reading: let the connection close.
+        if http_body::Body::is_end_stream(&body)
+            || http_body::Body::size_hint(&body).lower() > DRAIN_LIMIT
+        {
             return;
         }
         let idle = self.idle;

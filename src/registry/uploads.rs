@@ -52,8 +52,8 @@ pub struct UploadSession {
     parts: Vec<Part>,
     /// Received bytes not yet written as a part, base64.
     staged: String,
-    /// Unix seconds after which the session is abandoned.
-    pub expires_at: u64,
+    /// Unix milliseconds after which the session is abandoned.
+    pub expires_at_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,10 +75,10 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-fn unix_now() -> u64 {
+fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -144,7 +144,7 @@ impl Registry {
             },
             None => self.state.set(&session_key(&session.id), raw, ttl).await?,
         }
-        let due = UNIX_EPOCH + Duration::from_secs(session.expires_at);
+        let due = UNIX_EPOCH + Duration::from_millis(session.expires_at_ms);
         self.state.schedule(SESSION_QUEUE, &session.id, due).await?;
         Ok(())
     }
@@ -161,7 +161,7 @@ impl Registry {
         let session: UploadSession = serde_json::from_slice(&raw).map_err(OciError::internal)?;
         // A session is reachable only through the repository it was opened in,
         // and not after it expired.
-        if session.repo != repo.as_str() || session.expires_at <= unix_now() {
+        if session.repo != repo.as_str() || session.expires_at_ms <= unix_now_ms() {
             return Err(OciError::BlobUploadUnknown);
         }
         Ok(session)
@@ -218,7 +218,7 @@ impl Registry {
         locked.session.hasher = b64().encode(locked.hasher.to_bytes());
         locked.session.staged = b64().encode(&locked.staged);
         locked.session.offset = locked.hasher.bytes_hashed();
-        locked.session.expires_at = unix_now() + self.options.upload_ttl.as_secs();
+        locked.session.expires_at_ms = unix_now_ms() + self.options.upload_ttl.as_millis() as u64;
         let saved = self
             .save_session(&locked.session, Some(&locked.lease))
             .await;
@@ -244,7 +244,7 @@ impl Registry {
             hasher: b64().encode(ResumableHasher::new(algorithm).to_bytes()),
             parts: Vec::new(),
             staged: String::new(),
-            expires_at: unix_now() + self.options.upload_ttl.as_secs(),
+            expires_at_ms: unix_now_ms() + self.options.upload_ttl.as_millis() as u64,
         };
         self.save_session(&session, None).await?;
         Ok(session.status())
@@ -537,8 +537,8 @@ impl Registry {
                 };
                 let session: UploadSession =
                     serde_json::from_slice(&raw).map_err(OciError::internal)?;
-                if session.expires_at > unix_now() {
-                    let due = UNIX_EPOCH + Duration::from_secs(session.expires_at);
+                if session.expires_at_ms > unix_now_ms() {
+                    let due = UNIX_EPOCH + Duration::from_millis(session.expires_at_ms);
                     self.state.schedule(SESSION_QUEUE, &id, due).await?;
                     return Ok(false);
                 }

@@ -2,6 +2,7 @@
 //! ephemeral loopback port with its own data directory, wait until it says
 //! where it listens, and kill it when the guard drops (also on panic).
 
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};

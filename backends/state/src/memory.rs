@@ -28,6 +28,13 @@ impl<T> Expiring<T> {
     }
 }
 
+/// A schedule: members ordered by due time, and each member's due time.
+#[derive(Debug, Default)]
+struct Queue {
+    order: BTreeSet<(SystemTime, String)>,
+    due: HashMap<String, SystemTime>,
+}
+
 #[derive(Debug, Default)]
 struct Tables {
     values: HashMap<String, Expiring<Bytes>>,
@@ -35,8 +42,7 @@ struct Tables {
     locks: HashMap<String, Expiring<u64>>,
     /// Highest token ever issued per lock name; survives lock expiry.
     fences: HashMap<String, u64>,
-    /// queue -> ordered (due, member), and member -> due for replacement.
-    queues: HashMap<String, (BTreeSet<(SystemTime, String)>, HashMap<String, SystemTime>)>,
+    queues: HashMap<String, Queue>,
     /// Size of `values` after the last sweep of expired entries.
     swept_at_len: usize,
 }
@@ -213,19 +219,19 @@ impl SharedState for MemoryState {
 
     async fn schedule(&self, queue: &str, member: &str, due: SystemTime) -> Result<()> {
         let mut t = self.tables();
-        let (order, index) = t.queues.entry(queue.to_owned()).or_default();
-        if let Some(old) = index.insert(member.to_owned(), due) {
-            order.remove(&(old, member.to_owned()));
+        let q = t.queues.entry(queue.to_owned()).or_default();
+        if let Some(old) = q.due.insert(member.to_owned(), due) {
+            q.order.remove(&(old, member.to_owned()));
         }
-        order.insert((due, member.to_owned()));
+        q.order.insert((due, member.to_owned()));
         Ok(())
     }
 
     async fn unschedule(&self, queue: &str, member: &str) -> Result<()> {
         let mut t = self.tables();
-        if let Some((order, index)) = t.queues.get_mut(queue) {
-            if let Some(old) = index.remove(member) {
-                order.remove(&(old, member.to_owned()));
+        if let Some(q) = t.queues.get_mut(queue) {
+            if let Some(old) = q.due.remove(member) {
+                q.order.remove(&(old, member.to_owned()));
             }
         }
         Ok(())
@@ -235,8 +241,8 @@ impl SharedState for MemoryState {
         let t = self.tables();
         Ok(t.queues
             .get(queue)
-            .map(|(order, _)| {
-                order
+            .map(|q| {
+                q.order
                     .iter()
                     .take_while(|(due, _)| *due <= now)
                     .take(limit)

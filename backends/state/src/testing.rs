@@ -1,6 +1,8 @@
 //! The shared-state conformance suite, run against every implementation with
 //! a fresh state (keys are namespaced with `conf:` so a shared Redis works).
 
+#![allow(clippy::unwrap_used)] // a test suite: a failed unwrap is a failed check
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

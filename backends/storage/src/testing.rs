@@ -2,6 +2,8 @@
 //! tests (with a fresh, empty store) so that fs and s3 are held to the same
 //! guarantees the trait documents.
 
+#![allow(clippy::unwrap_used)] // a test suite: a failed unwrap is a failed check
+
 use std::sync::Arc;
 
 use bytes::Bytes;

@@ -1,0 +1,194 @@
+//! The command line and process behaviour: config checking, refusing unsafe
+//! listeners, health endpoints, environment overrides and graceful shutdown.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{bytes, client, Berth};
+
+fn berth(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .output()
+        .expect("run berth")
+}
+
+#[test]
+fn example_configs_pass_config_check() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = berth(&["config", "check", path.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{path:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let printed = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                printed.contains("[server]") && printed.contains("listen"),
+                "{printed}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "expected example configs in config/");
+}
+
+#[test]
+fn config_check_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[server]\nlisten = \"127.0.0.1:1\"\ntimeout = \"1s\"\n",
+            "timeout",
+        ),
+        ("[storage.fs]\nfsync = \"yes\"\n", "storage.fs.fsync"),
+        (
+            "[uploads]\nsession_ttl = \"5 minutes\"\n",
+            "uploads.session_ttl",
+        ),
+        ("[server]\nlisten = \"0.0.0.0:5000\"\n", "server.listen"),
+    ];
+    for (text, key) in cases {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = berth(&["config", "check", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{text}: {err}");
+    }
+    let out = berth(&["config", "check", "/nonexistent/berth.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn refuses_anonymous_network_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no authentication") && err.contains("allow_anonymous"),
+        "{err}"
+    );
+}
+
+#[test]
+fn environment_overrides_and_flags() {
+    // The env var moves the listener to another loopback address.
+    let b = Berth::start_with("", &[("BERTH__SERVER__LISTEN", "127.0.0.2:0")]);
+    assert!(b.addr.starts_with("127.0.0.2:"), "{}", b.addr);
+}
+
+#[tokio::test]
+async fn health_endpoints() {
+    let b = Berth::start("");
+    let c = client();
+    assert_eq!(c.get(b.url("/livez")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(b.url("/readyz")).send().await.unwrap().status(), 200);
+}
+
+#[test]
+fn one_log_line_per_request() {
+    let b = Berth::start("");
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(&b.addr).unwrap();
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = b
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("berth::access") && l.contains("/v2/"))
+            .count();
+        if n == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected 3 access lines, saw {n}:\n{}",
+            b.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM while a chunk is being received: the request completes, then
+/// the process exits cleanly.
+#[test]
+fn graceful_shutdown_finishes_in_flight_requests() {
+    let mut b = Berth::start("");
+    let mut s = TcpStream::connect(&b.addr).unwrap();
+    s.write_all(
+        b"POST /v2/shutdown/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = [0u8; 4096];
+    let n = s.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_string();
+    let loc = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .expect("location")
+        .trim()
+        .to_owned();
+
+    let data = bytes(8 * 1024 * 1024, 99);
+    let (first, second) = data.split_at(4 * 1024 * 1024);
+    s.write_all(
+        format!(
+            "PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            data.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(first).unwrap();
+    // Wait until the server is writing this chunk: its staging file grows.
+    let uploads = b.data_dir().join(".uploads");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::files_under(&uploads)
+        .iter()
+        .all(|f| f.metadata().map(|m| m.len()).unwrap_or(0) == 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chunk never reached the store"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(b.pid().to_string())
+        .status();
+    s.write_all(second).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 202"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains(&format!("range: 0-{}", data.len() - 1)),
+        "{resp}"
+    );
+    let status = b.terminate().expect("berth exited");
+    assert!(status.success(), "exit status {status:?}");
+}
