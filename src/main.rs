@@ -8,11 +8,7 @@ use berth::config::{self, Config};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "berth",
-    version,
-    about = "An OCI Distribution Specification v1.1 container registry"
-)]
+#[command(name = "berth", version, about = "An OCI Distribution Specification v1.1 container registry")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,23 +50,19 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, config::ConfigError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Config {
-            command: ConfigCommand::Check { file },
-        } => match load(Some(&file)).and_then(|c| c.validate().map(|()| c)) {
-            Ok(c) => {
-                print!("{}", c.to_redacted_toml());
-                ExitCode::SUCCESS
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            match load(Some(&file)).and_then(|c| c.validate().map(|()| c)) {
+                Ok(c) => {
+                    print!("{}", c.to_redacted_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth: invalid configuration: {e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("berth: invalid configuration: {e}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Serve {
-            config,
-            listen,
-            data_dir,
-        } => {
+        }
+        Command::Serve { config, listen, data_dir } => {
             let mut cfg = match load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -89,10 +81,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             berth::telemetry::init(&cfg.log);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("berth: cannot start the async runtime: {e}");

@@ -36,22 +36,32 @@ impl Server {
         let store: Arc<dyn berth_storage::ObjectStore> = match config.storage.backend {
             StorageBackend::Fs => {
                 let fs = &config.storage.fs;
-                let store = berth_storage_fs::FsStore::open(
-                    &fs.root,
-                    berth_storage_fs::FsOptions { fsync: fs.fsync },
-                )
-                .with_context(|| format!("cannot use storage directory {}", fs.root.display()))?;
+                let store = berth_storage_fs::FsStore::open(&fs.root, berth_storage_fs::FsOptions { fsync: fs.fsync })
+                    .with_context(|| format!("cannot use storage directory {}", fs.root.display()))?;
                 Arc::new(store)
             }
         };
         let state: Arc<dyn berth_state::SharedState> = match config.state.backend {
             StateBackend::Memory => Arc::new(berth_state::MemoryState::new()),
         };
+        let body_idle = config.server.body_idle_timeout.0;
         let options = RegistryOptions {
             upload_ttl: config.uploads.session_ttl.0,
+            // A lease must outlive the longest pause a client may take mid-body.
+            upload_lock_ttl: (body_idle * 2).max(Duration::from_secs(30)),
             ..RegistryOptions::default()
         };
+        let in_memory_state = matches!(config.state.backend, StateBackend::Memory);
         let registry = Registry::new(store, state, options);
+        if in_memory_state {
+            // Sessions lived in this process's memory: whatever is staged from
+            // an earlier run can never be completed.
+            match registry.sweep_orphaned_uploads(Duration::ZERO).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed uploads left by an earlier run"),
+                Err(e) => tracing::warn!(error = %e, "cannot sweep uploads left by an earlier run"),
+            }
+        }
         let app = Arc::new(App {
             registry,
             gate: crate::auth::Gate::anonymous(),
@@ -76,20 +86,10 @@ impl Server {
     /// Serve until `shutdown` resolves, then drain.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let router: Router = api::router(self.app.clone());
-        let janitor = tokio::spawn(run_janitor(
-            self.app.registry.clone(),
-            self.janitor_interval,
-        ));
+        let janitor = tokio::spawn(run_janitor(self.app.registry.clone(), self.janitor_interval));
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)));
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(self.header_read_timeout).keep_alive(true);
+        builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
         let graceful = GracefulShutdown::new();
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
         tokio::pin!(shutdown);
@@ -112,9 +112,7 @@ impl Server {
                 req.extensions_mut().insert(PeerAddr(peer));
                 router.clone().oneshot(req)
             });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -143,6 +141,12 @@ async fn run_janitor(registry: Registry, every: Duration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "expired abandoned uploads"),
             Err(e) => tracing::warn!(error = %e, "upload janitor failed"),
+        }
+        let orphan_age = registry.options().orphan_upload_age;
+        match registry.sweep_orphaned_uploads(orphan_age).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed orphaned staged uploads"),
+            Err(e) => tracing::warn!(error = %e, "orphaned upload sweep failed"),
         }
     }
 }

@@ -13,10 +13,7 @@ use std::time::Duration;
 use common::{bytes, client, Berth};
 
 fn berth(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .output()
-        .expect("run berth")
+    Command::new(env!("CARGO_BIN_EXE_berth")).args(args).output().expect("run berth")
 }
 
 #[test]
@@ -27,16 +24,9 @@ fn example_configs_pass_config_check() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let out = berth(&["config", "check", path.to_str().unwrap()]);
-            assert!(
-                out.status.success(),
-                "{path:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{path:?}: {}", String::from_utf8_lossy(&out.stderr));
             let printed = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                printed.contains("[server]") && printed.contains("listen"),
-                "{printed}"
-            );
+            assert!(printed.contains("[server]") && printed.contains("listen"), "{printed}");
             checked += 1;
         }
     }
@@ -47,15 +37,9 @@ fn example_configs_pass_config_check() {
 fn config_check_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        (
-            "[server]\nlisten = \"127.0.0.1:1\"\ntimeout = \"1s\"\n",
-            "timeout",
-        ),
+        ("[server]\nlisten = \"127.0.0.1:1\"\ntimeout = \"1s\"\n", "timeout"),
         ("[storage.fs]\nfsync = \"yes\"\n", "storage.fs.fsync"),
-        (
-            "[uploads]\nsession_ttl = \"5 minutes\"\n",
-            "uploads.session_ttl",
-        ),
+        ("[uploads]\nsession_ttl = \"5 minutes\"\n", "uploads.session_ttl"),
         ("[server]\nlisten = \"0.0.0.0:5000\"\n", "server.listen"),
     ];
     for (text, key) in cases {
@@ -80,10 +64,7 @@ fn refuses_anonymous_network_listener() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("no authentication") && err.contains("allow_anonymous"),
-        "{err}"
-    );
+    assert!(err.contains("no authentication") && err.contains("allow_anonymous"), "{err}");
 }
 
 #[test]
@@ -106,26 +87,17 @@ fn one_log_line_per_request() {
     let b = Berth::start("");
     for _ in 0..3 {
         let mut s = TcpStream::connect(&b.addr).unwrap();
-        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
         let mut out = Vec::new();
         s.read_to_end(&mut out).unwrap();
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let n = b
-            .stderr()
-            .lines()
-            .filter(|l| l.contains("berth::access") && l.contains("/v2/"))
-            .count();
+        let n = b.stderr().lines().filter(|l| l.contains("berth::access") && l.contains("/v2/")).count();
         if n == 3 {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "expected 3 access lines, saw {n}:\n{}",
-            b.stderr()
-        );
+        assert!(std::time::Instant::now() < deadline, "expected 3 access lines, saw {n}:\n{}", b.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -136,59 +108,32 @@ fn one_log_line_per_request() {
 fn graceful_shutdown_finishes_in_flight_requests() {
     let mut b = Berth::start("");
     let mut s = TcpStream::connect(&b.addr).unwrap();
-    s.write_all(
-        b"POST /v2/shutdown/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
-    )
-    .unwrap();
+    s.write_all(b"POST /v2/shutdown/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
     let mut head = [0u8; 4096];
     let n = s.read(&mut head).unwrap();
     let head = String::from_utf8_lossy(&head[..n]).to_string();
-    let loc = head
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .expect("location")
-        .trim()
-        .to_owned();
+    let loc = head.lines().find_map(|l| l.strip_prefix("location: ")).expect("location").trim().to_owned();
 
     let data = bytes(8 * 1024 * 1024, 99);
     let (first, second) = data.split_at(4 * 1024 * 1024);
-    s.write_all(
-        format!(
-            "PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-            data.len()
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    s.write_all(format!("PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", data.len()).as_bytes())
+        .unwrap();
     s.write_all(first).unwrap();
     // Wait until the server is writing this chunk: its staging file grows.
     let uploads = b.data_dir().join(".uploads");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while common::files_under(&uploads)
-        .iter()
-        .all(|f| f.metadata().map(|m| m.len()).unwrap_or(0) == 0)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the chunk never reached the store"
-        );
+    while common::files_under(&uploads).iter().all(|f| f.metadata().map(|m| m.len()).unwrap_or(0) == 0) {
+        assert!(std::time::Instant::now() < deadline, "the chunk never reached the store");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(b.pid().to_string())
-        .status();
+    let _ = Command::new("kill").arg("-TERM").arg(b.pid().to_string()).status();
     s.write_all(second).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
     let resp = String::from_utf8_lossy(&resp);
     assert!(resp.starts_with("HTTP/1.1 202"), "{resp}");
-    assert!(
-        resp.to_ascii_lowercase()
-            .contains(&format!("range: 0-{}", data.len() - 1)),
-        "{resp}"
-    );
+    assert!(resp.to_ascii_lowercase().contains(&format!("range: 0-{}", data.len() - 1)), "{resp}");
     let status = b.terminate().expect("berth exited");
     assert!(status.success(), "exit status {status:?}");
 }

@@ -24,16 +24,12 @@ fn require(program: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(
-        found,
-        "{program} is not installed: run scripts/install-test-deps (or apt-get install {program})"
-    );
+    assert!(found, "{program} is not installed: run scripts/install-test-deps (or apt-get install {program})");
 }
 
 fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("BERTH_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/test-venv"));
+    let venv =
+        std::env::var_os("BERTH_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/test-venv"));
     let python = venv.join("bin/python");
     assert!(
         python.exists(),
@@ -44,25 +40,16 @@ fn venv_python() -> PathBuf {
 }
 
 fn run(cmd: &mut Command, what: &str) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
+    assert!(out.status.success(), "{what} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
     println!("{stdout}");
 }
 
 fn assert_clean_log(b: &Berth) {
     let log = b.stderr();
-    assert!(
-        !log.contains("status=500") && !log.contains("panicked"),
-        "server errors:\n{log}"
-    );
+    assert!(!log.contains("status=500") && !log.contains("panicked"), "server errors:\n{log}");
 }
 
 #[test]
@@ -72,20 +59,11 @@ fn skopeo_roundtrip_oci_and_docker_images() {
     let b = Berth::start("");
     let work = tempfile::tempdir().unwrap();
     let script = repo_root().join("tests/clients/skopeo-roundtrip.sh");
-    run(
-        Command::new("bash")
-            .arg(&script)
-            .arg(&b.addr)
-            .arg(work.path()),
-        "skopeo-roundtrip.sh",
-    );
+    run(Command::new("bash").arg(&script).arg(&b.addr).arg(work.path()), "skopeo-roundtrip.sh");
     assert_clean_log(&b);
     // The two images share layers: each blob is stored once.
     let blobs = common::files_under(&b.data_dir().join("blobs"));
-    let mut names: Vec<_> = blobs
-        .iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_owned()))
-        .collect();
+    let mut names: Vec<_> = blobs.iter().filter_map(|p| p.file_name().map(|n| n.to_owned())).collect();
     let total = names.len();
     names.sort();
     names.dedup();
@@ -98,10 +76,7 @@ fn oras_artifact_with_subject_and_referrers() {
     let python = venv_python();
     let b = Berth::start("");
     let script = repo_root().join("tests/clients/oras_referrers.py");
-    run(
-        Command::new(python).arg(&script).arg(&b.addr),
-        "oras_referrers.py",
-    );
+    run(Command::new(python).arg(&script).arg(&b.addr), "oras_referrers.py");
     assert_clean_log(&b);
 }
 

@@ -35,25 +35,13 @@ pub enum Endpoint {
     /// `DELETE /v2/<name>/blobs/uploads/<id>`
     UploadCancel { name: RepoName, id: String },
     /// end-3 `GET /v2/<name>/manifests/<reference>`
-    ManifestGet {
-        name: RepoName,
-        reference: Reference,
-    },
+    ManifestGet { name: RepoName, reference: Reference },
     /// end-3 `HEAD /v2/<name>/manifests/<reference>`
-    ManifestHead {
-        name: RepoName,
-        reference: Reference,
-    },
+    ManifestHead { name: RepoName, reference: Reference },
     /// end-7 `PUT /v2/<name>/manifests/<reference>`
-    ManifestPut {
-        name: RepoName,
-        reference: Reference,
-    },
+    ManifestPut { name: RepoName, reference: Reference },
     /// end-9 `DELETE /v2/<name>/manifests/<reference>`
-    ManifestDelete {
-        name: RepoName,
-        reference: Reference,
-    },
+    ManifestDelete { name: RepoName, reference: Reference },
     /// end-8a/8b `GET /v2/<name>/tags/list`
     TagsList { name: RepoName },
     /// end-12a/12b `GET /v2/<name>/referrers/<digest>`
@@ -119,14 +107,11 @@ impl Endpoint {
 }
 
 fn name(s: &str) -> Result<RepoName, ParseError> {
-    s.parse().map_err(|e: crate::oci::name::NameError| {
-        ParseError::Invalid(OciError::NameInvalid(e.to_string()))
-    })
+    s.parse().map_err(|e: crate::oci::name::NameError| ParseError::Invalid(OciError::NameInvalid(e.to_string())))
 }
 
 fn digest(s: &str) -> Result<Digest, ParseError> {
-    s.parse()
-        .map_err(|e: DigestError| ParseError::Invalid(OciError::DigestInvalid(e.to_string())))
+    s.parse().map_err(|e: DigestError| ParseError::Invalid(OciError::DigestInvalid(e.to_string())))
 }
 
 fn reference(s: &str) -> Result<Reference, ParseError> {
@@ -158,9 +143,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ParseError> {
     }
     // Bound the work done on hostile paths before splitting.
     if rest.len() > 2048 {
-        return Err(ParseError::Invalid(OciError::NameInvalid(
-            "path too long".into(),
-        )));
+        return Err(ParseError::Invalid(OciError::NameInvalid("path too long".into())));
     }
     let segs: Vec<&str> = rest.split('/').collect();
     let n = segs.len();
@@ -210,14 +193,18 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ParseError> {
         });
     }
     if n >= 3 && at(2) == "manifests" {
-        if !matches!(
-            *method,
-            Method::GET | Method::HEAD | Method::PUT | Method::DELETE
-        ) {
+        if !matches!(*method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE) {
             return Err(ParseError::MethodNotAllowed("GET, HEAD, PUT, DELETE"));
         }
         let name = name(&joined(2))?;
-        let reference = reference(at(1))?;
+        let reference = match reference(at(1)) {
+            // Reading or deleting something that cannot exist is a 404 (the
+            // spec's end-3 and end-9 fail only that way); pushing it is a 400.
+            Err(ParseError::Invalid(OciError::ManifestInvalid(m))) if *method != Method::PUT => {
+                return Err(ParseError::Invalid(OciError::ManifestUnknown(m)))
+            }
+            r => r?,
+        };
         return Ok(match *method {
             Method::GET => Endpoint::ManifestGet { name, reference },
             Method::HEAD => Endpoint::ManifestHead { name, reference },
@@ -271,117 +258,37 @@ mod tests {
     fn spec_endpoint_table() {
         check("GET", "/v2/", Ok(Endpoint::Base)); // end-1
         check("GET", "/v2", Ok(Endpoint::Base));
-        check(
-            "GET",
-            &format!("/v2/a/b/blobs/{D}"),
-            Ok(Endpoint::BlobGet {
-                name: n("a/b"),
-                digest: d(),
-            }),
-        ); // end-2
-        check(
-            "HEAD",
-            &format!("/v2/a/blobs/{D}"),
-            Ok(Endpoint::BlobHead {
-                name: n("a"),
-                digest: d(),
-            }),
-        );
+        check("GET", &format!("/v2/a/b/blobs/{D}"), Ok(Endpoint::BlobGet { name: n("a/b"), digest: d() })); // end-2
+        check("HEAD", &format!("/v2/a/blobs/{D}"), Ok(Endpoint::BlobHead { name: n("a"), digest: d() }));
         check(
             "GET",
             "/v2/a/manifests/latest",
-            Ok(Endpoint::ManifestGet {
-                name: n("a"),
-                reference: "latest".parse().unwrap(),
-            }),
+            Ok(Endpoint::ManifestGet { name: n("a"), reference: "latest".parse().unwrap() }),
         ); // end-3
         check(
             "HEAD",
             &format!("/v2/a/manifests/{D}"),
-            Ok(Endpoint::ManifestHead {
-                name: n("a"),
-                reference: D.parse().unwrap(),
-            }),
+            Ok(Endpoint::ManifestHead { name: n("a"), reference: D.parse().unwrap() }),
         );
-        check(
-            "POST",
-            "/v2/a/blobs/uploads/",
-            Ok(Endpoint::UploadStart { name: n("a") }),
-        ); // end-4a, 4b, 11
-        check(
-            "POST",
-            "/v2/a/b/c/blobs/uploads",
-            Ok(Endpoint::UploadStart { name: n("a/b/c") }),
-        );
-        check(
-            "PATCH",
-            &format!("/v2/a/blobs/uploads/{U}"),
-            Ok(Endpoint::UploadPatch {
-                name: n("a"),
-                id: U.into(),
-            }),
-        ); // end-5
-        check(
-            "PUT",
-            &format!("/v2/a/blobs/uploads/{U}"),
-            Ok(Endpoint::UploadPut {
-                name: n("a"),
-                id: U.into(),
-            }),
-        ); // end-6
+        check("POST", "/v2/a/blobs/uploads/", Ok(Endpoint::UploadStart { name: n("a") })); // end-4a, 4b, 11
+        check("POST", "/v2/a/b/c/blobs/uploads", Ok(Endpoint::UploadStart { name: n("a/b/c") }));
+        check("PATCH", &format!("/v2/a/blobs/uploads/{U}"), Ok(Endpoint::UploadPatch { name: n("a"), id: U.into() })); // end-5
+        check("PUT", &format!("/v2/a/blobs/uploads/{U}"), Ok(Endpoint::UploadPut { name: n("a"), id: U.into() })); // end-6
         check(
             "PUT",
             "/v2/a/manifests/v1",
-            Ok(Endpoint::ManifestPut {
-                name: n("a"),
-                reference: "v1".parse().unwrap(),
-            }),
+            Ok(Endpoint::ManifestPut { name: n("a"), reference: "v1".parse().unwrap() }),
         ); // end-7
-        check(
-            "GET",
-            "/v2/a/tags/list",
-            Ok(Endpoint::TagsList { name: n("a") }),
-        ); // end-8a, 8b
+        check("GET", "/v2/a/tags/list", Ok(Endpoint::TagsList { name: n("a") })); // end-8a, 8b
         check(
             "DELETE",
             "/v2/a/manifests/v1",
-            Ok(Endpoint::ManifestDelete {
-                name: n("a"),
-                reference: "v1".parse().unwrap(),
-            }),
+            Ok(Endpoint::ManifestDelete { name: n("a"), reference: "v1".parse().unwrap() }),
         ); // end-9
-        check(
-            "DELETE",
-            &format!("/v2/a/blobs/{D}"),
-            Ok(Endpoint::BlobDelete {
-                name: n("a"),
-                digest: d(),
-            }),
-        ); // end-10
-        check(
-            "GET",
-            &format!("/v2/a/referrers/{D}"),
-            Ok(Endpoint::Referrers {
-                name: n("a"),
-                digest: d(),
-            }),
-        ); // end-12
-        check(
-            "GET",
-            &format!("/v2/a/blobs/uploads/{U}"),
-            Ok(Endpoint::UploadStatus {
-                name: n("a"),
-                id: U.into(),
-            }),
-        ); // end-13
-        check(
-            "DELETE",
-            &format!("/v2/a/blobs/uploads/{U}"),
-            Ok(Endpoint::UploadCancel {
-                name: n("a"),
-                id: U.into(),
-            }),
-        );
+        check("DELETE", &format!("/v2/a/blobs/{D}"), Ok(Endpoint::BlobDelete { name: n("a"), digest: d() })); // end-10
+        check("GET", &format!("/v2/a/referrers/{D}"), Ok(Endpoint::Referrers { name: n("a"), digest: d() })); // end-12
+        check("GET", &format!("/v2/a/blobs/uploads/{U}"), Ok(Endpoint::UploadStatus { name: n("a"), id: U.into() })); // end-13
+        check("DELETE", &format!("/v2/a/blobs/uploads/{U}"), Ok(Endpoint::UploadCancel { name: n("a"), id: U.into() }));
         check("GET", "/v2/_catalog", Ok(Endpoint::Catalog));
     }
 
@@ -390,29 +297,11 @@ mod tests {
         check(
             "GET",
             "/v2/a/manifests/b/manifests/latest",
-            Ok(Endpoint::ManifestGet {
-                name: n("a/manifests/b"),
-                reference: "latest".parse().unwrap(),
-            }),
+            Ok(Endpoint::ManifestGet { name: n("a/manifests/b"), reference: "latest".parse().unwrap() }),
         );
-        check(
-            "GET",
-            "/v2/blobs/tags/list",
-            Ok(Endpoint::TagsList { name: n("blobs") }),
-        );
-        check(
-            "POST",
-            "/v2/x/blobs/blobs/uploads/",
-            Ok(Endpoint::UploadStart { name: n("x/blobs") }),
-        );
-        check(
-            "GET",
-            &format!("/v2/uploads/blobs/{D}"),
-            Ok(Endpoint::BlobGet {
-                name: n("uploads"),
-                digest: d(),
-            }),
-        );
+        check("GET", "/v2/blobs/tags/list", Ok(Endpoint::TagsList { name: n("blobs") }));
+        check("POST", "/v2/x/blobs/blobs/uploads/", Ok(Endpoint::UploadStart { name: n("x/blobs") }));
+        check("GET", &format!("/v2/uploads/blobs/{D}"), Ok(Endpoint::BlobGet { name: n("uploads"), digest: d() }));
     }
 
     #[test]
@@ -434,21 +323,15 @@ mod tests {
         check("GET", "/v2/a%2e%2e/manifests/x", Err("NAME_INVALID"));
         check("GET", "/v2//a/manifests/x", Err("NAME_INVALID"));
         check("GET", "/v2/manifests/x", Err("404"));
-        check(
-            "GET",
-            &format!("/v2/{}/manifests/x", "a".repeat(256)),
-            Err("NAME_INVALID"),
-        );
-        check(
-            "GET",
-            &format!("/v2/{}/manifests/x", "a/".repeat(1500)),
-            Err("NAME_INVALID"),
-        );
+        check("GET", &format!("/v2/{}/manifests/x", "a".repeat(256)), Err("NAME_INVALID"));
+        check("GET", &format!("/v2/{}/manifests/x", "a/".repeat(1500)), Err("NAME_INVALID"));
         check("GET", "/v2/a/blobs/sha256:abc", Err("DIGEST_INVALID"));
         check("GET", "/v2/a/blobs/latest", Err("DIGEST_INVALID"));
         check("GET", "/v2/a/manifests/sha256:zz", Err("DIGEST_INVALID"));
-        check("GET", "/v2/a/manifests/bad%20tag", Err("MANIFEST_INVALID"));
-        check("GET", "/v2/a/manifests/..", Err("MANIFEST_INVALID"));
+        check("GET", "/v2/a/manifests/bad%20tag", Err("MANIFEST_UNKNOWN"));
+        check("HEAD", "/v2/a/manifests/.INVALID_MANIFEST_NAME", Err("MANIFEST_UNKNOWN"));
+        check("DELETE", "/v2/a/manifests/..", Err("MANIFEST_UNKNOWN"));
+        check("PUT", "/v2/a/manifests/..", Err("MANIFEST_INVALID"));
         check("GET", "/v2/a/referrers/latest", Err("DIGEST_INVALID"));
     }
 

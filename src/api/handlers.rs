@@ -39,27 +39,18 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     // Wrapped first, so a request refused at any step below still has its
     // body read off the connection.
-    let body = DrainOnDrop {
-        body: Some(body),
-        idle: app.body_idle_timeout,
-    };
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    let body = DrainOnDrop { body: Some(body), idle: app.body_idle_timeout, expects_continue };
     let endpoint = match endpoint::parse(&parts.method, parts.uri.path()) {
         Ok(e) => e,
-        Err(ParseError::NotFound) => {
-            return envelope(
-                StatusCode::NOT_FOUND,
-                "NAME_UNKNOWN",
-                "no such API endpoint",
-            )
-        }
+        Err(ParseError::NotFound) => return envelope(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "no such API endpoint"),
         Err(ParseError::MethodNotAllowed(allow)) => {
-            let mut resp = envelope(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "UNSUPPORTED",
-                "method not allowed here",
-            );
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            let mut resp = envelope(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "method not allowed here");
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
             return resp;
         }
         Err(ParseError::Invalid(e)) => return error_response(&e),
@@ -69,9 +60,7 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         Err(e) => return error_response(&e),
     };
     let upload_id = match &endpoint {
-        Endpoint::UploadPatch { name, id } | Endpoint::UploadPut { name, id } => {
-            Some((name.clone(), id.clone()))
-        }
+        Endpoint::UploadPatch { name, id } | Endpoint::UploadPut { name, id } => Some((name.clone(), id.clone())),
         _ => None,
     };
     let result = handle(&app, &identity, endpoint, parts, body).await;
@@ -87,35 +76,18 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     }
 }
 
-async fn handle(
-    app: &App,
-    id: &Identity,
-    endpoint: Endpoint,
-    parts: Parts,
-    body: DrainOnDrop,
-) -> HandlerResult {
+async fn handle(app: &App, id: &Identity, endpoint: Endpoint, parts: Parts, body: DrainOnDrop) -> HandlerResult {
     let query = Query::parse(parts.uri.query());
     match endpoint {
-        Endpoint::Base => Ok((
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            "{}",
-        )
-            .into_response()),
+        Endpoint::Base => Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
         Endpoint::Catalog => catalog(app, id, &query).await,
-        Endpoint::BlobGet { name, digest } => {
-            blob_get(app, id, &name, &digest, &parts.headers).await
-        }
+        Endpoint::BlobGet { name, digest } => blob_get(app, id, &name, &digest, &parts.headers).await,
         Endpoint::BlobHead { name, digest } => blob_head(app, id, &name, &digest).await,
         Endpoint::BlobDelete { name, digest } => {
-            app.registry
-                .blob_delete(&app.gate.authorize(id, &name)?, &digest)
-                .await?;
+            app.registry.blob_delete(&app.gate.authorize(id, &name)?, &digest).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
-        Endpoint::UploadStart { name } => {
-            upload_start(app, id, &name, &query, &parts.headers, body).await
-        }
+        Endpoint::UploadStart { name } => upload_start(app, id, &name, &query, &parts.headers, body).await,
         Endpoint::UploadStatus { name, id: upload } => {
             let access = app.gate.authorize(id, &name)?;
             let status = app.registry.upload_status(&access, &upload).await?;
@@ -125,36 +97,22 @@ async fn handle(
             let access = app.gate.authorize(id, &name)?;
             let start = content_range_start(&parts.headers)?;
             let len = content_length(&parts.headers)?;
-            let status = app
-                .registry
-                .upload_append(&access, &upload, start, len, body_stream(body))
-                .await?;
+            let status = app.registry.upload_append(&access, &upload, start, len, body_stream(body)).await?;
             Ok(upload_response(StatusCode::ACCEPTED, &name, &status))
         }
         Endpoint::UploadPut { name, id: upload } => {
             let access = app.gate.authorize(id, &name)?;
-            let digest = query.digest("digest")?.ok_or_else(|| {
-                OciError::DigestInvalid("the digest parameter is required".into())
-            })?;
+            let digest = query
+                .digest("digest")?
+                .ok_or_else(|| OciError::DigestInvalid("the digest parameter is required".into()))?;
             let start = content_range_start(&parts.headers)?;
             let len = content_length(&parts.headers)?;
-            let done = app
-                .registry
-                .upload_complete(
-                    &access,
-                    &upload,
-                    &digest,
-                    start,
-                    len,
-                    Some(body_stream(body)),
-                )
-                .await?;
+            let done =
+                app.registry.upload_complete(&access, &upload, &digest, start, len, Some(body_stream(body))).await?;
             Ok(blob_created(&name, &done))
         }
         Endpoint::UploadCancel { name, id: upload } => {
-            app.registry
-                .upload_cancel(&app.gate.authorize(id, &name)?, &upload)
-                .await?;
+            app.registry.upload_cancel(&app.gate.authorize(id, &name)?, &upload).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Endpoint::ManifestGet { name, reference } => {
@@ -167,9 +125,7 @@ async fn handle(
             manifest_put(app, id, &name, &reference, &parts.headers, body).await
         }
         Endpoint::ManifestDelete { name, reference } => {
-            app.registry
-                .manifest_delete(&app.gate.authorize(id, &name)?, &reference)
-                .await?;
+            app.registry.manifest_delete(&app.gate.authorize(id, &name)?, &reference).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
         Endpoint::TagsList { name } => {
@@ -183,19 +139,10 @@ async fn handle(
             let access = app.gate.authorize(id, &name)?;
             let filter = query.get("artifactType").filter(|t| !t.is_empty());
             let manifests = app.registry.referrers(&access, &digest, filter).await?;
-            let body =
-                json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
-            let mut resp = (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, OCI_INDEX)],
-                body.to_string(),
-            )
-                .into_response();
+            let body = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
+            let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, OCI_INDEX)], body.to_string()).into_response();
             if filter.is_some() {
-                resp.headers_mut().insert(
-                    OCI_FILTERS_APPLIED,
-                    HeaderValue::from_static("artifactType"),
-                );
+                resp.headers_mut().insert(OCI_FILTERS_APPLIED, HeaderValue::from_static("artifactType"));
             }
             Ok(resp)
         }
@@ -207,27 +154,16 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Query {
-        Query(
-            form_urlencoded::parse(q.unwrap_or("").as_bytes())
-                .into_owned()
-                .collect(),
-        )
+        Query(form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect())
     }
 
     fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     fn digest(&self, key: &str) -> Result<Option<Digest>, OciError> {
         self.get(key)
-            .map(|d| {
-                d.parse().map_err(|e: crate::oci::digest::DigestError| {
-                    OciError::DigestInvalid(e.to_string())
-                })
-            })
+            .map(|d| d.parse().map_err(|e: crate::oci::digest::DigestError| OciError::DigestInvalid(e.to_string())))
             .transpose()
     }
 
@@ -235,9 +171,8 @@ impl Query {
     fn page_size(&self) -> Result<Option<usize>, OciError> {
         self.get("n")
             .map(|n| {
-                n.parse::<usize>().map_err(|_| {
-                    OciError::Unsupported(format!("n must be a non-negative integer, not {n:?}"))
-                })
+                n.parse::<usize>()
+                    .map_err(|_| OciError::Unsupported(format!("n must be a non-negative integer, not {n:?}")))
             })
             .transpose()
     }
@@ -267,14 +202,12 @@ fn content_range_start(headers: &HeaderMap) -> Result<Option<u64>, OciError> {
                 .to_str()
                 .ok()
                 .and_then(parse_content_range)
-                .ok_or_else(|| {
-                    OciError::BlobUploadInvalid("Content-Range must be <first>-<last>".into())
-                })?;
+                .ok_or_else(|| OciError::BlobUploadInvalid("Content-Range must be <first>-<last>".into()))?;
+            let span = (last - first).checked_add(1);
             if let Some(len) = content_length(headers)? {
-                if len != last - first + 1 {
+                if span != Some(len) {
                     return Err(OciError::SizeInvalid(format!(
-                        "Content-Range {first}-{last} is {} bytes, Content-Length says {len}",
-                        last - first + 1
+                        "Content-Range {first}-{last} does not match Content-Length {len}"
                     )));
                 }
             }
@@ -294,6 +227,7 @@ const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 struct DrainOnDrop {
     body: Option<Body>,
     idle: Duration,
+    expects_continue: bool,
 }
 
 impl Drop for DrainOnDrop {
@@ -301,8 +235,10 @@ impl Drop for DrainOnDrop {
         let Some(mut body) = self.body.take() else {
             return;
         };
-        // Nothing left, or more than is worth reading: let the connection close.
-        if http_body::Body::is_end_stream(&body)
+        // Nothing left, more than is worth reading, or a client still waiting
+        // for `100 Continue` (reading would invite the upload): close instead.
+        if self.expects_continue
+            || http_body::Body::is_end_stream(&body)
             || http_body::Body::size_hint(&body).lower() > DRAIN_LIMIT
         {
             return;
@@ -313,9 +249,7 @@ impl Drop for DrainOnDrop {
                 let mut drained = 0u64;
                 while drained <= DRAIN_LIMIT {
                     match tokio::time::timeout(idle, body.frame()).await {
-                        Ok(Some(Ok(frame))) => {
-                            drained += frame.data_ref().map(|d| d.len() as u64).unwrap_or(0)
-                        }
+                        Ok(Some(Ok(frame))) => drained += frame.data_ref().map(|d| d.len() as u64).unwrap_or(0),
                         _ => break,
                     }
                 }
@@ -354,15 +288,9 @@ fn hv(s: &str) -> HeaderValue {
 }
 
 fn upload_headers(headers: &mut HeaderMap, name: &RepoName, status: &UploadStatus) {
-    headers.insert(
-        header::LOCATION,
-        hv(&format!("/v2/{name}/blobs/uploads/{}", status.id)),
-    );
+    headers.insert(header::LOCATION, hv(&format!("/v2/{name}/blobs/uploads/{}", status.id)));
     // The range received so far, inclusive; "0-0" before any byte, as clients expect.
-    headers.insert(
-        header::RANGE,
-        hv(&format!("0-{}", status.offset.saturating_sub(1))),
-    );
+    headers.insert(header::RANGE, hv(&format!("0-{}", status.offset.saturating_sub(1))));
     headers.insert(UPLOAD_UUID, hv(&status.id));
 }
 
@@ -381,37 +309,22 @@ fn blob_created(name: &RepoName, digest: &Digest) -> Response {
 }
 
 async fn blob_head(app: &App, id: &Identity, name: &RepoName, digest: &Digest) -> HandlerResult {
-    let meta = app
-        .registry
-        .blob_meta(&app.gate.authorize(id, name)?, digest)
-        .await?;
+    let meta = app.registry.blob_meta(&app.gate.authorize(id, name)?, digest).await?;
     let mut resp = StatusCode::OK.into_response();
     blob_headers(resp.headers_mut(), digest, meta.size);
     Ok(resp)
 }
 
 fn blob_headers(h: &mut HeaderMap, digest: &Digest, len: u64) {
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(CONTENT_DIGEST, hv(&digest.to_string()));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::ETAG, hv(&format!("\"{digest}\"")));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=31536000"),
-    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
 }
 
-async fn blob_get(
-    app: &App,
-    id: &Identity,
-    name: &RepoName,
-    digest: &Digest,
-    headers: &HeaderMap,
-) -> HandlerResult {
+async fn blob_get(app: &App, id: &Identity, name: &RepoName, digest: &Digest, headers: &HeaderMap) -> HandlerResult {
     let access = app.gate.authorize(id, name)?;
     let range_header = header_str(headers, &header::RANGE);
     let range = match range_header {
@@ -433,12 +346,7 @@ async fn blob_get(
     blob_headers(resp.headers_mut(), digest, len);
     if partial {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let cr = format!(
-            "bytes {}-{}/{}",
-            read.range.start,
-            read.range.end.saturating_sub(1),
-            read.size
-        );
+        let cr = format!("bytes {}-{}/{}", read.range.start, read.range.end.saturating_sub(1), read.size);
         resp.headers_mut().insert(header::CONTENT_RANGE, hv(&cr));
     }
     Ok(resp)
@@ -455,9 +363,8 @@ async fn upload_start(
     let access = app.gate.authorize(id, name)?;
     if let Some(mount) = query.digest("mount")? {
         if let Some(from) = query.get("from") {
-            let from: RepoName = from
-                .parse()
-                .map_err(|e: crate::oci::name::NameError| OciError::NameInvalid(e.to_string()))?;
+            let from: RepoName =
+                from.parse().map_err(|e: crate::oci::name::NameError| OciError::NameInvalid(e.to_string()))?;
             // Mounting needs read access to the source; without it, fall back
             // to a fresh upload exactly as for an unknown blob.
             if let Ok(source) = app.gate.authorize(id, &from) {
@@ -468,25 +375,18 @@ async fn upload_start(
         }
     } else if let Some(digest) = query.digest("digest")? {
         let len = content_length(headers)?;
-        let done = app
-            .registry
-            .upload_monolithic(&access, id.subject.clone(), &digest, len, body_stream(body))
-            .await?;
+        let done = app.registry.upload_monolithic(&access, &digest, len, body_stream(body)).await?;
         return Ok(blob_created(name, &done));
     }
     let algorithm = match query.get("digest-algorithm") {
         Some("sha512") => Algorithm::Sha512,
         _ => Algorithm::Sha256,
     };
-    let status = app
-        .registry
-        .upload_start(&access, id.subject.clone(), algorithm)
-        .await?;
+    let status = app.registry.upload_start(&access, algorithm).await?;
     let mut resp = upload_response(StatusCode::ACCEPTED, name, &status);
     let min = app.registry.min_chunk_length();
     if min > 1 {
-        resp.headers_mut()
-            .insert(OCI_CHUNK_MIN_LENGTH, HeaderValue::from(min));
+        resp.headers_mut().insert(OCI_CHUNK_MIN_LENGTH, HeaderValue::from(min));
     }
     Ok(resp)
 }
@@ -498,8 +398,17 @@ fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
     for value in headers.get_all(header::ACCEPT) {
         let Ok(value) = value.to_str() else { continue };
         for item in value.split(',') {
-            let mt = item.split(';').next().unwrap_or("").trim();
+            let mut params = item.split(';');
+            let mt = params.next().unwrap_or("").trim();
             if mt.is_empty() {
+                continue;
+            }
+            // `q=0` means "not acceptable".
+            let refused = params.any(|p| {
+                p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok()).is_some_and(|q| q <= 0.0)
+            });
+            if refused {
+                any = true;
                 continue;
             }
             any = true;
@@ -519,10 +428,7 @@ async fn manifest_get(
     headers: &HeaderMap,
     with_body: bool,
 ) -> HandlerResult {
-    let m = app
-        .registry
-        .manifest_get(&app.gate.authorize(id, name)?, reference)
-        .await?;
+    let m = app.registry.manifest_get(&app.gate.authorize(id, name)?, reference).await?;
     // A tag resolves to whatever was pushed; a client that cannot read that
     // type is told it is not available. A digest names exact bytes: serve them.
     if matches!(reference, Reference::Tag(_)) && !accepts(headers, &m.media_type) {
@@ -532,11 +438,7 @@ async fn manifest_get(
         )));
     }
     let len = m.bytes.len() as u64;
-    let mut resp = if with_body {
-        Response::new(Body::from(m.bytes))
-    } else {
-        StatusCode::OK.into_response()
-    };
+    let mut resp = if with_body { Response::new(Body::from(m.bytes)) } else { StatusCode::OK.into_response() };
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, hv(&m.media_type));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -554,8 +456,7 @@ async fn manifest_put(
     body: DrainOnDrop,
 ) -> HandlerResult {
     let access = app.gate.authorize(id, name)?;
-    let too_large =
-        || OciError::ManifestInvalid(format!("manifest is larger than {MAX_MANIFEST_SIZE} bytes"));
+    let too_large = || OciError::ManifestTooLarge { limit: MAX_MANIFEST_SIZE };
     if content_length(headers)?.is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
         return Err(too_large());
     }
@@ -570,16 +471,10 @@ async fn manifest_put(
     }
     let body: Bytes = buf.freeze();
     let content_type = header_str(headers, &header::CONTENT_TYPE);
-    let pushed = app
-        .registry
-        .manifest_put(&access, reference, content_type, body)
-        .await?;
+    let pushed = app.registry.manifest_put(&access, reference, content_type, body).await?;
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::LOCATION,
-        hv(&format!("/v2/{name}/manifests/{}", pushed.digest)),
-    );
+    h.insert(header::LOCATION, hv(&format!("/v2/{name}/manifests/{}", pushed.digest)));
     h.insert(CONTENT_DIGEST, hv(&pushed.digest.to_string()));
     if let Some(subject) = &pushed.subject {
         h.insert(OCI_SUBJECT, hv(&subject.to_string()));
@@ -589,36 +484,20 @@ async fn manifest_put(
 
 async fn catalog(app: &App, id: &Identity, query: &Query) -> HandlerResult {
     let n = query.page_size()?;
-    let page = app.registry.catalog(n, query.get("last")).await?;
-    let visible = Page {
-        items: page
-            .items
-            .into_iter()
-            .filter(|r| app.gate.may_list(id, r))
-            .collect(),
-        more: page.more,
-    };
-    let body = json!({ "repositories": visible.items });
-    Ok(listing("/v2/_catalog".to_owned(), n, &visible, body))
+    let page = app.registry.catalog(n, query.get("last"), &|repo| app.gate.may_list(id, repo)).await?;
+    let body = json!({ "repositories": page.items });
+    Ok(listing("/v2/_catalog".to_owned(), n, &page, body))
 }
 
 /// A JSON listing with a `Link` to the next page when there is one.
 fn listing(path: String, n: Option<usize>, page: &Page, body: serde_json::Value) -> Response {
-    let mut resp = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response();
+    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
     if page.more {
         if let Some(last) = page.items.last() {
             let mut q = form_urlencoded::Serializer::new(String::new());
             q.append_pair("n", &n.unwrap_or(page.items.len()).to_string());
             q.append_pair("last", last);
-            resp.headers_mut().insert(
-                header::LINK,
-                hv(&format!("<{path}?{}>; rel=\"next\"", q.finish())),
-            );
+            resp.headers_mut().insert(header::LINK, hv(&format!("<{path}?{}>; rel=\"next\"", q.finish())));
         }
     }
     resp

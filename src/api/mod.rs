@@ -67,16 +67,9 @@ async fn log_and_stamp(req: Request<Body>, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let peer = req
-        .extensions()
-        .get::<PeerAddr>()
-        .map(|p| p.0.to_string())
-        .unwrap_or_default();
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.to_string()).unwrap_or_default();
     let mut resp = next.run(req).await;
-    resp.headers_mut().insert(
-        handlers::API_VERSION,
-        HeaderValue::from_static("registry/2.0"),
-    );
+    resp.headers_mut().insert(handlers::API_VERSION, HeaderValue::from_static("registry/2.0"));
     let status = resp.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status >= 500 {

@@ -63,10 +63,7 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
 /// `bytes=<first>-<last>`, which clients also send, are accepted.
 pub fn parse_content_range(header: &str) -> Option<(u64, u64)> {
     let h = header.trim();
-    let h = h
-        .strip_prefix("bytes=")
-        .or_else(|| h.strip_prefix("bytes "))
-        .unwrap_or(h);
+    let h = h.strip_prefix("bytes=").or_else(|| h.strip_prefix("bytes ")).unwrap_or(h);
     let h = h.split_once('/').map(|(r, _)| r).unwrap_or(h);
     let (a, b) = h.split_once('-')?;
     let num = |s: &str| -> Option<u64> {
@@ -120,19 +117,7 @@ mod tests {
         assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, 199)));
         assert_eq!(parse_content_range("bytes=100-199"), Some((100, 199)));
         assert_eq!(parse_content_range("5-5"), Some((5, 5)));
-        for bad in [
-            "",
-            "-",
-            "1-",
-            "-1",
-            "5-4",
-            "a-b",
-            "0-1-2",
-            "bytes",
-            " -1",
-            "0x1-2",
-            "99999999999999999999999-1",
-        ] {
+        for bad in ["", "-", "1-", "-1", "5-4", "a-b", "0-1-2", "bytes", " -1", "0x1-2", "99999999999999999999999-1"] {
             assert_eq!(parse_content_range(bad), None, "{bad:?}");
         }
     }

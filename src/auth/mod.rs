@@ -25,11 +25,7 @@ pub struct Identity {
 
 impl Identity {
     pub fn anonymous() -> Identity {
-        Identity {
-            subject: None,
-            groups: Vec::new(),
-            method: AuthMethod::Anonymous,
-        }
+        Identity { subject: None, groups: Vec::new(), method: AuthMethod::Anonymous }
     }
 }
 
@@ -49,12 +45,8 @@ impl Gate {
     }
 
     /// Grant `A` on `repo` to `identity`, or refuse.
-    pub fn authorize<A: Action>(
-        &self,
-        _identity: &Identity,
-        repo: &RepoName,
-    ) -> Result<Access<A>, OciError> {
-        Ok(Access::grant(repo.clone()))
+    pub fn authorize<A: Action>(&self, identity: &Identity, repo: &RepoName) -> Result<Access<A>, OciError> {
+        Ok(Access::grant(repo.clone(), identity.subject.clone()))
     }
 
     /// Whether `identity` may see `repo` in the catalog.

@@ -21,13 +21,9 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 || digits > 12 {
-            return Err(format!(
-                "invalid duration {s:?}: expected e.g. 30s, 5m, 1h30m"
-            ));
+            return Err(format!("invalid duration {s:?}: expected e.g. 30s, 5m, 1h30m"));
         }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid number in {s:?}"))?;
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("invalid number in {s:?}"))?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
@@ -40,9 +36,7 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             "d" => Duration::from_secs(n * 86_400),
             _ => return Err(format!("invalid duration {s:?}: units are ms, s, m, h, d")),
         };
-        total = total
-            .checked_add(part)
-            .ok_or_else(|| format!("duration {s:?} is too long"))?;
+        total = total.checked_add(part).ok_or_else(|| format!("duration {s:?} is too long"))?;
     }
     Ok(total)
 }
@@ -79,9 +73,7 @@ impl Serialize for HumanDuration {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
         let s = String::deserialize(d)?;
-        parse(&s)
-            .map(HumanDuration)
-            .map_err(serde::de::Error::custom)
+        parse(&s).map(HumanDuration).map_err(serde::de::Error::custom)
     }
 }
 
@@ -97,26 +89,11 @@ mod tests {
         assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse("2d"), Ok(Duration::from_secs(172_800)));
-        for bad in [
-            "",
-            "30",
-            "s",
-            "1x",
-            "1h 30m",
-            "-1s",
-            "1.5h",
-            "99999999999999h",
-        ] {
+        for bad in ["", "30", "s", "1x", "1h 30m", "-1s", "1.5h", "99999999999999h"] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(
-            HumanDuration(Duration::from_secs(5400)).to_string(),
-            "1h30m"
-        );
-        assert_eq!(
-            HumanDuration(Duration::from_millis(1500)).to_string(),
-            "1s500ms"
-        );
+        assert_eq!(HumanDuration(Duration::from_secs(5400)).to_string(), "1h30m");
+        assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1s500ms");
     }
 
     proptest! {

@@ -71,10 +71,7 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig {
-            backend: StorageBackend::Fs,
-            fs: FsConfig::default(),
-        }
+        StorageConfig { backend: StorageBackend::Fs, fs: FsConfig::default() }
     }
 }
 
@@ -89,10 +86,7 @@ pub struct FsConfig {
 
 impl Default for FsConfig {
     fn default() -> Self {
-        FsConfig {
-            root: PathBuf::from("./data"),
-            fsync: true,
-        }
+        FsConfig { root: PathBuf::from("./data"), fsync: true }
     }
 }
 
@@ -110,9 +104,7 @@ pub struct StateConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig {
-            backend: StateBackend::Memory,
-        }
+        StateConfig { backend: StateBackend::Memory }
     }
 }
 
@@ -151,10 +143,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
+        LogConfig { format: LogFormat::Text, level: "info".into() }
     }
 }
 
@@ -162,10 +151,7 @@ impl Default for LogConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
@@ -178,37 +164,24 @@ pub const ENV_PREFIX: &str = "BERTH__";
 
 /// Load configuration: defaults, then `file` if given, then environment
 /// overrides from `env` (pass `std::env::vars()`).
-pub fn load(
-    file: Option<&Path>,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Config, ConfigError> {
+pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
     let mut table = match file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.into(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
             text.parse::<toml::Table>()
-                .map_err(|e| ConfigError::Syntax {
-                    path: path.into(),
-                    message: e.message().to_owned(),
-                })?
+                .map_err(|e| ConfigError::Syntax { path: path.into(), message: e.message().to_owned() })?
         }
         None => toml::Table::new(),
     };
-    let overrides: BTreeMap<String, String> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
+    let overrides: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
     for (var, value) in overrides {
         apply_env(&mut table, &var, &value)?;
     }
     let config: Config = {
         let de = toml::Value::Table(table);
-        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Key {
-            key: e.path().to_string(),
-            message: e.inner().message().to_owned(),
-        })?
+        serde_path_to_error::deserialize(de)
+            .map_err(|e| ConfigError::Key { key: e.path().to_string(), message: e.inner().message().to_owned() })?
     };
     Ok(config)
 }
@@ -217,15 +190,9 @@ pub fn load(
 /// read as a TOML value when it parses as one (numbers, booleans, arrays),
 /// otherwise as a string.
 fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
-    let path: Vec<String> = var[ENV_PREFIX.len()..]
-        .split("__")
-        .map(|s| s.to_ascii_lowercase())
-        .collect();
+    let path: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
     if path.iter().any(|s| s.is_empty()) {
-        return Err(ConfigError::Env {
-            var: var.into(),
-            message: "expected BERTH__SECTION__KEY".into(),
-        });
+        return Err(ConfigError::Env { var: var.into(), message: "expected BERTH__SECTION__KEY".into() });
     }
     let parsed = format!("v = {value}")
         .parse::<toml::Table>()
@@ -235,13 +202,10 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
     let (last, parents) = path.split_last().expect("split of a non-empty path");
     let mut cursor = table;
     for p in parents {
-        let entry = cursor
-            .entry(p.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cursor = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
-            var: var.into(),
-            message: format!("`{p}` is not a section"),
-        })?;
+        let entry = cursor.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cursor = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Env { var: var.into(), message: format!("`{p}` is not a section") })?;
     }
     cursor.insert(last.clone(), parsed);
     Ok(())
@@ -256,10 +220,7 @@ impl Config {
 
     /// Refuse settings that are valid one by one but unsafe or useless together.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.server.listen.ip().is_loopback()
-            && !self.has_authentication()
-            && !self.server.allow_anonymous
-        {
+        if !self.server.listen.ip().is_loopback() && !self.has_authentication() && !self.server.allow_anonymous {
             return Err(ConfigError::Key {
                 key: "server.listen".into(),
                 message: format!(
@@ -282,17 +243,14 @@ impl Config {
                 message: "must be positive, e.g. janitor_interval = \"1m\"".into(),
             });
         }
-        if self.server.header_read_timeout.0.is_zero() || self.server.body_idle_timeout.0.is_zero()
-        {
+        if self.server.header_read_timeout.0.is_zero() || self.server.body_idle_timeout.0.is_zero() {
             return Err(ConfigError::Key {
                 key: "server".into(),
                 message: "header_read_timeout and body_idle_timeout must be positive".into(),
             });
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| ConfigError::Key {
-            key: "log.level".into(),
-            message: e.to_string(),
-        })?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::Key { key: "log.level".into(), message: e.to_string() })?;
         Ok(())
     }
 
@@ -311,10 +269,7 @@ mod tests {
     fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(text.as_bytes()).unwrap();
-        load(
-            Some(f.path()),
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
+        load(Some(f.path()), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
@@ -330,11 +285,7 @@ mod tests {
     fn file_then_env() {
         let c = load_str(
             "[server]\nlisten = \"127.0.0.1:6000\"\n[storage.fs]\nfsync = false\n",
-            &[
-                ("BERTH__SERVER__LISTEN", "127.0.0.2:7000"),
-                ("BERTH__UPLOADS__SESSION_TTL", "2h"),
-                ("OTHER", "x"),
-            ],
+            &[("BERTH__SERVER__LISTEN", "127.0.0.2:7000"), ("BERTH__UPLOADS__SESSION_TTL", "2h"), ("OTHER", "x")],
         )
         .unwrap();
         assert_eq!(c.server.listen.to_string(), "127.0.0.2:7000");
@@ -347,10 +298,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_named() {
         let err = load_str("[server]\nlisen = \"127.0.0.1:1\"\n", &[]).unwrap_err();
-        assert!(
-            err.to_string().contains("server.lisen") || err.to_string().contains("lisen"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("server.lisen") || err.to_string().contains("lisen"), "{err}");
         let err = load_str("[sever]\n", &[]).unwrap_err();
         assert!(err.to_string().contains("sever"), "{err}");
         let err = load_str("", &[("BERTH__SERVER__NOPE", "1")]).unwrap_err();
@@ -369,15 +317,8 @@ mod tests {
     fn network_listen_needs_auth_or_explicit_anonymous() {
         let c = load_str("[server]\nlisten = \"0.0.0.0:5000\"\n", &[]).unwrap();
         let err = c.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("server.listen") && err.contains("allow_anonymous"),
-            "{err}"
-        );
-        let c = load_str(
-            "[server]\nlisten = \"0.0.0.0:5000\"\nallow_anonymous = true\n",
-            &[],
-        )
-        .unwrap();
+        assert!(err.contains("server.listen") && err.contains("allow_anonymous"), "{err}");
+        let c = load_str("[server]\nlisten = \"0.0.0.0:5000\"\nallow_anonymous = true\n", &[]).unwrap();
         c.validate().unwrap();
         let c = load_str("[server]\nlisten = \"[::1]:5000\"\n", &[]).unwrap();
         c.validate().unwrap();
@@ -386,11 +327,7 @@ mod tests {
     #[test]
     fn bad_combinations_are_refused() {
         let c = load_str("[uploads]\nsession_ttl = \"1s\"\n", &[]).unwrap();
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("uploads.session_ttl"));
+        assert!(c.validate().unwrap_err().to_string().contains("uploads.session_ttl"));
         let c = load_str("[log]\nlevel = \"=[\"\n", &[]).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("log.level"));
     }

@@ -54,10 +54,7 @@ impl<'de> Deserialize<'de> for Secret {
             SecretSource::Inline(s) => Ok(Secret(s)),
             SecretSource::File { file } => {
                 let text = std::fs::read_to_string(&file).map_err(|e| {
-                    serde::de::Error::custom(format!(
-                        "cannot read secret file {}: {e}",
-                        file.display()
-                    ))
+                    serde::de::Error::custom(format!("cannot read secret file {}: {e}", file.display()))
                 })?;
                 // Files written by `echo` end in a newline that is not part of the secret.
                 Ok(Secret(text.trim_end_matches(['\n', '\r']).to_owned()))
@@ -86,15 +83,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pw");
         std::fs::write(&path, "from-file\n").unwrap();
-        let w: WithSecret = toml::from_str(&format!(
-            "password = {{ file = {:?} }}",
-            path.display().to_string()
-        ))
-        .unwrap();
+        let w: WithSecret =
+            toml::from_str(&format!("password = {{ file = {:?} }}", path.display().to_string())).unwrap();
         assert_eq!(w.password.expose(), "from-file");
 
-        let err = toml::from_str::<WithSecret>("password = { file = \"/nonexistent/secret\" }")
-            .unwrap_err();
+        let err = toml::from_str::<WithSecret>("password = { file = \"/nonexistent/secret\" }").unwrap_err();
         assert!(err.to_string().contains("password"), "{err}");
     }
 }

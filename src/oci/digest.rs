@@ -82,11 +82,9 @@ impl FromStr for Digest {
         let (alg, hex) = s.split_once(':').ok_or(DigestError::Malformed)?;
         // Grammar from the image spec: algorithm-component [+._-] separated.
         let alg_ok = !alg.is_empty()
-            && alg.split(['+', '.', '_', '-']).all(|c| {
-                !c.is_empty()
-                    && c.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            });
+            && alg
+                .split(['+', '.', '_', '-'])
+                .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
         if !alg_ok || hex.is_empty() {
             return Err(DigestError::Malformed);
         }
@@ -95,17 +93,10 @@ impl FromStr for Digest {
             "sha512" => Algorithm::Sha512,
             other => return Err(DigestError::UnsupportedAlgorithm(other.to_owned())),
         };
-        if hex.len() != algorithm.hex_len()
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if hex.len() != algorithm.hex_len() || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(DigestError::BadHex(algorithm.hex_len()));
         }
-        Ok(Digest {
-            algorithm,
-            hex: hex.to_owned(),
-        })
+        Ok(Digest { algorithm, hex: hex.to_owned() })
     }
 }
 
@@ -146,32 +137,18 @@ pub struct HasherStateError;
 /// functions, so it runs at the crate's own speed.
 #[derive(Clone)]
 pub enum ResumableHasher {
-    Sha256 {
-        state: [u32; 8],
-        buf: Vec<u8>,
-        len: u64,
-    },
-    Sha512 {
-        state: [u64; 8],
-        buf: Vec<u8>,
-        len: u128,
-    },
+    Sha256 { state: [u32; 8], buf: Vec<u8>, len: u64 },
+    Sha512 { state: [u64; 8], buf: Vec<u8>, len: u128 },
 }
 
 impl fmt::Debug for ResumableHasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "ResumableHasher({}, {} bytes)",
-            self.algorithm().as_str(),
-            self.bytes_hashed()
-        )
+        write!(f, "ResumableHasher({}, {} bytes)", self.algorithm().as_str(), self.bytes_hashed())
     }
 }
 
-const SHA256_IV: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
+const SHA256_IV: [u32; 8] =
+    [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
 const SHA512_IV: [u64; 8] = [
     0x6a09e667f3bcc908,
     0xbb67ae8584caa73b,
@@ -187,16 +164,8 @@ const STATE_VERSION: u8 = 1;
 impl ResumableHasher {
     pub fn new(algorithm: Algorithm) -> ResumableHasher {
         match algorithm {
-            Algorithm::Sha256 => ResumableHasher::Sha256 {
-                state: SHA256_IV,
-                buf: Vec::with_capacity(64),
-                len: 0,
-            },
-            Algorithm::Sha512 => ResumableHasher::Sha512 {
-                state: SHA512_IV,
-                buf: Vec::with_capacity(128),
-                len: 0,
-            },
+            Algorithm::Sha256 => ResumableHasher::Sha256 { state: SHA256_IV, buf: Vec::with_capacity(64), len: 0 },
+            Algorithm::Sha512 => ResumableHasher::Sha512 { state: SHA512_IV, buf: Vec::with_capacity(128), len: 0 },
         }
     }
 
@@ -221,10 +190,7 @@ impl ResumableHasher {
                 *len += data.len() as u64;
                 feed(buf, &mut data, 64, |blocks| {
                     for block in blocks.chunks_exact(64) {
-                        sha2::compress256(
-                            state,
-                            std::slice::from_ref(GenericArray::from_slice(block)),
-                        );
+                        sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
                     }
                 });
             }
@@ -232,10 +198,7 @@ impl ResumableHasher {
                 *len += data.len() as u128;
                 feed(buf, &mut data, 128, |blocks| {
                     for block in blocks.chunks_exact(128) {
-                        sha2::compress512(
-                            state,
-                            std::slice::from_ref(GenericArray::from_slice(block)),
-                        );
+                        sha2::compress512(state, std::slice::from_ref(GenericArray::from_slice(block)));
                     }
                 });
             }
@@ -250,32 +213,20 @@ impl ResumableHasher {
                 let mut tail = buf.clone();
                 pad(&mut tail, 64, &((*len as u128) * 8).to_be_bytes()[8..]);
                 for block in tail.chunks_exact(64) {
-                    sha2::compress256(
-                        &mut state,
-                        std::slice::from_ref(GenericArray::from_slice(block)),
-                    );
+                    sha2::compress256(&mut state, std::slice::from_ref(GenericArray::from_slice(block)));
                 }
                 let out: Vec<u8> = state.iter().flat_map(|w| w.to_be_bytes()).collect();
-                Digest {
-                    algorithm: Algorithm::Sha256,
-                    hex: hex::encode(out),
-                }
+                Digest { algorithm: Algorithm::Sha256, hex: hex::encode(out) }
             }
             ResumableHasher::Sha512 { state, buf, len } => {
                 let mut state = *state;
                 let mut tail = buf.clone();
                 pad(&mut tail, 128, &(len * 8).to_be_bytes());
                 for block in tail.chunks_exact(128) {
-                    sha2::compress512(
-                        &mut state,
-                        std::slice::from_ref(GenericArray::from_slice(block)),
-                    );
+                    sha2::compress512(&mut state, std::slice::from_ref(GenericArray::from_slice(block)));
                 }
                 let out: Vec<u8> = state.iter().flat_map(|w| w.to_be_bytes()).collect();
-                Digest {
-                    algorithm: Algorithm::Sha512,
-                    hex: hex::encode(out),
-                }
+                Digest { algorithm: Algorithm::Sha512, hex: hex::encode(out) }
             }
         }
     }
@@ -287,17 +238,13 @@ impl ResumableHasher {
             ResumableHasher::Sha256 { state, buf, len } => {
                 out.push(1);
                 out.extend_from_slice(&(*len as u128).to_be_bytes());
-                state
-                    .iter()
-                    .for_each(|w| out.extend_from_slice(&w.to_be_bytes()));
+                state.iter().for_each(|w| out.extend_from_slice(&w.to_be_bytes()));
                 out.extend_from_slice(buf);
             }
             ResumableHasher::Sha512 { state, buf, len } => {
                 out.push(2);
                 out.extend_from_slice(&len.to_be_bytes());
-                state
-                    .iter()
-                    .for_each(|w| out.extend_from_slice(&w.to_be_bytes()));
+                state.iter().for_each(|w| out.extend_from_slice(&w.to_be_bytes()));
                 out.extend_from_slice(buf);
             }
         }
@@ -324,11 +271,7 @@ impl ResumableHasher {
                 if buf.len() >= 64 || len > u64::MAX as u128 || (len % 64) as usize != buf.len() {
                     return Err(HasherStateError);
                 }
-                Ok(ResumableHasher::Sha256 {
-                    state,
-                    buf: buf.to_vec(),
-                    len: len as u64,
-                })
+                Ok(ResumableHasher::Sha256 { state, buf: buf.to_vec(), len: len as u64 })
             }
             2 if rest.len() >= 64 => {
                 let (words, buf) = rest.split_at(64);
@@ -339,11 +282,7 @@ impl ResumableHasher {
                 if buf.len() >= 128 || (len % 128) as usize != buf.len() {
                     return Err(HasherStateError);
                 }
-                Ok(ResumableHasher::Sha512 {
-                    state,
-                    buf: buf.to_vec(),
-                    len,
-                })
+                Ok(ResumableHasher::Sha512 { state, buf: buf.to_vec(), len })
             }
             _ => Err(HasherStateError),
         }
@@ -387,14 +326,9 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        let d: Digest = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b"
-            .parse()
-            .unwrap();
+        let d: Digest = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b".parse().unwrap();
         assert_eq!(d.algorithm(), Algorithm::Sha256);
-        assert_eq!(
-            d.to_string(),
-            "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b"
-        );
+        assert_eq!(d.to_string(), "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b");
         let long = format!("sha512:{}", "a".repeat(128));
         assert_eq!(long.parse::<Digest>().unwrap().to_string(), long);
     }
@@ -408,26 +342,11 @@ mod tests {
             (":abc", DigestError::Malformed),
             ("SHA256:abc", DigestError::Malformed),
             ("sha256:abc", DigestError::BadHex(64)),
-            (
-                &format!("sha256:{}", "A".repeat(64)),
-                DigestError::BadHex(64),
-            ),
-            (
-                &format!("sha256:{}", "g".repeat(64)),
-                DigestError::BadHex(64),
-            ),
-            (
-                &format!("sha256:{}", "a".repeat(65)),
-                DigestError::BadHex(64),
-            ),
-            (
-                &format!("sha512:{}", "a".repeat(64)),
-                DigestError::BadHex(128),
-            ),
-            (
-                "md5:d41d8cd98f00b204e9800998ecf8427e",
-                DigestError::UnsupportedAlgorithm("md5".into()),
-            ),
+            (&format!("sha256:{}", "A".repeat(64)), DigestError::BadHex(64)),
+            (&format!("sha256:{}", "g".repeat(64)), DigestError::BadHex(64)),
+            (&format!("sha256:{}", "a".repeat(65)), DigestError::BadHex(64)),
+            (&format!("sha512:{}", "a".repeat(64)), DigestError::BadHex(128)),
+            ("md5:d41d8cd98f00b204e9800998ecf8427e", DigestError::UnsupportedAlgorithm("md5".into())),
             ("sha256:../../etc/passwd", DigestError::BadHex(64)),
         ];
         for (input, expected) in cases {
@@ -443,10 +362,7 @@ mod tests {
         );
         let mut h = ResumableHasher::new(Algorithm::Sha256);
         h.update(b"abc");
-        assert_eq!(
-            h.finish().hex(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(h.finish().hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         let mut h = ResumableHasher::new(Algorithm::Sha512);
         h.update(b"abc");
         assert_eq!(

@@ -23,6 +23,9 @@ pub enum OciError {
     ManifestBlobUnknown(String),
     #[error("manifest invalid: {0}")]
     ManifestInvalid(String),
+    /// A manifest over the size the registry accepts (413).
+    #[error("manifest is larger than the {limit} bytes accepted")]
+    ManifestTooLarge { limit: usize },
     #[error("manifest unknown: {0}")]
     ManifestUnknown(String),
     #[error("invalid repository name: {0}")]
@@ -44,10 +47,7 @@ pub enum OciError {
     TooManyRequests { retry_after: Duration },
     /// A dependency (shared state, object store) is down; retry later.
     #[error("service temporarily unavailable")]
-    Unavailable {
-        retry_after: Duration,
-        cause: String,
-    },
+    Unavailable { retry_after: Duration, cause: String },
     /// A bug or backend failure; the cause is logged, never sent.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
@@ -58,13 +58,11 @@ impl OciError {
     pub fn code(&self) -> &'static str {
         match self {
             OciError::BlobUnknown(_) => "BLOB_UNKNOWN",
-            OciError::BlobUploadInvalid(_) | OciError::UploadOffsetMismatch { .. } => {
-                "BLOB_UPLOAD_INVALID"
-            }
+            OciError::BlobUploadInvalid(_) | OciError::UploadOffsetMismatch { .. } => "BLOB_UPLOAD_INVALID",
             OciError::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
             OciError::DigestInvalid(_) => "DIGEST_INVALID",
             OciError::ManifestBlobUnknown(_) => "MANIFEST_BLOB_UNKNOWN",
-            OciError::ManifestInvalid(_) => "MANIFEST_INVALID",
+            OciError::ManifestInvalid(_) | OciError::ManifestTooLarge { .. } => "MANIFEST_INVALID",
             OciError::ManifestUnknown(_) => "MANIFEST_UNKNOWN",
             OciError::NameInvalid(_) => "NAME_INVALID",
             OciError::NameUnknown(_) => "NAME_UNKNOWN",
@@ -100,10 +98,9 @@ impl From<berth_storage::StorageError> for OciError {
 impl From<berth_state::StateError> for OciError {
     fn from(e: berth_state::StateError) -> OciError {
         match e {
-            berth_state::StateError::Unavailable(cause) => OciError::Unavailable {
-                retry_after: Duration::from_secs(5),
-                cause,
-            },
+            berth_state::StateError::Unavailable(cause) => {
+                OciError::Unavailable { retry_after: Duration::from_secs(5), cause }
+            }
             other => OciError::Internal(Box::new(other)),
         }
     }

@@ -32,12 +32,8 @@ pub enum ManifestKind {
 }
 
 impl ManifestKind {
-    pub const ALL: [ManifestKind; 4] = [
-        ManifestKind::OciManifest,
-        ManifestKind::OciIndex,
-        ManifestKind::DockerManifest,
-        ManifestKind::DockerList,
-    ];
+    pub const ALL: [ManifestKind; 4] =
+        [ManifestKind::OciManifest, ManifestKind::OciIndex, ManifestKind::DockerManifest, ManifestKind::DockerList];
 
     pub fn media_type(self) -> &'static str {
         match self {
@@ -106,9 +102,7 @@ impl Manifest {
     /// Blobs this manifest needs in its repository: config and layers, less
     /// non-distributable layers that point elsewhere by URL.
     pub fn required_blobs(&self) -> impl Iterator<Item = &Descriptor> {
-        self.config
-            .iter()
-            .chain(self.layers.iter().filter(|l| !is_external_layer(l)))
+        self.config.iter().chain(self.layers.iter().filter(|l| !is_external_layer(l)))
     }
 
     /// The artifact type a referrers listing reports: `artifactType`, or the
@@ -151,34 +145,23 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, Manife
     if body.len() > MAX_MANIFEST_SIZE {
         return Err(ManifestError::TooLarge);
     }
-    let header = content_type.map(|ct| {
-        ct.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
-    });
+    let header = content_type.map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     if let Some(h) = &header {
         if DOCKER_SCHEMA1.contains(&h.as_str()) {
             return Err(ManifestError::Schema1);
         }
     }
-    let raw: RawManifest =
-        serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+    let raw: RawManifest = serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
     if raw.schema_version.as_ref().and_then(|v| v.as_u64()) == Some(1) {
         return Err(ManifestError::Schema1);
     }
     if raw.schema_version.as_ref().and_then(|v| v.as_u64()) != Some(2) {
         return Err(ManifestError::SchemaVersion);
     }
-    let header = header
-        .filter(|h| !h.is_empty() && h != "application/octet-stream" && h != "application/json");
+    let header = header.filter(|h| !h.is_empty() && h != "application/octet-stream" && h != "application/json");
     let media_type = match (&header, &raw.media_type) {
         (Some(h), Some(b)) if h != b => {
-            return Err(ManifestError::MediaTypeMismatch {
-                header: h.clone(),
-                body: b.clone(),
-            })
+            return Err(ManifestError::MediaTypeMismatch { header: h.clone(), body: b.clone() })
         }
         (Some(h), _) => h.clone(),
         (None, Some(b)) => b.clone(),
@@ -189,28 +172,18 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, Manife
     if DOCKER_SCHEMA1.contains(&media_type.as_str()) {
         return Err(ManifestError::Schema1);
     }
-    let kind = ManifestKind::from_media_type(&media_type)
-        .ok_or(ManifestError::UnsupportedMediaType(media_type.clone()))?;
+    let kind =
+        ManifestKind::from_media_type(&media_type).ok_or(ManifestError::UnsupportedMediaType(media_type.clone()))?;
     // Docker schema 2 requires mediaType in the body.
-    if matches!(
-        kind,
-        ManifestKind::DockerManifest | ManifestKind::DockerList
-    ) && raw.media_type.is_none()
-    {
-        return Err(ManifestError::Shape(
-            "Docker schema 2 manifests must declare mediaType",
-        ));
+    if matches!(kind, ManifestKind::DockerManifest | ManifestKind::DockerList) && raw.media_type.is_none() {
+        return Err(ManifestError::Shape("Docker schema 2 manifests must declare mediaType"));
     }
 
     if kind.is_index() {
         if raw.config.is_some() || raw.layers.is_some() {
-            return Err(ManifestError::Shape(
-                "an index must not have config or layers",
-            ));
+            return Err(ManifestError::Shape("an index must not have config or layers"));
         }
-        let manifests = raw
-            .manifests
-            .ok_or(ManifestError::Shape("an index must have a manifests array"))?;
+        let manifests = raw.manifests.ok_or(ManifestError::Shape("an index must have a manifests array"))?;
         Ok(Manifest {
             kind,
             config: None,
@@ -222,16 +195,10 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Manifest, Manife
         })
     } else {
         if raw.manifests.is_some() {
-            return Err(ManifestError::Shape(
-                "an image manifest must not have a manifests array",
-            ));
+            return Err(ManifestError::Shape("an image manifest must not have a manifests array"));
         }
-        let config = raw.config.ok_or(ManifestError::Shape(
-            "an image manifest must have a config descriptor",
-        ))?;
-        let layers = raw.layers.ok_or(ManifestError::Shape(
-            "an image manifest must have a layers array",
-        ))?;
+        let config = raw.config.ok_or(ManifestError::Shape("an image manifest must have a config descriptor"))?;
+        let layers = raw.layers.ok_or(ManifestError::Shape("an image manifest must have a layers array"))?;
         Ok(Manifest {
             kind,
             config: Some(config),
@@ -255,9 +222,7 @@ mod tests {
     }
 
     fn image(media_type: Option<&str>) -> String {
-        let mt = media_type
-            .map(|m| format!(r#""mediaType":"{m}","#))
-            .unwrap_or_default();
+        let mt = media_type.map(|m| format!(r#""mediaType":"{m}","#)).unwrap_or_default();
         format!(
             r#"{{"schemaVersion":2,{mt}"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":2}},
             "layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":10}}]}}"#,
@@ -267,65 +232,34 @@ mod tests {
     }
 
     /// One table for every manifest PUT case: (content type, body, expected).
-    fn check(
-        content_type: Option<&str>,
-        body: &str,
-        expected: Result<ManifestKind, ManifestError>,
-    ) {
+    fn check(content_type: Option<&str>, body: &str, expected: Result<ManifestKind, ManifestError>) {
         let got = parse(content_type, body.as_bytes()).map(|m| m.kind);
         assert_eq!(got, expected, "content-type {content_type:?}, body {body}");
     }
 
     #[test]
     fn manifest_table() {
-        check(
-            Some(OCI_MANIFEST),
-            &image(Some(OCI_MANIFEST)),
-            Ok(ManifestKind::OciManifest),
-        );
-        check(
-            Some(OCI_MANIFEST),
-            &image(None),
-            Ok(ManifestKind::OciManifest),
-        );
-        check(
-            None,
-            &image(Some(OCI_MANIFEST)),
-            Ok(ManifestKind::OciManifest),
-        );
+        check(Some(OCI_MANIFEST), &image(Some(OCI_MANIFEST)), Ok(ManifestKind::OciManifest));
+        check(Some(OCI_MANIFEST), &image(None), Ok(ManifestKind::OciManifest));
+        check(None, &image(Some(OCI_MANIFEST)), Ok(ManifestKind::OciManifest));
         check(None, &image(None), Ok(ManifestKind::OciManifest));
         check(
             Some("application/vnd.oci.image.manifest.v1+json; charset=utf-8"),
             &image(None),
             Ok(ManifestKind::OciManifest),
         );
-        check(
-            Some(DOCKER_MANIFEST),
-            &image(Some(DOCKER_MANIFEST)),
-            Ok(ManifestKind::DockerManifest),
-        );
+        check(Some(DOCKER_MANIFEST), &image(Some(DOCKER_MANIFEST)), Ok(ManifestKind::DockerManifest));
         check(
             Some(DOCKER_MANIFEST),
             &image(None),
-            Err(ManifestError::Shape(
-                "Docker schema 2 manifests must declare mediaType",
-            )),
+            Err(ManifestError::Shape("Docker schema 2 manifests must declare mediaType")),
         );
         check(
             Some(OCI_INDEX),
             &image(Some(OCI_MANIFEST)),
-            Err(ManifestError::MediaTypeMismatch {
-                header: OCI_INDEX.into(),
-                body: OCI_MANIFEST.into(),
-            }),
+            Err(ManifestError::MediaTypeMismatch { header: OCI_INDEX.into(), body: OCI_MANIFEST.into() }),
         );
-        check(
-            Some(OCI_INDEX),
-            &image(None),
-            Err(ManifestError::Shape(
-                "an index must not have config or layers",
-            )),
-        );
+        check(Some(OCI_INDEX), &image(None), Err(ManifestError::Shape("an index must not have config or layers")));
         let index = format!(
             r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":5}}]}}"#,
             d(3)
@@ -335,65 +269,31 @@ mod tests {
         check(
             Some(OCI_MANIFEST),
             &index,
-            Err(ManifestError::MediaTypeMismatch {
-                header: OCI_MANIFEST.into(),
-                body: OCI_INDEX.into(),
-            }),
+            Err(ManifestError::MediaTypeMismatch { header: OCI_MANIFEST.into(), body: OCI_INDEX.into() }),
         );
         let list = format!(r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":[]}}"#);
         check(Some(DOCKER_LIST), &list, Ok(ManifestKind::DockerList));
-        check(
-            Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),
-            "{}",
-            Err(ManifestError::Schema1),
-        );
-        check(
-            None,
-            r#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#,
-            Err(ManifestError::Schema1),
-        );
+        check(Some("application/vnd.docker.distribution.manifest.v1+prettyjws"), "{}", Err(ManifestError::Schema1));
+        check(None, r#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#, Err(ManifestError::Schema1));
         check(
             Some("application/vnd.example+json"),
             &image(None),
-            Err(ManifestError::UnsupportedMediaType(
-                "application/vnd.example+json".into(),
-            )),
+            Err(ManifestError::UnsupportedMediaType("application/vnd.example+json".into())),
         );
-        check(
-            Some(OCI_MANIFEST),
-            r#"{"schemaVersion":3,"layers":[]}"#,
-            Err(ManifestError::SchemaVersion),
-        );
+        check(Some(OCI_MANIFEST), r#"{"schemaVersion":3,"layers":[]}"#, Err(ManifestError::SchemaVersion));
         check(
             Some(OCI_MANIFEST),
             r#"{"schemaVersion":2,"layers":[]}"#,
-            Err(ManifestError::Shape(
-                "an image manifest must have a config descriptor",
-            )),
+            Err(ManifestError::Shape("an image manifest must have a config descriptor")),
         );
-        assert!(matches!(
-            parse(Some(OCI_MANIFEST), b"not json"),
-            Err(ManifestError::Json(_))
-        ));
-        assert!(matches!(
-            parse(Some(OCI_MANIFEST), b""),
-            Err(ManifestError::Json(_))
-        ));
+        assert!(matches!(parse(Some(OCI_MANIFEST), b"not json"), Err(ManifestError::Json(_))));
+        assert!(matches!(parse(Some(OCI_MANIFEST), b""), Err(ManifestError::Json(_))));
         let bad_digest = image(None).replace(&d(1), "sha256:abc");
-        assert!(matches!(
-            parse(Some(OCI_MANIFEST), bad_digest.as_bytes()),
-            Err(ManifestError::Json(_))
-        ));
+        assert!(matches!(parse(Some(OCI_MANIFEST), bad_digest.as_bytes()), Err(ManifestError::Json(_))));
         let negative = image(None).replace(r#""size":10"#, r#""size":-1"#);
-        assert!(matches!(
-            parse(Some(OCI_MANIFEST), negative.as_bytes()),
-            Err(ManifestError::Json(_))
-        ));
+        assert!(matches!(parse(Some(OCI_MANIFEST), negative.as_bytes()), Err(ManifestError::Json(_))));
         let huge = format!("{}{}", image(None), " ".repeat(MAX_MANIFEST_SIZE));
-        assert_eq!(
-            parse(Some(OCI_MANIFEST), huge.as_bytes()).unwrap_err(),
-            ManifestError::TooLarge
-        );
+        assert_eq!(parse(Some(OCI_MANIFEST), huge.as_bytes()).unwrap_err(), ManifestError::TooLarge);
     }
 
     #[test]
@@ -406,15 +306,8 @@ mod tests {
         );
         let m = parse(Some(OCI_MANIFEST), body.as_bytes()).unwrap();
         assert_eq!(m.subject.as_ref().unwrap().digest.to_string(), d(9));
-        assert_eq!(
-            m.effective_artifact_type(),
-            Some("application/vnd.oci.empty.v1+json")
-        );
-        let with_type = body.replacen(
-            r#""layers""#,
-            r#""artifactType":"application/x.sbom","layers""#,
-            1,
-        );
+        assert_eq!(m.effective_artifact_type(), Some("application/vnd.oci.empty.v1+json"));
+        let with_type = body.replacen(r#""layers""#, r#""artifactType":"application/x.sbom","layers""#, 1);
         let m = parse(Some(OCI_MANIFEST), with_type.as_bytes()).unwrap();
         assert_eq!(m.effective_artifact_type(), Some("application/x.sbom"));
         assert_eq!(m.annotations.unwrap()["a"], "b");

@@ -102,13 +102,8 @@ impl FromStr for Tag {
 
     fn from_str(s: &str) -> Result<Tag, TagError> {
         let b = s.as_bytes();
-        let first_ok = b
-            .first()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
-        let rest_ok = b
-            .iter()
-            .skip(1)
-            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c));
+        let first_ok = b.first().is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        let rest_ok = b.iter().skip(1).all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c));
         if first_ok && rest_ok && b.len() <= 128 {
             Ok(Tag(s.to_owned()))
         } else {
@@ -180,32 +175,18 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in [
-            "a",
-            "library/ubuntu",
-            "a0/b1/c2",
-            "my-app",
-            "my--app",
-            "a.b",
-            "a_b",
-            "a__b",
-            "x/y_z.w-v",
-            "0",
-        ] {
+        for ok in ["a", "library/ubuntu", "a0/b1/c2", "my-app", "my--app", "a.b", "a_b", "a__b", "x/y_z.w-v", "0"] {
             assert!(ok.parse::<RepoName>().is_ok(), "{ok} refused");
         }
         let long_ok = "a".repeat(MAX_NAME_LEN);
         assert!(long_ok.parse::<RepoName>().is_ok());
         for bad in [
-            "", "A", "a/", "/a", "a//b", "-a", "a-", "a..b", "a___b", "a._b", "a b", "a/../b",
-            "..", ".", "a/.b", "a%2fb", "a\\b", "ä", "a\u{0}b",
+            "", "A", "a/", "/a", "a//b", "-a", "a-", "a..b", "a___b", "a._b", "a b", "a/../b", "..", ".", "a/.b",
+            "a%2fb", "a\\b", "ä", "a\u{0}b",
         ] {
             assert!(bad.parse::<RepoName>().is_err(), "{bad:?} accepted");
         }
-        assert_eq!(
-            "a".repeat(MAX_NAME_LEN + 1).parse::<RepoName>(),
-            Err(NameError::TooLong)
-        );
+        assert_eq!("a".repeat(MAX_NAME_LEN + 1).parse::<RepoName>(), Err(NameError::TooLong));
     }
 
     #[test]
@@ -213,37 +194,18 @@ mod tests {
         for ok in ["latest", "v1.0.0", "_x", "A-b_c.d", &"a".repeat(128)] {
             assert!(ok.parse::<Tag>().is_ok(), "{ok} refused");
         }
-        for bad in [
-            "",
-            ".a",
-            "-a",
-            "a/b",
-            "a:b",
-            "a b",
-            &"a".repeat(129),
-            "..",
-            "a%2e",
-        ] {
+        for bad in ["", ".a", "-a", "a/b", "a:b", "a b", &"a".repeat(129), "..", "a%2e"] {
             assert!(bad.parse::<Tag>().is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn references() {
-        assert!(matches!(
-            "latest".parse::<Reference>(),
-            Ok(Reference::Tag(_))
-        ));
+        assert!(matches!("latest".parse::<Reference>(), Ok(Reference::Tag(_))));
         let d = format!("sha256:{}", "0".repeat(64));
         assert!(matches!(d.parse::<Reference>(), Ok(Reference::Digest(_))));
-        assert!(matches!(
-            "sha256:xyz".parse::<Reference>(),
-            Err(ReferenceError::Digest(_))
-        ));
-        assert!(matches!(
-            "bad/tag".parse::<Reference>(),
-            Err(ReferenceError::Tag(_))
-        ));
+        assert!(matches!("sha256:xyz".parse::<Reference>(), Err(ReferenceError::Digest(_))));
+        assert!(matches!("bad/tag".parse::<Reference>(), Err(ReferenceError::Tag(_))));
     }
 
     proptest! {

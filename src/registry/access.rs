@@ -35,25 +35,29 @@ impl Action for Delete {
 /// Proof that the caller may perform `A` on one repository.
 pub struct Access<A: Action> {
     repo: RepoName,
+    subject: Option<String>,
     _action: PhantomData<fn() -> A>,
 }
 
 impl<A: Action> Access<A> {
     /// Only the auth layer grants access.
-    pub(crate) fn grant(repo: RepoName) -> Access<A> {
-        Access {
-            repo,
-            _action: PhantomData,
-        }
+    pub(crate) fn grant(repo: RepoName, subject: Option<String>) -> Access<A> {
+        Access { repo, subject, _action: PhantomData }
     }
 
     pub fn repo(&self) -> &RepoName {
         &self.repo
     }
+
+    /// Who was granted the access (`None` for anonymous callers). Upload
+    /// sessions belong to the subject that opened them.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
 }
 
 impl<A: Action> fmt::Debug for Access<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Access<{}>({})", A::NAME, self.repo)
+        write!(f, "Access<{}>({}, {:?})", A::NAME, self.repo, self.subject)
     }
 }

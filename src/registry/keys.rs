@@ -19,12 +19,7 @@ use crate::oci::{Digest, RepoName, Tag};
 pub const CATALOG_PREFIX: &str = "_catalog/";
 
 pub fn blob(d: &Digest) -> String {
-    format!(
-        "blobs/{}/{}/{}",
-        d.algorithm().as_str(),
-        &d.hex()[..2],
-        d.hex()
-    )
+    format!("blobs/{}/{}/{}", d.algorithm().as_str(), &d.hex()[..2], d.hex())
 }
 
 fn repo(name: &RepoName) -> String {
@@ -32,21 +27,11 @@ fn repo(name: &RepoName) -> String {
 }
 
 pub fn layer_link(name: &RepoName, d: &Digest) -> String {
-    format!(
-        "{}/_layers/{}/{}",
-        repo(name),
-        d.algorithm().as_str(),
-        d.hex()
-    )
+    format!("{}/_layers/{}/{}", repo(name), d.algorithm().as_str(), d.hex())
 }
 
 pub fn revision(name: &RepoName, d: &Digest) -> String {
-    format!(
-        "{}/_manifests/revisions/{}/{}",
-        repo(name),
-        d.algorithm().as_str(),
-        d.hex()
-    )
+    format!("{}/_manifests/revisions/{}/{}", repo(name), d.algorithm().as_str(), d.hex())
 }
 
 pub fn tags_prefix(name: &RepoName) -> String {
@@ -58,21 +43,11 @@ pub fn tag(name: &RepoName, t: &Tag) -> String {
 }
 
 pub fn referrers_prefix(name: &RepoName, subject: &Digest) -> String {
-    format!(
-        "{}/_referrers/{}/{}/",
-        repo(name),
-        subject.algorithm().as_str(),
-        subject.hex()
-    )
+    format!("{}/_referrers/{}/{}/", repo(name), subject.algorithm().as_str(), subject.hex())
 }
 
 pub fn referrer(name: &RepoName, subject: &Digest, referrer: &Digest) -> String {
-    format!(
-        "{}{}-{}",
-        referrers_prefix(name, subject),
-        referrer.algorithm().as_str(),
-        referrer.hex()
-    )
+    format!("{}{}-{}", referrers_prefix(name, subject), referrer.algorithm().as_str(), referrer.hex())
 }
 
 pub fn catalog_entry(name: &RepoName) -> String {
@@ -90,19 +65,10 @@ mod tests {
         let t: Tag = "v1".parse().unwrap();
         let h = d.hex();
         assert_eq!(blob(&d), format!("blobs/sha256/{}/{h}", &h[..2]));
-        assert_eq!(
-            layer_link(&n, &d),
-            format!("repositories/a/b/_layers/sha256/{h}")
-        );
-        assert_eq!(
-            revision(&n, &d),
-            format!("repositories/a/b/_manifests/revisions/sha256/{h}")
-        );
+        assert_eq!(layer_link(&n, &d), format!("repositories/a/b/_layers/sha256/{h}"));
+        assert_eq!(revision(&n, &d), format!("repositories/a/b/_manifests/revisions/sha256/{h}"));
         assert_eq!(tag(&n, &t), "repositories/a/b/_manifests/tags/v1");
-        assert_eq!(
-            referrer(&n, &d, &d),
-            format!("repositories/a/b/_referrers/sha256/{h}/sha256-{h}")
-        );
+        assert_eq!(referrer(&n, &d, &d), format!("repositories/a/b/_referrers/sha256/{h}/sha256-{h}"));
         assert_eq!(catalog_entry(&n), "_catalog/a/b");
     }
 }

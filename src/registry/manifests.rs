@@ -6,7 +6,8 @@
 //! (its descriptor) under the subject's digest.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::future::try_join_all;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use berth_storage::{ObjectStoreExt, PutMode};
 
@@ -31,6 +32,9 @@ pub struct PushedManifest {
     pub subject: Option<Digest>,
 }
 
+/// Backend reads in flight for one request.
+const PARALLEL_READS: usize = 16;
+
 /// Largest revision object: the manifest plus its media-type line.
 const MAX_REVISION_SIZE: u64 = MAX_MANIFEST_SIZE as u64 + 512;
 
@@ -43,26 +47,22 @@ fn encode_revision(media_type: &str, bytes: &[u8]) -> Bytes {
 }
 
 fn decode_revision(digest: Digest, raw: Bytes) -> Result<StoredManifest> {
-    let nl = raw.iter().position(|b| *b == b'\n').ok_or_else(|| {
-        OciError::internal(format!(
-            "revision object of {digest} has no media-type line"
-        ))
-    })?;
+    let nl = raw
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| OciError::internal(format!("revision object of {digest} has no media-type line")))?;
     let media_type = std::str::from_utf8(&raw[..nl])
-        .map_err(|_| {
-            OciError::internal(format!("revision object of {digest} has a bad media type"))
-        })?
+        .map_err(|_| OciError::internal(format!("revision object of {digest} has a bad media type")))?
         .to_owned();
-    Ok(StoredManifest {
-        digest,
-        media_type,
-        bytes: raw.slice(nl + 1..),
-    })
+    Ok(StoredManifest { digest, media_type, bytes: raw.slice(nl + 1..) })
 }
 
 impl From<ManifestError> for OciError {
     fn from(e: ManifestError) -> OciError {
-        OciError::ManifestInvalid(e.to_string())
+        match e {
+            ManifestError::TooLarge => OciError::ManifestTooLarge { limit: MAX_MANIFEST_SIZE },
+            other => OciError::ManifestInvalid(other.to_string()),
+        }
     }
 }
 
@@ -70,25 +70,17 @@ impl Registry {
     async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Digest> {
         let raw = match self.store.get_bytes(&keys::tag(repo, tag), 1024).await {
             Ok(raw) => raw,
-            Err(e) if e.is_not_found() => {
-                return Err(OciError::ManifestUnknown(format!("{repo}:{tag}")))
-            }
+            Err(e) if e.is_not_found() => return Err(OciError::ManifestUnknown(format!("{repo}:{tag}"))),
             Err(e) => return Err(e.into()),
         };
         std::str::from_utf8(&raw)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| {
-                OciError::internal(format!("tag object {repo}:{tag} does not hold a digest"))
-            })
+            .ok_or_else(|| OciError::internal(format!("tag object {repo}:{tag} does not hold a digest")))
     }
 
     async fn read_revision(&self, repo: &RepoName, digest: &Digest) -> Result<StoredManifest> {
-        match self
-            .store
-            .get_bytes(&keys::revision(repo, digest), MAX_REVISION_SIZE)
-            .await
-        {
+        match self.store.get_bytes(&keys::revision(repo, digest), MAX_REVISION_SIZE).await {
             Ok(raw) => decode_revision(digest.clone(), raw),
             Err(e) if e.is_not_found() => Err(OciError::ManifestUnknown(digest.to_string())),
             Err(e) => Err(e.into()),
@@ -96,11 +88,7 @@ impl Registry {
     }
 
     /// Fetch a manifest by tag or digest.
-    pub async fn manifest_get(
-        &self,
-        access: &Access<Pull>,
-        reference: &Reference,
-    ) -> Result<StoredManifest> {
+    pub async fn manifest_get(&self, access: &Access<Pull>, reference: &Reference) -> Result<StoredManifest> {
         let repo = access.repo();
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
@@ -123,9 +111,7 @@ impl Registry {
             Reference::Digest(d) => {
                 let actual = Digest::of(d.algorithm(), &body);
                 if &actual != d {
-                    return Err(OciError::DigestInvalid(format!(
-                        "manifest digest is {actual}, not {d}"
-                    )));
+                    return Err(OciError::DigestInvalid(format!("manifest digest is {actual}, not {d}")));
                 }
                 actual
             }
@@ -134,13 +120,7 @@ impl Registry {
         self.check_references(repo, &parsed).await?;
 
         let media_type = parsed.kind.media_type();
-        self.store
-            .put(
-                &keys::revision(repo, &digest),
-                encode_revision(media_type, &body),
-                PutMode::Overwrite,
-            )
-            .await?;
+        self.store.put(&keys::revision(repo, &digest), encode_revision(media_type, &body), PutMode::Overwrite).await?;
         if let Some(subject) = &parsed.subject {
             let descriptor = Descriptor {
                 media_type: media_type.to_owned(),
@@ -151,70 +131,64 @@ impl Registry {
                 urls: None,
             };
             let record = serde_json::to_vec(&descriptor).map_err(OciError::internal)?;
-            self.store
-                .put(
-                    &keys::referrer(repo, &subject.digest, &digest),
-                    record.into(),
-                    PutMode::Overwrite,
-                )
-                .await?;
+            self.store.put(&keys::referrer(repo, &subject.digest, &digest), record.into(), PutMode::Overwrite).await?;
         }
         if let Reference::Tag(tag) = reference {
-            self.store
-                .put(
-                    &keys::tag(repo, tag),
-                    Bytes::from(digest.to_string()),
-                    PutMode::Overwrite,
-                )
-                .await?;
+            self.store.put(&keys::tag(repo, tag), Bytes::from(digest.to_string()), PutMode::Overwrite).await?;
         }
         self.ensure_catalog_entry(repo).await?;
-        Ok(PushedManifest {
-            digest,
-            subject: parsed.subject.map(|s| s.digest),
-        })
+        Ok(PushedManifest { digest, subject: parsed.subject.map(|s| s.digest) })
     }
 
     /// Every blob and child manifest a manifest names must be in the
     /// repository (the subject need not be: referrers may come first).
     async fn check_references(&self, repo: &RepoName, parsed: &Manifest) -> Result<()> {
-        let blob_checks = parsed.required_blobs().map(|d| async move {
-            if !self.is_linked(repo, &d.digest).await? {
-                return Err(OciError::ManifestBlobUnknown(d.digest.to_string()));
-            }
-            let meta = match self.store.head(&keys::blob(&d.digest)).await {
-                Ok(meta) => meta,
-                Err(e) if e.is_not_found() => {
-                    return Err(OciError::ManifestBlobUnknown(d.digest.to_string()))
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if meta.size != d.size {
-                return Err(OciError::ManifestInvalid(format!(
-                    "descriptor of {} says {} bytes, the blob has {}",
-                    d.digest, d.size, meta.size
-                )));
-            }
-            Ok(())
-        });
-        let child_checks = parsed.manifests.iter().map(|d| async move {
-            if !self.store.exists(&keys::revision(repo, &d.digest)).await? {
-                return Err(OciError::ManifestBlobUnknown(d.digest.to_string()));
-            }
-            Ok(())
-        });
-        try_join_all(blob_checks).await?;
-        try_join_all(child_checks).await?;
+        let checks: Vec<BoxFuture<'_, Result<()>>> = parsed
+            .required_blobs()
+            .map(|d| self.check_blob_reference(repo, d).boxed())
+            .chain(parsed.manifests.iter().map(|d| self.check_child_reference(repo, d).boxed()))
+            .collect();
+        // Bounded fan-out: a 4 MiB manifest can name tens of thousands of blobs.
+        futures::stream::iter(checks).buffer_unordered(PARALLEL_READS).try_collect::<()>().await
+    }
+
+    async fn check_blob_reference(&self, repo: &RepoName, d: &Descriptor) -> Result<()> {
+        if !self.is_linked(repo, &d.digest).await? {
+            return Err(OciError::ManifestBlobUnknown(d.digest.to_string()));
+        }
+        let meta = match self.store.head(&keys::blob(&d.digest)).await {
+            Ok(meta) => meta,
+            Err(e) if e.is_not_found() => return Err(OciError::ManifestBlobUnknown(d.digest.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        if meta.size != d.size {
+            return Err(OciError::ManifestInvalid(format!(
+                "descriptor of {} says {} bytes, the blob has {}",
+                d.digest, d.size, meta.size
+            )));
+        }
         Ok(())
+    }
+
+    async fn check_child_reference(&self, repo: &RepoName, d: &Descriptor) -> Result<()> {
+        if !self.store.exists(&keys::revision(repo, &d.digest)).await? {
+            return Err(OciError::ManifestBlobUnknown(d.digest.to_string()));
+        }
+        Ok(())
+    }
+
+    /// A referrer record, or `None` if it was deleted since it was listed.
+    async fn read_referrer(&self, key: String) -> Result<Option<Bytes>> {
+        match self.store.get_bytes(&key, MAX_REVISION_SIZE).await {
+            Ok(raw) => Ok(Some(raw)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Delete a tag (untag) or a manifest by digest (remove it, every tag
     /// pointing at it, and its referrer record).
-    pub async fn manifest_delete(
-        &self,
-        access: &Access<Delete>,
-        reference: &Reference,
-    ) -> Result<()> {
+    pub async fn manifest_delete(&self, access: &Access<Delete>, reference: &Reference) -> Result<()> {
         let repo = access.repo();
         match reference {
             Reference::Tag(tag) => {
@@ -227,9 +201,7 @@ impl Registry {
                 self.untag_all(repo, digest).await?;
                 if let Ok(parsed) = manifest::parse(Some(&stored.media_type), &stored.bytes) {
                     if let Some(subject) = parsed.subject {
-                        self.store
-                            .delete(&keys::referrer(repo, &subject.digest, digest))
-                            .await?;
+                        self.store.delete(&keys::referrer(repo, &subject.digest, digest)).await?;
                     }
                 }
                 self.store.delete(&keys::revision(repo, digest)).await?;
@@ -246,9 +218,7 @@ impl Registry {
             let page = self.store.list(&prefix, after.as_deref(), 1000).await?;
             for obj in &page.objects {
                 match self.store.get_bytes(&obj.key, 1024).await {
-                    Ok(raw) if raw.as_ref() == wanted.as_bytes() => {
-                        self.store.delete(&obj.key).await?
-                    }
+                    Ok(raw) if raw.as_ref() == wanted.as_bytes() => self.store.delete(&obj.key).await?,
                     Ok(_) => {}
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e.into()),
@@ -275,11 +245,11 @@ impl Registry {
         let mut after: Option<String> = None;
         loop {
             let page = self.store.list(&prefix, after.as_deref(), 1000).await?;
-            let reads = page
-                .objects
-                .iter()
-                .map(|o| self.store.get_bytes(&o.key, 64 * 1024));
-            for raw in try_join_all(reads).await? {
+            let reads: Vec<BoxFuture<'_, Result<Option<Bytes>>>> =
+                page.objects.iter().map(|o| self.read_referrer(o.key.clone()).boxed()).collect();
+            let reads = futures::stream::iter(reads).buffered(PARALLEL_READS);
+            let records: Vec<Option<Bytes>> = reads.try_collect().await?;
+            for raw in records.into_iter().flatten() {
                 let d: Descriptor = serde_json::from_slice(&raw).map_err(OciError::internal)?;
                 if artifact_type.is_none() || d.artifact_type.as_deref() == artifact_type {
                     out.push(d);

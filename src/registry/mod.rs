@@ -48,6 +48,9 @@ pub struct RegistryOptions {
     pub upload_lock_wait: Duration,
     /// Largest page a listing returns.
     pub max_page: usize,
+    /// Staged multipart writes untouched this long are removed even without
+    /// a session (which a restart of the embedded shape loses).
+    pub orphan_upload_age: Duration,
 }
 
 impl Default for RegistryOptions {
@@ -57,6 +60,7 @@ impl Default for RegistryOptions {
             upload_lock_ttl: Duration::from_secs(30),
             upload_lock_wait: Duration::from_secs(5),
             max_page: 10_000,
+            orphan_upload_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -84,10 +88,7 @@ pub struct BlobRead {
 
 impl std::fmt::Debug for BlobRead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobRead")
-            .field("size", &self.size)
-            .field("range", &self.range)
-            .finish_non_exhaustive()
+        f.debug_struct("BlobRead").field("size", &self.size).field("range", &self.range).finish_non_exhaustive()
     }
 }
 
@@ -99,16 +100,8 @@ pub struct Page {
 }
 
 impl Registry {
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
-        state: Arc<dyn SharedState>,
-        options: RegistryOptions,
-    ) -> Registry {
-        Registry {
-            store,
-            state,
-            options,
-        }
+    pub fn new(store: Arc<dyn ObjectStore>, state: Arc<dyn SharedState>, options: RegistryOptions) -> Registry {
+        Registry { store, state, options }
     }
 
     pub fn options(&self) -> &RegistryOptions {
@@ -137,13 +130,7 @@ impl Registry {
 
     /// Link an existing blob into a repository and record the repository.
     async fn link_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        self.store
-            .put(
-                &keys::layer_link(repo, digest),
-                Bytes::new(),
-                PutMode::Overwrite,
-            )
-            .await?;
+        self.store.put(&keys::layer_link(repo, digest), Bytes::new(), PutMode::Overwrite).await?;
         self.ensure_catalog_entry(repo).await
     }
 
@@ -185,11 +172,7 @@ impl Registry {
             return Err(OciError::BlobUnknown(digest.to_string()));
         }
         match self.store.get(&keys::blob(digest), range).await {
-            Ok(got) => Ok(BlobRead {
-                size: got.meta.size,
-                range: got.range,
-                body: got.body,
-            }),
+            Ok(got) => Ok(BlobRead { size: got.meta.size, range: got.range, body: got.body }),
             Err(StorageError::NotFound { .. }) => Err(OciError::BlobUnknown(digest.to_string())),
             Err(StorageError::InvalidRange { size }) => Err(OciError::RangeNotSatisfiable { size }),
             Err(e) => Err(e.into()),
@@ -202,34 +185,37 @@ impl Registry {
         if !self.is_linked(access.repo(), digest).await? {
             return Err(OciError::BlobUnknown(digest.to_string()));
         }
-        self.store
-            .delete(&keys::layer_link(access.repo(), digest))
-            .await?;
+        self.store.delete(&keys::layer_link(access.repo(), digest)).await?;
         Ok(())
     }
 
-    /// Repositories in lexical order, after `last`, at most `n`.
-    pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page> {
-        let prefix = keys::CATALOG_PREFIX;
-        self.list_names(prefix, n, last).await
+    /// Repositories in lexical order, after `last`, at most `n`, keeping
+    /// only those `visible` admits (pagination counts visible ones only).
+    pub async fn catalog(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+        visible: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Page> {
+        self.list_names(keys::CATALOG_PREFIX, n, last, visible).await
     }
 
     /// Tags of a repository in lexical order, after `last`, at most `n`.
-    pub async fn tags(
-        &self,
-        access: &Access<Pull>,
-        n: Option<usize>,
-        last: Option<&str>,
-    ) -> Result<Page> {
+    pub async fn tags(&self, access: &Access<Pull>, n: Option<usize>, last: Option<&str>) -> Result<Page> {
         if !self.repo_exists(access.repo()).await? {
             return Err(OciError::NameUnknown(access.repo().to_string()));
         }
-        self.list_names(&keys::tags_prefix(access.repo()), n, last)
-            .await
+        self.list_names(&keys::tags_prefix(access.repo()), n, last, &|_| true).await
     }
 
     /// Lists the key suffixes under `prefix`, paging through the store.
-    async fn list_names(&self, prefix: &str, n: Option<usize>, last: Option<&str>) -> Result<Page> {
+    async fn list_names(
+        &self,
+        prefix: &str,
+        n: Option<usize>,
+        last: Option<&str>,
+        keep: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Page> {
         let want = n.unwrap_or(usize::MAX).min(self.options.max_page);
         let mut items = Vec::new();
         if want == 0 {
@@ -237,15 +223,16 @@ impl Registry {
         }
         let mut after = last.map(|l| format!("{prefix}{l}"));
         loop {
-            let page = self
-                .store
-                .list(prefix, after.as_deref(), (want - items.len() + 1).min(1000))
-                .await?;
+            let page = self.store.list(prefix, after.as_deref(), (want - items.len() + 1).min(1000)).await?;
             for obj in &page.objects {
+                let name = &obj.key[prefix.len()..];
+                if !keep(name) {
+                    continue;
+                }
                 if items.len() == want {
                     return Ok(Page { items, more: true });
                 }
-                items.push(obj.key[prefix.len()..].to_owned());
+                items.push(name.to_owned());
             }
             match page.next_start_after {
                 Some(next) => after = Some(next),

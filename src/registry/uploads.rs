@@ -9,8 +9,12 @@
 //! compares the digest computed on the way in and makes the blob visible by
 //! completing the multipart write at its content address: the bytes are never
 //! read again (DESIGN invariant 6).
+//!
+//! While a request streams, it renews its lease and saves a snapshot of the
+//! session every third of the lock TTL, so a long transfer neither loses its
+//! lock nor lets its session expire.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use berth_state::{Lease, StateError};
@@ -41,7 +45,7 @@ fn lock_name(id: &str) -> String {
 pub struct UploadSession {
     pub id: String,
     pub repo: String,
-    /// Identity that opened the session (authorization checks it later).
+    /// Identity that opened the session; only it may continue the upload.
     pub owner: Option<String>,
     pub staging_key: String,
     pub upload_id: String,
@@ -76,10 +80,7 @@ fn b64() -> base64::engine::GeneralPurpose {
 }
 
 fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Upload ids are UUIDs; anything else cannot name a session.
@@ -89,29 +90,22 @@ fn valid_upload_id(id: &str) -> bool {
 
 impl UploadSession {
     fn upload(&self) -> MultipartUpload {
-        MultipartUpload {
-            staging_key: self.staging_key.clone(),
-            upload_id: self.upload_id.clone(),
-        }
+        MultipartUpload { staging_key: self.staging_key.clone(), upload_id: self.upload_id.clone() }
     }
 
     fn receipts(&self) -> Vec<PartReceipt> {
         self.parts
             .iter()
-            .map(|p| PartReceipt {
-                number: p.number,
-                offset: p.offset,
-                size: p.size,
-                etag: p.etag.clone(),
-            })
+            .map(|p| PartReceipt { number: p.number, offset: p.offset, size: p.size, etag: p.etag.clone() })
             .collect()
     }
 
     fn status(&self) -> UploadStatus {
-        UploadStatus {
-            id: self.id.clone(),
-            offset: self.offset,
-        }
+        UploadStatus { id: self.id.clone(), offset: self.offset }
+    }
+
+    fn parts_total(&self) -> u64 {
+        self.parts.iter().map(|p| p.size).sum()
     }
 }
 
@@ -121,6 +115,7 @@ struct Locked {
     session: UploadSession,
     hasher: ResumableHasher,
     staged: BytesMut,
+    renewed_at: Instant,
 }
 
 impl Registry {
@@ -128,18 +123,10 @@ impl Registry {
         let raw = Bytes::from(serde_json::to_vec(session).map_err(OciError::internal)?);
         let ttl = self.options.upload_ttl + SESSION_GRACE;
         match lease {
-            Some(lease) => match self
-                .state
-                .set_fenced(&session_key(&session.id), raw, ttl, lease)
-                .await
-            {
+            Some(lease) => match self.state.set_fenced(&session_key(&session.id), raw, ttl, lease).await {
                 Ok(()) => {}
                 // Another request took over after our lease lapsed; our view is stale.
-                Err(StateError::Fenced { .. }) => {
-                    return Err(OciError::BlobUploadInvalid(
-                        "the upload was changed by another request".into(),
-                    ))
-                }
+                Err(StateError::Fenced { .. }) => return Err(taken_over()),
                 Err(e) => return Err(e.into()),
             },
             None => self.state.set(&session_key(&session.id), raw, ttl).await?,
@@ -149,63 +136,52 @@ impl Registry {
         Ok(())
     }
 
-    async fn load_session(&self, repo: &RepoName, id: &str) -> Result<UploadSession> {
+    /// The session `id` as `access` may see it: only in the repository it was
+    /// opened in, only by the identity that opened it, and not after expiry.
+    async fn load_session(&self, access: &Access<Push>, id: &str) -> Result<UploadSession> {
         if !valid_upload_id(id) {
             return Err(OciError::BlobUploadUnknown);
         }
-        let raw = self
-            .state
-            .get(&session_key(id))
-            .await?
-            .ok_or(OciError::BlobUploadUnknown)?;
+        let raw = self.state.get(&session_key(id)).await?.ok_or(OciError::BlobUploadUnknown)?;
         let session: UploadSession = serde_json::from_slice(&raw).map_err(OciError::internal)?;
-        // A session is reachable only through the repository it was opened in,
-        // and not after it expired.
-        if session.repo != repo.as_str() || session.expires_at_ms <= unix_now_ms() {
+        if session.repo != access.repo().as_str()
+            || session.owner.as_deref() != access.subject()
+            || session.expires_at_ms <= unix_now_ms()
+        {
             return Err(OciError::BlobUploadUnknown);
         }
         Ok(session)
     }
 
-    async fn lock_session(&self, repo: &RepoName, id: &str) -> Result<Locked> {
+    async fn lock_session(&self, access: &Access<Push>, id: &str) -> Result<Locked> {
         if !valid_upload_id(id) {
             return Err(OciError::BlobUploadUnknown);
         }
         let deadline = tokio::time::Instant::now() + self.options.upload_lock_wait;
         let mut backoff = Duration::from_millis(5);
         let lease = loop {
-            if let Some(lease) = self
-                .state
-                .try_lock(&lock_name(id), self.options.upload_lock_ttl)
-                .await?
-            {
+            if let Some(lease) = self.state.try_lock(&lock_name(id), self.options.upload_lock_ttl).await? {
                 break lease;
             }
             if tokio::time::Instant::now() >= deadline {
                 // Someone is still writing this upload: the client's offset
                 // cannot be right, and the status endpoint tells it where to go on.
-                let offset = self.load_session(repo, id).await?.offset;
+                let offset = self.load_session(access, id).await?.offset;
                 return Err(OciError::UploadOffsetMismatch { offset });
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(200));
         };
         let loaded = async {
-            let session = self.load_session(repo, id).await?;
+            let session = self.load_session(access, id).await?;
             let hasher_raw = b64().decode(&session.hasher).map_err(OciError::internal)?;
             let hasher = ResumableHasher::from_bytes(&hasher_raw).map_err(OciError::internal)?;
-            let staged =
-                BytesMut::from(&b64().decode(&session.staged).map_err(OciError::internal)?[..]);
+            let staged = BytesMut::from(&b64().decode(&session.staged).map_err(OciError::internal)?[..]);
             Ok::<_, OciError>((session, hasher, staged))
         }
         .await;
         match loaded {
-            Ok((session, hasher, staged)) => Ok(Locked {
-                lease,
-                session,
-                hasher,
-                staged,
-            }),
+            Ok((session, hasher, staged)) => Ok(Locked { lease, session, hasher, staged, renewed_at: Instant::now() }),
             Err(e) => {
                 let _ = self.state.unlock(&lease).await;
                 Err(e)
@@ -213,31 +189,61 @@ impl Registry {
         }
     }
 
-    /// Store the working state back under the lease and release it.
-    async fn unlock_session(&self, mut locked: Locked) -> Result<UploadStatus> {
+    /// Fold the working state into the session record and push its expiry out.
+    fn snapshot(&self, locked: &mut Locked) {
         locked.session.hasher = b64().encode(locked.hasher.to_bytes());
         locked.session.staged = b64().encode(&locked.staged);
         locked.session.offset = locked.hasher.bytes_hashed();
         locked.session.expires_at_ms = unix_now_ms() + self.options.upload_ttl.as_millis() as u64;
-        let saved = self
-            .save_session(&locked.session, Some(&locked.lease))
-            .await;
+    }
+
+    /// Renew the lease and save progress if a third of the lock TTL passed.
+    async fn renew_if_due(&self, locked: &mut Locked) -> Result<()> {
+        if locked.renewed_at.elapsed() < self.options.upload_lock_ttl / 3 {
+            return Ok(());
+        }
+        if !self.state.extend(&locked.lease, self.options.upload_lock_ttl).await? {
+            return Err(taken_over());
+        }
+        self.snapshot(locked);
+        self.save_session(&locked.session, Some(&locked.lease)).await?;
+        locked.renewed_at = Instant::now();
+        Ok(())
+    }
+
+    /// Store the working state back under the lease and release it.
+    async fn unlock_session(&self, mut locked: Locked) -> Result<UploadStatus> {
+        self.snapshot(&mut locked);
+        let saved = self.save_session(&locked.session, Some(&locked.lease)).await;
         let _ = self.state.unlock(&locked.lease).await;
         saved.map(|()| locked.session.status())
     }
 
-    /// Open an upload session.
-    pub async fn upload_start(
-        &self,
-        access: &Access<Push>,
-        owner: Option<String>,
-        algorithm: Algorithm,
-    ) -> Result<UploadStatus> {
+    /// End a session: forget it and release its lock. Failures are logged,
+    /// not returned: the outcome the caller reports has already happened.
+    async fn end_session(&self, locked: Locked) {
+        if let Err(e) = self.store.abort_multipart(&locked.session.upload()).await {
+            tracing::warn!(upload = %locked.session.id, error = %e, "cannot discard staged upload data");
+        }
+        if let Err(e) = self.forget_session(&locked.session.id).await {
+            tracing::warn!(upload = %locked.session.id, error = %e, "cannot remove upload session");
+        }
+        let _ = self.state.unlock(&locked.lease).await;
+    }
+
+    async fn forget_session(&self, id: &str) -> Result<()> {
+        self.state.delete(&session_key(id)).await?;
+        self.state.unschedule(SESSION_QUEUE, id).await?;
+        Ok(())
+    }
+
+    /// Open an upload session owned by `access`'s subject.
+    pub async fn upload_start(&self, access: &Access<Push>, algorithm: Algorithm) -> Result<UploadStatus> {
         let upload = self.store.create_multipart().await?;
         let session = UploadSession {
             id: uuid::Uuid::new_v4().to_string(),
             repo: access.repo().to_string(),
-            owner,
+            owner: access.subject().map(str::to_owned),
             staging_key: upload.staging_key,
             upload_id: upload.upload_id,
             offset: 0,
@@ -252,12 +258,7 @@ impl Registry {
 
     /// Where an upload stands.
     pub async fn upload_status(&self, access: &Access<Push>, id: &str) -> Result<UploadStatus> {
-        Ok(self.load_session(access.repo(), id).await?.status())
-    }
-
-    /// The identity that opened an upload.
-    pub async fn upload_owner(&self, access: &Access<Push>, id: &str) -> Result<Option<String>> {
-        Ok(self.load_session(access.repo(), id).await?.owner)
+        Ok(self.load_session(access, id).await?.status())
     }
 
     /// Append a chunk. `start` is the chunk's first byte as the client says
@@ -270,10 +271,8 @@ impl Registry {
         declared_len: Option<u64>,
         body: BodyStream,
     ) -> Result<UploadStatus> {
-        let mut locked = self.lock_session(access.repo(), id).await?;
-        let appended = self
-            .append_locked(&mut locked, start, declared_len, body)
-            .await;
+        let mut locked = self.lock_session(access, id).await?;
+        let appended = self.append_locked(&mut locked, start, declared_len, body).await;
         // Progress made before a failure is kept: the client can resume from
         // the offset the status endpoint reports.
         let status = self.unlock_session(locked).await;
@@ -301,9 +300,7 @@ impl Registry {
             let chunk = chunk.map_err(body_error)?;
             received += chunk.len() as u64;
             if declared_len.is_some_and(|len| received > len) {
-                return Err(OciError::SizeInvalid(
-                    "the body is longer than Content-Length".into(),
-                ));
+                return Err(OciError::SizeInvalid("the body is longer than Content-Length".into()));
             }
             let mut rest = &chunk[..];
             while !rest.is_empty() {
@@ -315,12 +312,12 @@ impl Registry {
                     self.flush_part(locked).await?;
                 }
             }
+            self.renew_if_due(locked).await?;
         }
-        if declared_len.is_some_and(|len| received != len) {
-            return Err(OciError::SizeInvalid(format!(
-                "received {received} bytes, Content-Length said {}",
-                declared_len.unwrap_or_default()
-            )));
+        if let Some(len) = declared_len {
+            if received != len {
+                return Err(OciError::SizeInvalid(format!("received {received} bytes, Content-Length said {len}")));
+            }
         }
         // Backends that take parts of any size get the tail now, so nothing
         // waits in shared state; others keep it until a part fills up.
@@ -330,36 +327,24 @@ impl Registry {
         Ok(())
     }
 
-    /// Write the staged bytes as the next part and renew the lease.
+    /// Write the staged bytes as the next part. The bytes stay staged until
+    /// the backend accepted them, so a failed write loses nothing the hasher
+    /// has counted.
     async fn flush_part(&self, locked: &mut Locked) -> Result<()> {
+        self.renew_if_due(locked).await?;
         let data = locked.staged.split().freeze();
         let number = locked.session.parts.len() as u32 + 1;
-        let offset = locked
-            .session
-            .parts
-            .last()
-            .map(|p| p.offset + p.size)
-            .unwrap_or(0);
-        let receipt = self
-            .store
-            .put_part(&locked.session.upload(), number, offset, data)
-            .await?;
-        locked.session.parts.push(Part {
-            number,
-            offset,
-            size: receipt.size,
-            etag: receipt.etag,
-        });
-        if !self
-            .state
-            .extend(&locked.lease, self.options.upload_lock_ttl)
-            .await?
-        {
-            return Err(OciError::BlobUploadInvalid(
-                "the upload was taken over by another request".into(),
-            ));
+        let offset = locked.session.parts_total();
+        match self.store.put_part(&locked.session.upload(), number, offset, data.clone()).await {
+            Ok(receipt) => {
+                locked.session.parts.push(Part { number, offset, size: receipt.size, etag: receipt.etag });
+                Ok(())
+            }
+            Err(e) => {
+                locked.staged = BytesMut::from(&data[..]);
+                Err(e.into())
+            }
         }
-        Ok(())
     }
 
     /// Close an upload, with an optional last chunk, and verify `digest`.
@@ -372,98 +357,73 @@ impl Registry {
         declared_len: Option<u64>,
         body: Option<BodyStream>,
     ) -> Result<Digest> {
-        let mut locked = self.lock_session(access.repo(), id).await?;
+        let mut locked = self.lock_session(access, id).await?;
         // Nothing hashed yet: hash with the algorithm the client's digest uses.
         if locked.hasher.bytes_hashed() == 0 && locked.hasher.algorithm() != digest.algorithm() {
             locked.hasher = ResumableHasher::new(digest.algorithm());
         }
         if let Some(body) = body {
-            if let Err(e) = self
-                .append_locked(&mut locked, start, declared_len, body)
-                .await
-            {
+            if let Err(e) = self.append_locked(&mut locked, start, declared_len, body).await {
                 let _ = self.unlock_session(locked).await;
                 return Err(e);
             }
         }
-        let result = self.finish_locked(&mut locked, access.repo(), digest).await;
-        match &result {
-            // Completed or refused for a bad digest: the session is over.
-            Ok(_) | Err(OciError::DigestInvalid(_)) => {
-                let _ = self.store.abort_multipart(&locked.session.upload()).await;
-                self.forget_session(&locked.session.id).await?;
-                let _ = self.state.unlock(&locked.lease).await;
+        match self.finish_locked(&mut locked, access.repo(), digest).await {
+            // Completed, or refused for a digest it can never match: the session is over.
+            Ok(()) => {
+                self.end_session(locked).await;
+                Ok(digest.clone())
+            }
+            Err(e @ OciError::DigestInvalid(_)) => {
+                self.end_session(locked).await;
+                Err(e)
             }
             // Anything else (a backend hiccup) leaves the upload resumable.
-            Err(_) => {
+            Err(e) => {
                 let _ = self.unlock_session(locked).await;
+                Err(e)
             }
         }
-        result
     }
 
-    async fn finish_locked(
-        &self,
-        locked: &mut Locked,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<Digest> {
+    async fn finish_locked(&self, locked: &mut Locked, repo: &RepoName, digest: &Digest) -> Result<()> {
+        if locked.hasher.algorithm() != digest.algorithm() {
+            return Err(OciError::DigestInvalid(format!(
+                "the upload was hashed with {} as it arrived; to use {}, start it with \
+                 ?digest-algorithm={} (content is never read twice)",
+                locked.hasher.algorithm().as_str(),
+                digest.algorithm().as_str(),
+                digest.algorithm().as_str()
+            )));
+        }
         if !locked.staged.is_empty() {
             self.flush_part(locked).await?;
         }
-        let upload = locked.session.upload();
-        let receipts = locked.session.receipts();
-        let blob_key = keys::blob(digest);
-        if locked.hasher.algorithm() == digest.algorithm() {
-            let computed = locked.hasher.finish();
-            if &computed != digest {
-                return Err(digest_mismatch(&computed, digest));
-            }
-            // Stored already by another upload: the caller drops the staged copy.
-            if !self.store.exists(&blob_key).await? {
-                self.store
-                    .complete_multipart(&upload, &receipts, &blob_key)
-                    .await?;
-            }
-        } else {
-            // Chunks arrived before the client named another algorithm: the
-            // one case where the bytes must be read again to verify them.
-            let scratch = verify_key(&locked.session.id);
-            self.store
-                .complete_multipart(&upload, &receipts, &scratch)
-                .await?;
-            let mut hasher = ResumableHasher::new(digest.algorithm());
-            let mut body = self.store.get(&scratch, None).await?.body;
-            while let Some(chunk) = body.next().await {
-                hasher.update(&chunk?);
-            }
-            let computed = hasher.finish();
-            if &computed != digest {
-                self.store.delete(&scratch).await?;
-                return Err(digest_mismatch(&computed, digest));
-            }
-            if !self.store.exists(&blob_key).await? {
-                self.store.copy(&scratch, &blob_key).await?;
-            }
-            self.store.delete(&scratch).await?;
+        // Every byte the hasher saw must be in a stored part.
+        if locked.session.parts_total() != locked.hasher.bytes_hashed() {
+            return Err(OciError::internal(format!(
+                "upload {} has {} bytes in parts but hashed {}",
+                locked.session.id,
+                locked.session.parts_total(),
+                locked.hasher.bytes_hashed()
+            )));
         }
-        self.link_blob(repo, digest).await?;
-        Ok(digest.clone())
-    }
-
-    async fn forget_session(&self, id: &str) -> Result<()> {
-        self.state.delete(&session_key(id)).await?;
-        self.state.unschedule(SESSION_QUEUE, id).await?;
-        let _ = self.store.delete(&verify_key(id)).await;
-        Ok(())
+        let computed = locked.hasher.finish();
+        if &computed != digest {
+            return Err(OciError::DigestInvalid(format!("uploaded content has digest {computed}, not {digest}")));
+        }
+        let blob_key = keys::blob(digest);
+        // Stored already by another upload: the staged copy is dropped by end_session.
+        if !self.store.exists(&blob_key).await? {
+            self.store.complete_multipart(&locked.session.upload(), &locked.session.receipts(), &blob_key).await?;
+        }
+        self.link_blob(repo, digest).await
     }
 
     /// Cancel an upload and discard what it staged.
     pub async fn upload_cancel(&self, access: &Access<Push>, id: &str) -> Result<()> {
-        let locked = self.lock_session(access.repo(), id).await?;
-        self.store.abort_multipart(&locked.session.upload()).await?;
-        self.forget_session(id).await?;
-        let _ = self.state.unlock(&locked.lease).await;
+        let locked = self.lock_session(access, id).await?;
+        self.end_session(locked).await;
         Ok(())
     }
 
@@ -471,28 +431,16 @@ impl Registry {
     pub async fn upload_monolithic(
         &self,
         access: &Access<Push>,
-        owner: Option<String>,
         digest: &Digest,
         declared_len: Option<u64>,
         body: BodyStream,
     ) -> Result<Digest> {
-        let status = self.upload_start(access, owner, digest.algorithm()).await?;
-        let result = self
-            .upload_complete(
-                access,
-                &status.id,
-                digest,
-                Some(0),
-                declared_len,
-                Some(body),
-            )
-            .await;
+        let status = self.upload_start(access, digest.algorithm()).await?;
+        let result = self.upload_complete(access, &status.id, digest, Some(0), declared_len, Some(body)).await;
         if result.is_err() {
             // A failed single-request upload cannot be resumed by the client.
-            if let Ok(locked) = self.lock_session(access.repo(), &status.id).await {
-                let _ = self.store.abort_multipart(&locked.session.upload()).await;
-                let _ = self.forget_session(&status.id).await;
-                let _ = self.state.unlock(&locked.lease).await;
+            if let Ok(locked) = self.lock_session(access, &status.id).await {
+                self.end_session(locked).await;
             }
         }
         result
@@ -500,15 +448,8 @@ impl Registry {
 
     /// Cross-repository mount: link `digest` from `from` into the target if
     /// the caller can read it there. `Ok(false)` means "not mountable".
-    pub async fn mount(
-        &self,
-        target: &Access<Push>,
-        source: &Access<Pull>,
-        digest: &Digest,
-    ) -> Result<bool> {
-        if !self.is_linked(source.repo(), digest).await?
-            || !self.store.exists(&keys::blob(digest)).await?
-        {
+    pub async fn mount(&self, target: &Access<Push>, source: &Access<Pull>, digest: &Digest) -> Result<bool> {
+        if !self.is_linked(source.repo(), digest).await? || !self.store.exists(&keys::blob(digest)).await? {
             return Ok(false);
         }
         self.link_blob(target.repo(), digest).await?;
@@ -518,52 +459,74 @@ impl Registry {
     /// Abort sessions whose expiry has passed. Returns how many were removed.
     /// Safe to run on every replica at once: each session is handled under
     /// its lock, and a session touched meanwhile is rescheduled, not removed.
+    /// One bad session is logged and skipped; it never stops the sweep.
     pub async fn expire_uploads(&self, limit: usize) -> Result<usize> {
-        let now = SystemTime::now();
-        let due = self.state.due(SESSION_QUEUE, now, limit).await?;
+        let due = self.state.due(SESSION_QUEUE, SystemTime::now(), limit).await?;
         let mut removed = 0;
         for id in due {
-            let Some(lease) = self
-                .state
-                .try_lock(&lock_name(&id), self.options.upload_lock_ttl)
-                .await?
-            else {
-                continue; // being written right now
-            };
-            let outcome = async {
-                let Some(raw) = self.state.get(&session_key(&id)).await? else {
-                    self.state.unschedule(SESSION_QUEUE, &id).await?;
-                    return Ok::<bool, OciError>(false);
-                };
-                let session: UploadSession =
-                    serde_json::from_slice(&raw).map_err(OciError::internal)?;
-                if session.expires_at_ms > unix_now_ms() {
-                    let due = UNIX_EPOCH + Duration::from_millis(session.expires_at_ms);
-                    self.state.schedule(SESSION_QUEUE, &id, due).await?;
-                    return Ok(false);
-                }
-                self.store.abort_multipart(&session.upload()).await?;
-                self.forget_session(&id).await?;
-                Ok(true)
+            match self.expire_one(&id).await {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(upload = %id, error = %e, "cannot expire upload"),
             }
-            .await;
-            let _ = self.state.unlock(&lease).await;
-            if outcome? {
-                removed += 1;
+        }
+        Ok(removed)
+    }
+
+    async fn expire_one(&self, id: &str) -> Result<bool> {
+        let Some(lease) = self.state.try_lock(&lock_name(id), self.options.upload_lock_ttl).await? else {
+            return Ok(false); // being written right now
+        };
+        let outcome = async {
+            let Some(raw) = self.state.get(&session_key(id)).await? else {
+                self.state.unschedule(SESSION_QUEUE, id).await?;
+                return Ok(false);
+            };
+            let session: UploadSession = match serde_json::from_slice(&raw) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Unreadable: nothing can ever continue it, so drop the record.
+                    tracing::warn!(upload = %id, error = %e, "dropping unreadable upload session");
+                    self.forget_session(id).await?;
+                    return Ok(true);
+                }
+            };
+            if session.expires_at_ms > unix_now_ms() {
+                let due = UNIX_EPOCH + Duration::from_millis(session.expires_at_ms);
+                self.state.schedule(SESSION_QUEUE, id, due).await?;
+                return Ok(false);
+            }
+            self.store.abort_multipart(&session.upload()).await?;
+            self.forget_session(id).await?;
+            Ok(true)
+        }
+        .await;
+        let _ = self.state.unlock(&lease).await;
+        outcome
+    }
+}
+
+impl Registry {
+    /// Abort multipart writes nobody has written to for `older_than`: their
+    /// session was lost (a restart of the embedded shape, whose sessions live
+    /// in memory) or expired without the janitor seeing it.
+    pub async fn sweep_orphaned_uploads(&self, older_than: Duration) -> Result<usize> {
+        let cutoff = SystemTime::now().checked_sub(older_than).unwrap_or(UNIX_EPOCH);
+        let mut removed = 0;
+        for (upload, touched) in self.store.list_multipart().await? {
+            if touched <= cutoff {
+                match self.store.abort_multipart(&upload).await {
+                    Ok(()) => removed += 1,
+                    Err(e) => tracing::warn!(upload = %upload.upload_id, error = %e, "cannot remove orphaned upload"),
+                }
             }
         }
         Ok(removed)
     }
 }
 
-fn verify_key(id: &str) -> String {
-    format!("_uploads/verify/{id}")
-}
-
-fn digest_mismatch(computed: &Digest, claimed: &Digest) -> OciError {
-    OciError::DigestInvalid(format!(
-        "uploaded content has digest {computed}, not {claimed}"
-    ))
+fn taken_over() -> OciError {
+    OciError::BlobUploadInvalid("the upload was taken over by another request".into())
 }
 
 fn body_error(e: BodyError) -> OciError {

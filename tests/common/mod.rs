@@ -40,12 +40,7 @@ impl Berth {
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .stdin(Stdio::null());
+        cmd.arg("serve").arg("--config").arg(&config).stdout(Stdio::piped()).stderr(stderr).stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -69,17 +64,9 @@ impl Berth {
                 panic!("berth did not report its address within 60s; stderr:\n{log}");
             }
         };
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Berth {
-            child,
-            base: format!("http://{addr}"),
-            addr,
-            dir: guard_dir,
-            stderr_path,
-        }
+        let addr =
+            line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+        Berth { child, base: format!("http://{addr}"), addr, dir: guard_dir, stderr_path }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -100,10 +87,7 @@ impl Berth {
 
     /// Send SIGTERM and wait for the exit status (bounded).
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use berth_storage::{
-    clip_range, GetResult, ListPage, MultipartUpload, ObjectMeta, ObjectStore, PartLimits,
-    PartReceipt, PutMode, Result, StorageError,
+    clip_range, GetResult, ListPage, MultipartUpload, ObjectMeta, ObjectStore, PartLimits, PartReceipt, PutMode,
+    Result, StorageError,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -59,17 +59,12 @@ struct Inner {
 }
 
 fn backend_err(e: io::Error) -> StorageError {
-    StorageError::Backend {
-        backend: BACKEND,
-        source: Box::new(e),
-    }
+    StorageError::Backend { backend: BACKEND, source: Box::new(e) }
 }
 
 fn map_io(key: &str, e: io::Error) -> StorageError {
     if e.kind() == io::ErrorKind::NotFound {
-        StorageError::NotFound {
-            key: key.to_owned(),
-        }
+        StorageError::NotFound { key: key.to_owned() }
     } else {
         backend_err(e)
     }
@@ -79,10 +74,7 @@ fn map_io(key: &str, e: io::Error) -> StorageError {
 /// segments of `[A-Za-z0-9._:+=-]` that do not start with a dot, which rules
 /// out `..`, absolute paths and collisions with the store's own files.
 fn key_segments(key: &str) -> Result<Vec<&str>> {
-    let bad = |reason| StorageError::InvalidKey {
-        key: key.to_owned(),
-        reason,
-    };
+    let bad = |reason| StorageError::InvalidKey { key: key.to_owned(), reason };
     if key.is_empty() {
         return Err(bad("empty key"));
     }
@@ -100,10 +92,7 @@ fn key_segments(key: &str) -> Result<Vec<&str>> {
         if seg.len() > 255 {
             return Err(bad("segment longer than 255 bytes"));
         }
-        if !seg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:+=-".contains(&b))
-        {
+        if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:+=-".contains(&b)) {
             return Err(bad("character outside [A-Za-z0-9._:+=-]"));
         }
     }
@@ -120,9 +109,7 @@ impl FsStore {
         for entry in fs::read_dir(root.join(TMP_DIR))? {
             let _ = fs::remove_file(entry?.path());
         }
-        Ok(FsStore {
-            inner: Arc::new(Inner { root, options }),
-        })
+        Ok(FsStore { inner: Arc::new(Inner { root, options }) })
     }
 
     /// The directory this store lives in.
@@ -138,10 +125,7 @@ impl FsStore {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
             .await
-            .map_err(|e| StorageError::Backend {
-                backend: BACKEND,
-                source: Box::new(e),
-            })?
+            .map_err(|e| StorageError::Backend { backend: BACKEND, source: Box::new(e) })?
     }
 }
 
@@ -149,9 +133,7 @@ impl Inner {
     fn object_path(&self, key: &str) -> Result<PathBuf> {
         let segments = key_segments(key)?;
         let mut path = self.root.clone();
-        let (last, dirs) = segments
-            .split_last()
-            .expect("split yields at least one segment");
+        let (last, dirs) = segments.split_last().expect("split yields at least one segment");
         for d in dirs {
             path.push(d);
         }
@@ -161,22 +143,14 @@ impl Inner {
 
     fn upload_path(&self, upload: &MultipartUpload) -> Result<PathBuf> {
         let id = &upload.upload_id;
-        if id.is_empty()
-            || id.len() > 64
-            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(StorageError::InvalidKey {
-                key: id.clone(),
-                reason: "malformed upload id",
-            });
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(StorageError::InvalidKey { key: id.clone(), reason: "malformed upload id" });
         }
         Ok(self.root.join(UPLOADS_DIR).join(id))
     }
 
     fn temp_path(&self) -> PathBuf {
-        self.root
-            .join(TMP_DIR)
-            .join(uuid::Uuid::new_v4().to_string())
+        self.root.join(TMP_DIR).join(uuid::Uuid::new_v4().to_string())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -199,9 +173,7 @@ impl Inner {
                 match linked {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        return Err(StorageError::AlreadyExists {
-                            key: key.to_owned(),
-                        })
+                        return Err(StorageError::AlreadyExists { key: key.to_owned() })
                     }
                     Err(e) => return Err(backend_err(e)),
                 }
@@ -211,11 +183,7 @@ impl Inner {
     }
 
     fn meta(key: &str, md: &fs::Metadata) -> ObjectMeta {
-        ObjectMeta {
-            key: key.to_owned(),
-            size: md.len(),
-            last_modified: md.modified().ok(),
-        }
+        ObjectMeta { key: key.to_owned(), size: md.len(), last_modified: md.modified().ok() }
     }
 
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<ObjectMeta> {
@@ -234,11 +202,7 @@ impl Inner {
             return Err(backend_err(e));
         }
         self.publish(&tmp, key, &dest, mode)?;
-        Ok(ObjectMeta {
-            key: key.to_owned(),
-            size: data.len() as u64,
-            last_modified: None,
-        })
+        Ok(ObjectMeta { key: key.to_owned(), size: data.len() as u64, last_modified: None })
     }
 
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage> {
@@ -269,10 +233,7 @@ impl Inner {
         } else {
             None
         };
-        Ok(ListPage {
-            objects,
-            next_start_after,
-        })
+        Ok(ListPage { objects, next_start_after })
     }
 }
 
@@ -281,11 +242,7 @@ impl Inner {
 fn walk(dir: &Path, dir_key: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e)
-            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
-        {
-            return Ok(())
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => return Ok(()),
         Err(e) => return Err(e),
     };
     for entry in entries {
@@ -350,23 +307,19 @@ impl ObjectStore for FsStore {
                 let md = file.metadata().map_err(backend_err)?;
                 let meta = Inner::meta(&owned, &md);
                 let range = clip_range(range, md.len())?;
-                file.seek(SeekFrom::Start(range.start))
-                    .map_err(backend_err)?;
+                file.seek(SeekFrom::Start(range.start)).map_err(backend_err)?;
                 Ok((file, meta, range))
             })
             .await?;
         let len = range.end - range.start;
         let reader = tokio::fs::File::from_std(file).take(len);
-        let body = ReaderStream::with_capacity(reader, READ_CHUNK)
-            .map(|r| r.map_err(backend_err))
-            .boxed();
+        let body = ReaderStream::with_capacity(reader, READ_CHUNK).map(|r| r.map_err(backend_err)).boxed();
         Ok(GetResult { meta, range, body })
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<ObjectMeta> {
         let key = key.to_owned();
-        self.blocking(move |inner| inner.put(&key, &data, mode))
-            .await
+        self.blocking(move |inner| inner.put(&key, &data, mode)).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -382,16 +335,10 @@ impl ObjectStore for FsStore {
         .await
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<ListPage> {
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage> {
         let prefix = prefix.to_owned();
         let start_after = start_after.map(str::to_owned);
-        self.blocking(move |inner| inner.list(&prefix, start_after.as_deref(), limit))
-            .await
+        self.blocking(move |inner| inner.list(&prefix, start_after.as_deref(), limit)).await
     }
 
     async fn copy(&self, from: &str, to: &str) -> Result<ObjectMeta> {
@@ -408,16 +355,10 @@ impl ObjectStore for FsStore {
                 }
             };
             if inner.options.fsync {
-                File::open(&tmp)
-                    .and_then(|f| f.sync_all())
-                    .map_err(backend_err)?;
+                File::open(&tmp).and_then(|f| f.sync_all()).map_err(backend_err)?;
             }
             inner.publish(&tmp, &to, &dest, PutMode::Overwrite)?;
-            Ok(ObjectMeta {
-                key: to,
-                size,
-                last_modified: None,
-            })
+            Ok(ObjectMeta { key: to, size, last_modified: None })
         })
         .await
     }
@@ -425,33 +366,21 @@ impl ObjectStore for FsStore {
     async fn create_multipart(&self) -> Result<MultipartUpload> {
         self.blocking(|inner| {
             let id = uuid::Uuid::new_v4().to_string();
-            let upload = MultipartUpload {
-                staging_key: format!("{UPLOADS_DIR}/{id}"),
-                upload_id: id,
-            };
+            let upload = MultipartUpload { staging_key: format!("{UPLOADS_DIR}/{id}"), upload_id: id };
             File::create(inner.upload_path(&upload)?).map_err(backend_err)?;
             Ok(upload)
         })
         .await
     }
 
-    async fn put_part(
-        &self,
-        upload: &MultipartUpload,
-        number: u32,
-        offset: u64,
-        data: Bytes,
-    ) -> Result<PartReceipt> {
+    async fn put_part(&self, upload: &MultipartUpload, number: u32, offset: u64, data: Bytes) -> Result<PartReceipt> {
         if number == 0 {
             return Err(StorageError::InvalidPart("part numbers start at 1".into()));
         }
         let upload = upload.clone();
         self.blocking(move |inner| {
             let path = inner.upload_path(&upload)?;
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| map_io(&upload.upload_id, e))?;
+            let file = OpenOptions::new().write(true).open(&path).map_err(|e| map_io(&upload.upload_id, e))?;
             file.write_all_at(&data, offset).map_err(backend_err)?;
             Ok(PartReceipt {
                 number,
@@ -472,10 +401,7 @@ impl ObjectStore for FsStore {
         let mut expected_offset = 0u64;
         for (i, p) in parts.iter().enumerate() {
             if p.number as usize != i + 1 || p.offset != expected_offset {
-                return Err(StorageError::InvalidPart(format!(
-                    "part {} is out of sequence",
-                    p.number
-                )));
+                return Err(StorageError::InvalidPart(format!("part {} is out of sequence", p.number)));
             }
             expected_offset += p.size;
         }
@@ -484,10 +410,7 @@ impl ObjectStore for FsStore {
         self.blocking(move |inner| {
             let path = inner.upload_path(&upload)?;
             let dest_path = inner.object_path(&dest)?;
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| map_io(&upload.upload_id, e))?;
+            let file = OpenOptions::new().write(true).open(&path).map_err(|e| map_io(&upload.upload_id, e))?;
             // A part rewritten by a retry may have left bytes past the end.
             if file.metadata().map_err(backend_err)?.len() != total {
                 file.set_len(total).map_err(backend_err)?;
@@ -497,33 +420,37 @@ impl ObjectStore for FsStore {
             }
             drop(file);
             inner.publish(&path, &dest, &dest_path, PutMode::Overwrite)?;
-            Ok(ObjectMeta {
-                key: dest,
-                size: total,
-                last_modified: None,
-            })
+            Ok(ObjectMeta { key: dest, size: total, last_modified: None })
         })
         .await
     }
 
     async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()> {
         let upload = upload.clone();
-        self.blocking(
-            move |inner| match fs::remove_file(inner.upload_path(&upload)?) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(backend_err(e)),
-            },
-        )
+        self.blocking(move |inner| match fs::remove_file(inner.upload_path(&upload)?) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(backend_err(e)),
+        })
+        .await
+    }
+
+    async fn list_multipart(&self) -> Result<Vec<(MultipartUpload, std::time::SystemTime)>> {
+        self.blocking(|inner| {
+            let mut out = Vec::new();
+            for entry in fs::read_dir(inner.root.join(UPLOADS_DIR)).map_err(backend_err)? {
+                let entry = entry.map_err(backend_err)?;
+                let Some(id) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else { continue };
+                out.push((MultipartUpload { staging_key: format!("{UPLOADS_DIR}/{id}"), upload_id: id }, modified));
+            }
+            Ok(out)
+        })
         .await
     }
 
     fn part_limits(&self) -> PartLimits {
-        PartLimits {
-            min_part_size: 1,
-            preferred_part_size: 1024 * 1024,
-            max_parts: u32::MAX,
-        }
+        PartLimits { min_part_size: 1, preferred_part_size: 1024 * 1024, max_parts: u32::MAX }
     }
 }
 
@@ -547,28 +474,10 @@ mod tests {
 
     #[test]
     fn hostile_keys_are_refused() {
-        for key in [
-            "",
-            "/abs",
-            "a//b",
-            "a/../b",
-            "..",
-            "a/.hidden",
-            "a/b/",
-            "a\\b",
-            "a b",
-            "a/%2e%2e",
-            "a@b",
-            "a\0b",
-        ] {
+        for key in ["", "/abs", "a//b", "a/../b", "..", "a/.hidden", "a/b/", "a\\b", "a b", "a/%2e%2e", "a@b", "a\0b"] {
             assert!(key_segments(key).is_err(), "{key:?} accepted");
         }
-        for key in [
-            "a",
-            "blobs/sha256/ab/abcdef",
-            "repositories/x/y/_manifests/tags/v1.0-rc_1",
-            "a:b+c=d",
-        ] {
+        for key in ["a", "blobs/sha256/ab/abcdef", "repositories/x/y/_manifests/tags/v1.0-rc_1", "a:b+c=d"] {
             assert!(key_segments(key).is_ok(), "{key:?} refused");
         }
     }
@@ -578,19 +487,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("store");
         let store = FsStore::open(&root, FsOptions { fsync: false }).unwrap();
-        assert!(store
-            .put("../escape", Bytes::new(), PutMode::Overwrite)
-            .await
-            .is_err());
-        assert!(store
-            .put("a/../../escape", Bytes::new(), PutMode::Overwrite)
-            .await
-            .is_err());
+        assert!(store.put("../escape", Bytes::new(), PutMode::Overwrite).await.is_err());
+        assert!(store.put("a/../../escape", Bytes::new(), PutMode::Overwrite).await.is_err());
         assert!(!dir.path().join("escape").exists());
-        let bogus = MultipartUpload {
-            staging_key: String::new(),
-            upload_id: "../../x".into(),
-        };
+        let bogus = MultipartUpload { staging_key: String::new(), upload_id: "../../x".into() };
         assert!(store.put_part(&bogus, 1, 0, Bytes::new()).await.is_err());
     }
 

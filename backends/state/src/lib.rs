@@ -65,8 +65,7 @@ pub trait SharedState: Send + Sync + fmt::Debug + 'static {
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()>;
     /// Write `key` only if `lease` is still held.
-    async fn set_fenced(&self, key: &str, value: Bytes, ttl: Duration, lease: &Lease)
-        -> Result<()>;
+    async fn set_fenced(&self, key: &str, value: Bytes, ttl: Duration, lease: &Lease) -> Result<()>;
     async fn delete(&self, key: &str) -> Result<()>;
 
     /// Take the lock `name` for `ttl`, or `None` if someone else holds it.

@@ -40,8 +40,9 @@ struct Tables {
     values: HashMap<String, Expiring<Bytes>>,
     counters: HashMap<String, Expiring<i64>>,
     locks: HashMap<String, Expiring<u64>>,
-    /// Highest token ever issued per lock name; survives lock expiry.
-    fences: HashMap<String, u64>,
+    /// Last fencing token issued. One counter for all locks keeps every
+    /// name's tokens increasing without remembering each name forever.
+    last_token: u64,
     queues: HashMap<String, Queue>,
     /// Size of `values` after the last sweep of expired entries.
     swept_at_len: usize,
@@ -60,9 +61,7 @@ impl Tables {
     }
 
     fn holds(&self, lease: &Lease, now: Instant) -> bool {
-        self.locks
-            .get(&lease.name)
-            .is_some_and(|l| l.live(now) && l.value == lease.token)
+        self.locks.get(&lease.name).is_some_and(|l| l.live(now) && l.value == lease.token)
     }
 }
 
@@ -86,10 +85,7 @@ impl MemoryState {
 
     fn sender(&self, channel: &str) -> broadcast::Sender<Bytes> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        channels
-            .entry(channel.to_owned())
-            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
-            .clone()
+        channels.entry(channel.to_owned()).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).clone()
     }
 }
 
@@ -102,47 +98,24 @@ impl SharedState for MemoryState {
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let now = Instant::now();
         let t = self.tables();
-        Ok(t.values
-            .get(key)
-            .filter(|v| v.live(now))
-            .map(|v| v.value.clone()))
+        Ok(t.values.get(key).filter(|v| v.live(now)).map(|v| v.value.clone()))
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         let now = Instant::now();
         let mut t = self.tables();
-        t.values.insert(
-            key.to_owned(),
-            Expiring {
-                value,
-                expires_at: now + ttl,
-            },
-        );
+        t.values.insert(key.to_owned(), Expiring { value, expires_at: now + ttl });
         t.maybe_sweep(now);
         Ok(())
     }
 
-    async fn set_fenced(
-        &self,
-        key: &str,
-        value: Bytes,
-        ttl: Duration,
-        lease: &Lease,
-    ) -> Result<()> {
+    async fn set_fenced(&self, key: &str, value: Bytes, ttl: Duration, lease: &Lease) -> Result<()> {
         let now = Instant::now();
         let mut t = self.tables();
         if !t.holds(lease, now) {
-            return Err(crate::StateError::Fenced {
-                name: lease.name.clone(),
-            });
+            return Err(crate::StateError::Fenced { name: lease.name.clone() });
         }
-        t.values.insert(
-            key.to_owned(),
-            Expiring {
-                value,
-                expires_at: now + ttl,
-            },
-        );
+        t.values.insert(key.to_owned(), Expiring { value, expires_at: now + ttl });
         Ok(())
     }
 
@@ -157,22 +130,10 @@ impl SharedState for MemoryState {
         if t.locks.get(name).is_some_and(|l| l.live(now)) {
             return Ok(None);
         }
-        let token = {
-            let fence = t.fences.entry(name.to_owned()).or_insert(0);
-            *fence += 1;
-            *fence
-        };
-        t.locks.insert(
-            name.to_owned(),
-            Expiring {
-                value: token,
-                expires_at: now + ttl,
-            },
-        );
-        Ok(Some(Lease {
-            name: name.to_owned(),
-            token,
-        }))
+        t.last_token += 1;
+        let token = t.last_token;
+        t.locks.insert(name.to_owned(), Expiring { value: token, expires_at: now + ttl });
+        Ok(Some(Lease { name: name.to_owned(), token }))
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
@@ -181,13 +142,7 @@ impl SharedState for MemoryState {
         if !t.holds(lease, now) {
             return Ok(false);
         }
-        t.locks.insert(
-            lease.name.clone(),
-            Expiring {
-                value: lease.token,
-                expires_at: now + ttl,
-            },
-        );
+        t.locks.insert(lease.name.clone(), Expiring { value: lease.token, expires_at: now + ttl });
         Ok(true)
     }
 
@@ -203,15 +158,9 @@ impl SharedState for MemoryState {
     async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
         let now = Instant::now();
         let mut t = self.tables();
-        let entry = t.counters.entry(key.to_owned()).or_insert(Expiring {
-            value: 0,
-            expires_at: now + ttl,
-        });
+        let entry = t.counters.entry(key.to_owned()).or_insert(Expiring { value: 0, expires_at: now + ttl });
         if !entry.live(now) {
-            *entry = Expiring {
-                value: 0,
-                expires_at: now + ttl,
-            };
+            *entry = Expiring { value: 0, expires_at: now + ttl };
         }
         entry.value = entry.value.saturating_add(by);
         Ok(entry.value)
@@ -241,14 +190,7 @@ impl SharedState for MemoryState {
         let t = self.tables();
         Ok(t.queues
             .get(queue)
-            .map(|q| {
-                q.order
-                    .iter()
-                    .take_while(|(due, _)| *due <= now)
-                    .take(limit)
-                    .map(|(_, m)| m.clone())
-                    .collect()
-            })
+            .map(|q| q.order.iter().take_while(|(due, _)| *due <= now).take(limit).map(|(_, m)| m.clone()).collect())
             .unwrap_or_default())
     }
 
@@ -260,9 +202,7 @@ impl SharedState for MemoryState {
 
     async fn subscribe(&self, channel: &str) -> Result<BoxStream<'static, Bytes>> {
         let rx = self.sender(channel).subscribe();
-        Ok(BroadcastStream::new(rx)
-            .filter_map(|m| async move { m.ok() })
-            .boxed())
+        Ok(BroadcastStream::new(rx).filter_map(|m| async move { m.ok() }).boxed())
     }
 }
 
@@ -281,9 +221,7 @@ mod tests {
     async fn expired_values_are_swept() {
         let s = MemoryState::new();
         for i in 0..2000 {
-            s.set(&format!("k{i}"), Bytes::new(), Duration::from_millis(0))
-                .await
-                .unwrap();
+            s.set(&format!("k{i}"), Bytes::new(), Duration::from_millis(0)).await.unwrap();
         }
         assert!(s.tables().values.len() < 2000);
     }

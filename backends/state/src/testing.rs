@@ -41,106 +41,49 @@ pub async fn run_all(state: Arc<dyn SharedState>) {
 
 pub async fn values_and_expiry(s: &dyn SharedState) {
     assert_eq!(s.get("conf:v:missing").await.unwrap(), None);
-    s.set(
-        "conf:v:a",
-        Bytes::from_static(b"1"),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        s.get("conf:v:a").await.unwrap(),
-        Some(Bytes::from_static(b"1"))
-    );
-    s.set(
-        "conf:v:a",
-        Bytes::from_static(b"2"),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        s.get("conf:v:a").await.unwrap(),
-        Some(Bytes::from_static(b"2"))
-    );
+    s.set("conf:v:a", Bytes::from_static(b"1"), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(s.get("conf:v:a").await.unwrap(), Some(Bytes::from_static(b"1")));
+    s.set("conf:v:a", Bytes::from_static(b"2"), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(s.get("conf:v:a").await.unwrap(), Some(Bytes::from_static(b"2")));
     s.delete("conf:v:a").await.unwrap();
     assert_eq!(s.get("conf:v:a").await.unwrap(), None);
     s.delete("conf:v:a").await.unwrap();
 
-    s.set(
-        "conf:v:short",
-        Bytes::from_static(b"x"),
-        Duration::from_millis(100),
-    )
-    .await
-    .unwrap();
+    s.set("conf:v:short", Bytes::from_static(b"x"), Duration::from_millis(100)).await.unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            s.get("conf:v:short").await.unwrap().is_none()
-        })
-        .await,
+        eventually(Duration::from_secs(5), || async { s.get("conf:v:short").await.unwrap().is_none() }).await,
         "value did not expire"
     );
 }
 
 pub async fn locks_and_fencing(s: &dyn SharedState) {
     let ttl = Duration::from_secs(30);
-    let a = s
-        .try_lock("conf:l:one", ttl)
-        .await
-        .unwrap()
-        .expect("free lock");
-    assert!(
-        s.try_lock("conf:l:one", ttl).await.unwrap().is_none(),
-        "lock granted twice"
-    );
-    s.set_fenced("conf:l:value", Bytes::from_static(b"a"), ttl, &a)
-        .await
-        .unwrap();
+    let a = s.try_lock("conf:l:one", ttl).await.unwrap().expect("free lock");
+    assert!(s.try_lock("conf:l:one", ttl).await.unwrap().is_none(), "lock granted twice");
+    s.set_fenced("conf:l:value", Bytes::from_static(b"a"), ttl, &a).await.unwrap();
     s.unlock(&a).await.unwrap();
 
-    let b = s
-        .try_lock("conf:l:one", ttl)
-        .await
-        .unwrap()
-        .expect("released lock");
+    let b = s.try_lock("conf:l:one", ttl).await.unwrap().expect("released lock");
     assert!(b.token > a.token, "fencing token did not grow");
     // The old holder is fenced out.
-    let err = s
-        .set_fenced("conf:l:value", Bytes::from_static(b"stale"), ttl, &a)
-        .await
-        .unwrap_err();
+    let err = s.set_fenced("conf:l:value", Bytes::from_static(b"stale"), ttl, &a).await.unwrap_err();
     assert!(matches!(err, StateError::Fenced { .. }), "{err:?}");
-    assert_eq!(
-        s.get("conf:l:value").await.unwrap(),
-        Some(Bytes::from_static(b"a"))
-    );
+    assert_eq!(s.get("conf:l:value").await.unwrap(), Some(Bytes::from_static(b"a")));
     // Unlocking with a stale lease does not release the current holder.
     s.unlock(&a).await.unwrap();
     assert!(s.try_lock("conf:l:one", ttl).await.unwrap().is_none());
     s.unlock(&b).await.unwrap();
 
     // Extending keeps a short lease alive past its first expiry.
-    let e = s
-        .try_lock("conf:l:three", Duration::from_secs(2))
-        .await
-        .unwrap()
-        .unwrap();
+    let e = s.try_lock("conf:l:three", Duration::from_secs(2)).await.unwrap().unwrap();
     assert!(s.extend(&e, Duration::from_secs(30)).await.unwrap());
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert!(
-        s.try_lock("conf:l:three", ttl).await.unwrap().is_none(),
-        "extended lease was lost"
-    );
+    assert!(s.try_lock("conf:l:three", ttl).await.unwrap().is_none(), "extended lease was lost");
     s.unlock(&e).await.unwrap();
     assert!(!s.extend(&e, ttl).await.unwrap(), "released lease extended");
 
     // An expired lease frees the lock and is fenced out.
-    let c = s
-        .try_lock("conf:l:two", Duration::from_millis(100))
-        .await
-        .unwrap()
-        .unwrap();
+    let c = s.try_lock("conf:l:two", Duration::from_millis(100)).await.unwrap().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let d = loop {
         if let Some(lease) = s.try_lock("conf:l:two", ttl).await.unwrap() {
@@ -154,13 +97,8 @@ pub async fn locks_and_fencing(s: &dyn SharedState) {
     assert!(d.is_some(), "lock never expired");
     let d = d.unwrap();
     assert!(d.token > c.token);
-    assert!(matches!(
-        s.set_fenced("conf:l:v2", Bytes::new(), ttl, &c).await,
-        Err(StateError::Fenced { .. })
-    ));
-    s.set_fenced("conf:l:v2", Bytes::new(), ttl, &d)
-        .await
-        .unwrap();
+    assert!(matches!(s.set_fenced("conf:l:v2", Bytes::new(), ttl, &c).await, Err(StateError::Fenced { .. })));
+    s.set_fenced("conf:l:v2", Bytes::new(), ttl, &d).await.unwrap();
     s.unlock(&d).await.unwrap();
     s.delete("conf:l:value").await.unwrap();
     s.delete("conf:l:v2").await.unwrap();
@@ -179,18 +117,11 @@ pub async fn counters(s: Arc<dyn SharedState>) {
     assert_eq!(results.iter().max(), Some(&50));
     assert_eq!(s.incr("conf:c:b", 0, ttl).await.unwrap(), 50);
 
-    s.incr("conf:c:short", 3, Duration::from_millis(100))
-        .await
-        .unwrap();
+    s.incr("conf:c:short", 3, Duration::from_millis(100)).await.unwrap();
     assert!(
         eventually(Duration::from_secs(5), || {
             let s = s.clone();
-            async move {
-                s.incr("conf:c:short", 0, Duration::from_millis(100))
-                    .await
-                    .unwrap()
-                    == 0
-            }
+            async move { s.incr("conf:c:short", 0, Duration::from_millis(100)).await.unwrap() == 0 }
         })
         .await,
         "counter did not expire"
@@ -200,74 +131,33 @@ pub async fn counters(s: Arc<dyn SharedState>) {
 pub async fn schedules(s: &dyn SharedState) {
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
     let q = "conf:q";
-    s.schedule(q, "late", t0 + Duration::from_secs(30))
-        .await
-        .unwrap();
-    s.schedule(q, "early", t0 + Duration::from_secs(10))
-        .await
-        .unwrap();
-    s.schedule(q, "middle", t0 + Duration::from_secs(20))
-        .await
-        .unwrap();
+    s.schedule(q, "late", t0 + Duration::from_secs(30)).await.unwrap();
+    s.schedule(q, "early", t0 + Duration::from_secs(10)).await.unwrap();
+    s.schedule(q, "middle", t0 + Duration::from_secs(20)).await.unwrap();
     assert!(s.due(q, t0, 10).await.unwrap().is_empty());
-    assert_eq!(
-        s.due(q, t0 + Duration::from_secs(25), 10).await.unwrap(),
-        ["early", "middle"]
-    );
-    assert_eq!(
-        s.due(q, t0 + Duration::from_secs(25), 1).await.unwrap(),
-        ["early"]
-    );
+    assert_eq!(s.due(q, t0 + Duration::from_secs(25), 10).await.unwrap(), ["early", "middle"]);
+    assert_eq!(s.due(q, t0 + Duration::from_secs(25), 1).await.unwrap(), ["early"]);
     // Rescheduling moves a member.
-    s.schedule(q, "early", t0 + Duration::from_secs(40))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.due(q, t0 + Duration::from_secs(35), 10).await.unwrap(),
-        ["middle", "late"]
-    );
+    s.schedule(q, "early", t0 + Duration::from_secs(40)).await.unwrap();
+    assert_eq!(s.due(q, t0 + Duration::from_secs(35), 10).await.unwrap(), ["middle", "late"]);
     s.unschedule(q, "middle").await.unwrap();
     s.unschedule(q, "absent").await.unwrap();
-    assert_eq!(
-        s.due(q, t0 + Duration::from_secs(100), 10).await.unwrap(),
-        ["late", "early"]
-    );
+    assert_eq!(s.due(q, t0 + Duration::from_secs(100), 10).await.unwrap(), ["late", "early"]);
     s.unschedule(q, "late").await.unwrap();
     s.unschedule(q, "early").await.unwrap();
-    assert!(s
-        .due(q, t0 + Duration::from_secs(100), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(s.due(q, t0 + Duration::from_secs(100), 10).await.unwrap().is_empty());
 }
 
 pub async fn pubsub(s: &dyn SharedState) {
     let mut sub = s.subscribe("conf:chan").await.unwrap();
     let mut other = s.subscribe("conf:other").await.unwrap();
-    s.publish("conf:chan", Bytes::from_static(b"one"))
-        .await
-        .unwrap();
-    s.publish("conf:chan", Bytes::from_static(b"two"))
-        .await
-        .unwrap();
+    s.publish("conf:chan", Bytes::from_static(b"one")).await.unwrap();
+    s.publish("conf:chan", Bytes::from_static(b"two")).await.unwrap();
     let limit = Duration::from_secs(5);
-    assert_eq!(
-        tokio::time::timeout(limit, sub.next()).await.unwrap(),
-        Some(Bytes::from_static(b"one"))
-    );
-    assert_eq!(
-        tokio::time::timeout(limit, sub.next()).await.unwrap(),
-        Some(Bytes::from_static(b"two"))
-    );
-    s.publish("conf:other", Bytes::from_static(b"three"))
-        .await
-        .unwrap();
-    assert_eq!(
-        tokio::time::timeout(limit, other.next()).await.unwrap(),
-        Some(Bytes::from_static(b"three"))
-    );
+    assert_eq!(tokio::time::timeout(limit, sub.next()).await.unwrap(), Some(Bytes::from_static(b"one")));
+    assert_eq!(tokio::time::timeout(limit, sub.next()).await.unwrap(), Some(Bytes::from_static(b"two")));
+    s.publish("conf:other", Bytes::from_static(b"three")).await.unwrap();
+    assert_eq!(tokio::time::timeout(limit, other.next()).await.unwrap(), Some(Bytes::from_static(b"three")));
     // Publishing with no subscriber is fine.
-    s.publish("conf:nobody", Bytes::from_static(b"x"))
-        .await
-        .unwrap();
+    s.publish("conf:nobody", Bytes::from_static(b"x")).await.unwrap();
 }

@@ -46,10 +46,7 @@ pub enum StorageError {
     InvalidPart(String),
     /// The backend does not offer this optional operation.
     #[error("{op} is not supported by the {backend} backend")]
-    NotSupported {
-        backend: &'static str,
-        op: &'static str,
-    },
+    NotSupported { backend: &'static str, op: &'static str },
     /// Anything else: I/O errors, network errors, service errors.
     #[error("{backend} backend error: {source}")]
     Backend {
@@ -86,10 +83,7 @@ pub struct GetResult {
 
 impl fmt::Debug for GetResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GetResult")
-            .field("meta", &self.meta)
-            .field("range", &self.range)
-            .finish_non_exhaustive()
+        f.debug_struct("GetResult").field("meta", &self.meta).field("range", &self.range).finish_non_exhaustive()
     }
 }
 
@@ -180,8 +174,7 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     async fn delete(&self, key: &str) -> Result<()>;
 
     /// List objects whose key starts with `prefix` (see the trait docs).
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize)
-        -> Result<ListPage>;
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage>;
 
     /// Server-side copy; the destination is replaced atomically.
     async fn copy(&self, from: &str, to: &str) -> Result<ObjectMeta>;
@@ -190,13 +183,7 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     async fn create_multipart(&self) -> Result<MultipartUpload>;
 
     /// Write part `number` (1-based, consecutive) that starts at byte `offset`.
-    async fn put_part(
-        &self,
-        upload: &MultipartUpload,
-        number: u32,
-        offset: u64,
-        data: Bytes,
-    ) -> Result<PartReceipt>;
+    async fn put_part(&self, upload: &MultipartUpload, number: u32, offset: u64, data: Bytes) -> Result<PartReceipt>;
 
     /// Assemble the parts and make the result visible at `dest`, replacing
     /// any object there. Consumes the upload.
@@ -210,6 +197,11 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// Discard a multipart write and everything staged for it. Aborting an
     /// upload that no longer exists succeeds.
     async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()>;
+
+    /// Multipart writes not yet completed or aborted, each with the time it
+    /// was last written to (or started, where the backend knows no better),
+    /// so writes whose session was lost can be swept.
+    async fn list_multipart(&self) -> Result<Vec<(MultipartUpload, SystemTime)>>;
 
     /// The backend's part-size rules.
     fn part_limits(&self) -> PartLimits;
@@ -255,9 +247,7 @@ pub async fn collect_body(mut body: ByteStream, max_size: u64) -> Result<Bytes> 
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
         if (buf.len() + chunk.len()) as u64 > max_size {
-            return Err(StorageError::InvalidPart(format!(
-                "object grew past the {max_size} bytes allowed here"
-            )));
+            return Err(StorageError::InvalidPart(format!("object grew past the {max_size} bytes allowed here")));
         }
         buf.extend_from_slice(&chunk);
     }
@@ -282,17 +272,8 @@ mod tests {
         assert_eq!(clip_range(None, 10).unwrap(), 0..10);
         assert_eq!(clip_range(Some(2..5), 10).unwrap(), 2..5);
         assert_eq!(clip_range(Some(2..50), 10).unwrap(), 2..10);
-        assert!(matches!(
-            clip_range(Some(10..11), 10),
-            Err(StorageError::InvalidRange { size: 10 })
-        ));
-        assert!(matches!(
-            clip_range(Some(3..3), 10),
-            Err(StorageError::InvalidRange { .. })
-        ));
-        assert!(matches!(
-            clip_range(Some(0..1), 0),
-            Err(StorageError::InvalidRange { .. })
-        ));
+        assert!(matches!(clip_range(Some(10..11), 10), Err(StorageError::InvalidRange { size: 10 })));
+        assert!(matches!(clip_range(Some(3..3), 10), Err(StorageError::InvalidRange { .. })));
+        assert!(matches!(clip_range(Some(0..1), 0), Err(StorageError::InvalidRange { .. })));
     }
 }

@@ -33,28 +33,16 @@ pub async fn put_get_head_delete(store: &dyn ObjectStore) {
     assert!(store.head(key).await.unwrap_err().is_not_found());
     assert!(store.get(key, None).await.unwrap_err().is_not_found());
 
-    let meta = store
-        .put(key, Bytes::from_static(b"hello world"), PutMode::Overwrite)
-        .await
-        .unwrap();
+    let meta = store.put(key, Bytes::from_static(b"hello world"), PutMode::Overwrite).await.unwrap();
     assert_eq!(meta.size, 11);
     assert_eq!(store.head(key).await.unwrap().size, 11);
-    assert_eq!(
-        read_all(store, key).await,
-        Bytes::from_static(b"hello world")
-    );
+    assert_eq!(read_all(store, key).await, Bytes::from_static(b"hello world"));
 
-    store
-        .put(key, Bytes::from_static(b"bye"), PutMode::Overwrite)
-        .await
-        .unwrap();
+    store.put(key, Bytes::from_static(b"bye"), PutMode::Overwrite).await.unwrap();
     assert_eq!(read_all(store, key).await, Bytes::from_static(b"bye"));
 
     let empty = "conf/basic/empty";
-    store
-        .put(empty, Bytes::new(), PutMode::Overwrite)
-        .await
-        .unwrap();
+    store.put(empty, Bytes::new(), PutMode::Overwrite).await.unwrap();
     assert_eq!(store.head(empty).await.unwrap().size, 0);
     assert!(read_all(store, empty).await.is_empty());
 
@@ -69,27 +57,14 @@ pub async fn put_get_head_delete(store: &dyn ObjectStore) {
 pub async fn ranged_reads(store: &dyn ObjectStore) {
     let key = "conf/range/object";
     let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
-    store
-        .put(key, Bytes::from(data.clone()), PutMode::Overwrite)
-        .await
-        .unwrap();
+    store.put(key, Bytes::from(data.clone()), PutMode::Overwrite).await.unwrap();
 
-    for (start, end) in [
-        (0u64, 1u64),
-        (0, 10_000),
-        (5, 9_999),
-        (9_999, 10_000),
-        (4096, 8192),
-    ] {
+    for (start, end) in [(0u64, 1u64), (0, 10_000), (5, 9_999), (9_999, 10_000), (4096, 8192)] {
         let got = store.get(key, Some(start..end)).await.unwrap();
         assert_eq!(got.meta.size, 10_000);
         assert_eq!(got.range, start..end);
         let body = collect_body(got.body, u64::MAX).await.unwrap();
-        assert_eq!(
-            &body[..],
-            &data[start as usize..end as usize],
-            "range {start}..{end}"
-        );
+        assert_eq!(&body[..], &data[start as usize..end as usize], "range {start}..{end}");
     }
     // Past the end is clipped.
     let got = store.get(key, Some(9_000..20_000)).await.unwrap();
@@ -106,14 +81,8 @@ pub async fn ranged_reads(store: &dyn ObjectStore) {
 /// `PutMode::Create` never replaces.
 pub async fn create_mode(store: &dyn ObjectStore) {
     let key = "conf/create/object";
-    store
-        .put(key, Bytes::from_static(b"first"), PutMode::Create)
-        .await
-        .unwrap();
-    let err = store
-        .put(key, Bytes::from_static(b"second"), PutMode::Create)
-        .await
-        .unwrap_err();
+    store.put(key, Bytes::from_static(b"first"), PutMode::Create).await.unwrap();
+    let err = store.put(key, Bytes::from_static(b"second"), PutMode::Create).await.unwrap_err();
     assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err:?}");
     assert_eq!(read_all(store, key).await, Bytes::from_static(b"first"));
     store.delete(key).await.unwrap();
@@ -121,23 +90,11 @@ pub async fn create_mode(store: &dyn ObjectStore) {
 
 /// Listing is in byte order, honours the prefix, `start_after` and `limit`.
 pub async fn listing_sorted_and_paginated(store: &dyn ObjectStore) {
-    let names = [
-        "b", "a", "a-b", "a/b", "a/b/c", "A", "a.b", "z9", "a_b", "0",
-    ];
+    let names = ["b", "a", "a-b", "a/b", "a/b/c", "A", "a.b", "z9", "a_b", "0"];
     for n in names {
-        store
-            .put(
-                &format!("conf/list/{n}"),
-                Bytes::from(n.as_bytes().to_vec()),
-                PutMode::Overwrite,
-            )
-            .await
-            .unwrap();
+        store.put(&format!("conf/list/{n}"), Bytes::from(n.as_bytes().to_vec()), PutMode::Overwrite).await.unwrap();
     }
-    store
-        .put("conf/listother/x", Bytes::new(), PutMode::Overwrite)
-        .await
-        .unwrap();
+    store.put("conf/listother/x", Bytes::new(), PutMode::Overwrite).await.unwrap();
     let mut expected: Vec<String> = names.iter().map(|n| format!("conf/list/{n}")).collect();
     expected.sort();
 
@@ -145,11 +102,7 @@ pub async fn listing_sorted_and_paginated(store: &dyn ObjectStore) {
     let keys: Vec<String> = page.objects.iter().map(|o| o.key.clone()).collect();
     assert_eq!(keys, expected);
     assert_eq!(page.next_start_after, None);
-    let sized = page
-        .objects
-        .iter()
-        .find(|o| o.key == "conf/list/a-b")
-        .unwrap();
+    let sized = page.objects.iter().find(|o| o.key == "conf/list/a-b").unwrap();
     assert_eq!(sized.size, 3);
 
     // Pages of 3 walk the same sequence.
@@ -171,106 +124,43 @@ pub async fn listing_sorted_and_paginated(store: &dyn ObjectStore) {
     let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(
         keys,
-        [
-            "conf/list/a",
-            "conf/list/a-b",
-            "conf/list/a.b",
-            "conf/list/a/b",
-            "conf/list/a/b/c",
-            "conf/list/a_b"
-        ]
+        ["conf/list/a", "conf/list/a-b", "conf/list/a.b", "conf/list/a/b", "conf/list/a/b/c", "conf/list/a_b"]
     );
 
     // start_after that is not itself a key.
-    let page = store
-        .list("conf/list/", Some("conf/list/a/"), 1000)
-        .await
-        .unwrap();
+    let page = store.list("conf/list/", Some("conf/list/a/"), 1000).await.unwrap();
     assert_eq!(page.objects[0].key, "conf/list/a/b");
 
     // Nothing under a missing prefix.
-    assert!(store
-        .list("conf/nothing/", None, 10)
-        .await
-        .unwrap()
-        .objects
-        .is_empty());
+    assert!(store.list("conf/nothing/", None, 10).await.unwrap().objects.is_empty());
 
     for n in names {
         store.delete(&format!("conf/list/{n}")).await.unwrap();
     }
     store.delete("conf/listother/x").await.unwrap();
-    assert!(store
-        .list("conf/list/", None, 10)
-        .await
-        .unwrap()
-        .objects
-        .is_empty());
+    assert!(store.list("conf/list/", None, 10).await.unwrap().objects.is_empty());
 }
 
 /// A key may be a prefix (at a `/`) of another key: object stores allow it.
 pub async fn keys_that_are_prefixes_of_others(store: &dyn ObjectStore) {
-    store
-        .put("conf/nest/a", Bytes::from_static(b"1"), PutMode::Overwrite)
-        .await
-        .unwrap();
-    store
-        .put(
-            "conf/nest/a/b",
-            Bytes::from_static(b"2"),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        read_all(store, "conf/nest/a").await,
-        Bytes::from_static(b"1")
-    );
-    assert_eq!(
-        read_all(store, "conf/nest/a/b").await,
-        Bytes::from_static(b"2")
-    );
+    store.put("conf/nest/a", Bytes::from_static(b"1"), PutMode::Overwrite).await.unwrap();
+    store.put("conf/nest/a/b", Bytes::from_static(b"2"), PutMode::Overwrite).await.unwrap();
+    assert_eq!(read_all(store, "conf/nest/a").await, Bytes::from_static(b"1"));
+    assert_eq!(read_all(store, "conf/nest/a/b").await, Bytes::from_static(b"2"));
     store.delete("conf/nest/a").await.unwrap();
-    assert_eq!(
-        read_all(store, "conf/nest/a/b").await,
-        Bytes::from_static(b"2")
-    );
+    assert_eq!(read_all(store, "conf/nest/a/b").await, Bytes::from_static(b"2"));
     store.delete("conf/nest/a/b").await.unwrap();
 }
 
 /// `copy` duplicates content; the source stays.
 pub async fn copy_replaces_atomically(store: &dyn ObjectStore) {
-    store
-        .put(
-            "conf/copy/src",
-            Bytes::from_static(b"payload"),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
-    store
-        .put(
-            "conf/copy/dst",
-            Bytes::from_static(b"old"),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
+    store.put("conf/copy/src", Bytes::from_static(b"payload"), PutMode::Overwrite).await.unwrap();
+    store.put("conf/copy/dst", Bytes::from_static(b"old"), PutMode::Overwrite).await.unwrap();
     let meta = store.copy("conf/copy/src", "conf/copy/dst").await.unwrap();
     assert_eq!(meta.size, 7);
-    assert_eq!(
-        read_all(store, "conf/copy/dst").await,
-        Bytes::from_static(b"payload")
-    );
-    assert_eq!(
-        read_all(store, "conf/copy/src").await,
-        Bytes::from_static(b"payload")
-    );
-    assert!(store
-        .copy("conf/copy/missing", "conf/copy/x")
-        .await
-        .unwrap_err()
-        .is_not_found());
+    assert_eq!(read_all(store, "conf/copy/dst").await, Bytes::from_static(b"payload"));
+    assert_eq!(read_all(store, "conf/copy/src").await, Bytes::from_static(b"payload"));
+    assert!(store.copy("conf/copy/missing", "conf/copy/x").await.unwrap_err().is_not_found());
     store.delete("conf/copy/src").await.unwrap();
     store.delete("conf/copy/dst").await.unwrap();
 }
@@ -288,22 +178,13 @@ pub async fn multipart_roundtrip(store: &dyn ObjectStore) {
     let mut receipts = Vec::new();
     let mut offset = 0u64;
     for (i, part) in [&p1, &p2, &p3].into_iter().enumerate() {
-        let r = store
-            .put_part(&upload, i as u32 + 1, offset, Bytes::from(part.clone()))
-            .await
-            .unwrap();
+        let r = store.put_part(&upload, i as u32 + 1, offset, Bytes::from(part.clone())).await.unwrap();
         assert_eq!(r.size, part.len() as u64);
         offset += part.len() as u64;
         receipts.push(r);
     }
-    assert!(
-        store.head(dest).await.unwrap_err().is_not_found(),
-        "visible before completion"
-    );
-    let meta = store
-        .complete_multipart(&upload, &receipts, dest)
-        .await
-        .unwrap();
+    assert!(store.head(dest).await.unwrap_err().is_not_found(), "visible before completion");
+    let meta = store.complete_multipart(&upload, &receipts, dest).await.unwrap();
     assert_eq!(meta.size, offset);
     let all = read_all(store, dest).await;
     let mut expected = p1.clone();
@@ -316,10 +197,7 @@ pub async fn multipart_roundtrip(store: &dyn ObjectStore) {
 
     // An empty upload (no parts) completes to an empty object.
     let upload = store.create_multipart().await.unwrap();
-    let meta = store
-        .complete_multipart(&upload, &[], "conf/multipart/empty")
-        .await
-        .unwrap();
+    let meta = store.complete_multipart(&upload, &[], "conf/multipart/empty").await.unwrap();
     assert_eq!(meta.size, 0);
     store.delete("conf/multipart/empty").await.unwrap();
 }
@@ -327,22 +205,15 @@ pub async fn multipart_roundtrip(store: &dyn ObjectStore) {
 /// Abort removes staged bytes and makes nothing visible.
 pub async fn multipart_abort_leaves_nothing(store: &dyn ObjectStore) {
     let upload = store.create_multipart().await.unwrap();
-    store
-        .put_part(&upload, 1, 0, Bytes::from_static(b"partial"))
-        .await
-        .unwrap();
+    let listed = store.list_multipart().await.unwrap();
+    assert!(listed.iter().any(|(u, _)| u == &upload), "a started upload is listed");
+    store.put_part(&upload, 1, 0, Bytes::from_static(b"partial")).await.unwrap();
     store.abort_multipart(&upload).await.unwrap();
     store.abort_multipart(&upload).await.unwrap();
-    assert!(store
-        .put_part(&upload, 2, 7, Bytes::from_static(b"x"))
-        .await
-        .is_err());
-    assert!(store
-        .list("conf/multipart/", None, 10)
-        .await
-        .unwrap()
-        .objects
-        .is_empty());
+    assert!(store.put_part(&upload, 2, 7, Bytes::from_static(b"x")).await.is_err());
+    let listed = store.list_multipart().await.unwrap();
+    assert!(!listed.iter().any(|(u, _)| u == &upload), "an aborted upload is not listed");
+    assert!(store.list("conf/multipart/", None, 10).await.unwrap().objects.is_empty());
 }
 
 /// Many writers of one key: the survivor is one writer's whole value.
