@@ -1,11 +1,23 @@
-//! The listener: accepts connections, serves HTTP/1.1 and h2c with a
-//! header-read timeout against slow-loris clients, and shuts down
-//! gracefully: on SIGTERM/SIGINT it stops accepting, lets in-flight requests
-//! finish for up to the grace period, then exits.
+//! The listener: accepts connections, serves HTTP/1.1 and h2c, and shuts
+//! down gracefully.
+//!
+//! Slow or stuck clients are bounded without ever cutting a long transfer
+//! that is making progress: a connection must send its first byte within the
+//! header-read timeout (hyper then bounds the rest of the headers), a request
+//! body may pause at most the body idle timeout (in the handlers), and a
+//! connection on which no byte moves either way for the connection idle
+//! timeout is closed (this catches clients that stop reading a download).
+//! At most `max_connections` are served at once. On SIGTERM/SIGINT /readyz
+//! turns 503, the listener closes after the shutdown delay, and in-flight
+//! requests get the grace period to finish.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -13,20 +25,31 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
 use crate::api::{self, App, PeerAddr};
 use crate::config::{Config, StateBackend, StorageBackend};
 use crate::registry::{Registry, RegistryOptions};
 
+/// Connection-level limits.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_read_timeout: Duration,
+    connection_idle_timeout: Duration,
+    shutdown_grace: Duration,
+    shutdown_delay: Duration,
+    max_connections: usize,
+}
+
 /// A bound, ready-to-run server.
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     app: Arc<App>,
-    header_read_timeout: Duration,
-    shutdown_grace: Duration,
+    limits: Limits,
     janitor_interval: Duration,
 }
 
@@ -62,24 +85,25 @@ impl Server {
                 Err(e) => tracing::warn!(error = %e, "cannot sweep uploads left by an earlier run"),
             }
         }
-        let app = Arc::new(App {
-            registry,
-            gate: crate::auth::Gate::anonymous(),
-            body_idle_timeout: config.server.body_idle_timeout.0,
-        });
+        let app = Arc::new(App::new(registry, crate::auth::Gate::anonymous(), body_idle));
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         Ok(Server {
             listener,
             app,
-            header_read_timeout: config.server.header_read_timeout.0,
-            shutdown_grace: config.server.shutdown_grace.0,
+            limits: Limits {
+                header_read_timeout: config.server.header_read_timeout.0,
+                connection_idle_timeout: config.server.connection_idle_timeout.0,
+                shutdown_grace: config.server.shutdown_grace.0,
+                shutdown_delay: config.server.shutdown_delay.0,
+                max_connections: config.server.max_connections,
+            },
             janitor_interval: config.uploads.janitor_interval.0,
         })
     }
 
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
@@ -88,46 +112,212 @@ impl Server {
         let router: Router = api::router(self.app.clone());
         let janitor = tokio::spawn(run_janitor(self.app.registry.clone(), self.janitor_interval));
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(self.header_read_timeout).keep_alive(true);
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(self.limits.header_read_timeout).keep_alive(true);
         builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+        let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
         tokio::pin!(shutdown);
+        // Set once shutdown starts: accepting continues until then.
+        let mut stop_accepting_at: Option<tokio::time::Instant> = None;
         loop {
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of descriptors and similar: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+            // Waiting for a permit or a connection is interrupted by the next
+            // shutdown step: the signal, then the end of the shutdown delay.
+            let step = tokio::select! {
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => tokio::select! {
+                        accepted = self.listener.accept() => Control::Accepted(accepted, permit),
+                        c = control(shutdown.as_mut(), stop_accepting_at) => c,
+                    },
+                    Err(_) => Control::StopAccepting, // the semaphore is never closed
                 },
-                () = &mut shutdown => break,
+                c = control(shutdown.as_mut(), stop_accepting_at) => c,
             };
-            let _ = stream.set_nodelay(true);
-            let router = router.clone();
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                router.clone().oneshot(req)
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let (accepted, permit) = match step {
+                Control::Accepted(accepted, permit) => (accepted, permit),
+                Control::ShutdownRequested => {
+                    self.app.set_draining();
+                    tracing::info!(delay = ?self.limits.shutdown_delay, "shutdown requested: readiness is now 503");
+                    stop_accepting_at = Some(tokio::time::Instant::now() + self.limits.shutdown_delay);
+                    continue;
                 }
+                Control::StopAccepting => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let router = router.clone();
+            let builder = builder.clone();
+            let limits = self.limits;
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                serve_connection(stream, peer, router, &builder, watcher, limits).await;
+                drop(permit);
             });
         }
-        tracing::info!(grace = ?self.shutdown_grace, "shutting down: draining in-flight requests");
+        tracing::info!(grace = ?self.limits.shutdown_grace, "shutting down: finishing in-flight requests");
         drop(self.listener);
         janitor.abort();
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),
-            () = tokio::time::sleep(self.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
+            () = tokio::time::sleep(self.limits.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
         }
         Ok(())
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: Limits,
+) {
+    let _ = stream.set_nodelay(true);
+    // Dead peers (a node that vanished mid-pull) are noticed by the kernel.
+    let keepalive =
+        socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)).with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    // hyper's protocol detection waits for bytes without a timeout of its own.
+    let mut probe = [0u8; 1];
+    match tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut probe)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return,
+    }
+    let io = TrackedIo::new(stream);
+    let activity = io.activity.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        router.clone().oneshot(req)
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = watcher.watch(conn);
+    tokio::select! {
+        result = conn => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = activity.idle_for(limits.connection_idle_timeout) => {
+            tracing::info!(%peer, idle = ?limits.connection_idle_timeout, "closing idle connection");
+        }
+    }
+}
+
+/// The next shutdown step: the signal, then the end of the shutdown delay.
+async fn control(
+    shutdown: Pin<&mut impl std::future::Future<Output = ()>>,
+    stop_at: Option<tokio::time::Instant>,
+) -> Control {
+    match stop_at {
+        None => {
+            shutdown.await;
+            Control::ShutdownRequested
+        }
+        Some(at) => {
+            tokio::time::sleep_until(at).await;
+            Control::StopAccepting
+        }
+    }
+}
+
+/// What the accept loop does next.
+enum Control {
+    Accepted(io::Result<(TcpStream, SocketAddr)>, tokio::sync::OwnedSemaphorePermit),
+    ShutdownRequested,
+    StopAccepting,
+}
+
+/// When bytes last moved on a connection.
+#[derive(Debug)]
+struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let idle = self.epoch.elapsed().saturating_sub(last);
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - idle).await;
+        }
+    }
+}
+
+/// A socket that records progress for the idle watchdog.
+struct TrackedIo {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl TrackedIo {
+    fn new(inner: TcpStream) -> TrackedIo {
+        TrackedIo { inner, activity: Arc::new(Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0) }) }
+    }
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

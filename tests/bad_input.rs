@@ -270,3 +270,52 @@ async fn client_disconnect_mid_upload_is_not_a_server_error() {
     assert!(end < 100_000);
     assert_no_server_errors(&b);
 }
+
+#[test]
+fn silent_connections_are_closed() {
+    let b = Berth::start("header_read_timeout = \"1s\"");
+    let mut s = TcpStream::connect(&b.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(started.elapsed() < Duration::from_secs(29), "a connection that never spoke was kept open");
+    assert!(out.is_empty());
+}
+
+/// A client that stops reading a download is disconnected once nothing has
+/// moved for the connection idle timeout.
+#[tokio::test]
+async fn stalled_download_is_disconnected() {
+    let b = Berth::start("connection_idle_timeout = \"1s\"");
+    let data = common::bytes(32 * 1024 * 1024, 5);
+    let d = sha256(&data);
+    let resp = client().post(b.url(&format!("/v2/stall/blobs/uploads/?digest={d}"))).body(data).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let addr = b.addr.clone();
+    let received = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(format!("GET /v2/stall/blobs/{d} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+        let mut first = [0u8; 1024];
+        let n = s.read(&mut first).unwrap();
+        (s, n)
+    })
+    .await
+    .unwrap();
+    let (mut s, first) = received;
+    // Stop reading until the server reports closing the connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !b.stderr().contains("closing idle connection") {
+        assert!(std::time::Instant::now() < deadline, "stalled connection never closed:\n{}", b.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rest = tokio::task::spawn_blocking(move || {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out.len()
+    })
+    .await
+    .unwrap();
+    assert!(first + rest < 32 * 1024 * 1024, "the whole blob arrived; the stall was not detected");
+}

@@ -137,3 +137,31 @@ fn graceful_shutdown_finishes_in_flight_requests() {
     let status = b.terminate().expect("berth exited");
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// With a shutdown delay, SIGTERM first turns readiness to 503 while the
+/// listener still accepts, then the process exits cleanly.
+#[test]
+fn shutdown_delay_turns_readiness_off_first() {
+    let mut b = Berth::start("shutdown_delay = \"3s\"");
+    let ready = |addr: &str| -> u16 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    };
+    assert_eq!(ready(&b.addr), 200);
+    let _ = Command::new("kill").arg("-TERM").arg(b.pid().to_string()).status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let code = ready(&b.addr);
+        if code == 503 {
+            break;
+        }
+        assert_eq!(code, 200, "unexpected readiness answer");
+        assert!(std::time::Instant::now() < deadline, "readiness never turned 503");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = b.terminate().expect("berth exited");
+    assert!(status.success());
+}

@@ -8,6 +8,7 @@ mod handlers;
 pub mod ranges;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,18 @@ pub struct App {
     pub gate: Gate,
     /// Longest pause allowed while reading a request body.
     pub body_idle_timeout: Duration,
+    /// Set when shutdown starts: readiness turns 503 so traffic moves away.
+    draining: AtomicBool,
+}
+
+impl App {
+    pub fn new(registry: Registry, gate: Gate, body_idle_timeout: Duration) -> App {
+        App { registry, gate, body_idle_timeout, draining: AtomicBool::new(false) }
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The peer address of the connection, put on each request by the server.
@@ -52,6 +65,9 @@ async fn livez() -> impl IntoResponse {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
     match tokio::time::timeout(Duration::from_secs(2), app.registry.check_backends()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => {

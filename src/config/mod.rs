@@ -42,6 +42,14 @@ pub struct ServerConfig {
     pub body_idle_timeout: HumanDuration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: HumanDuration,
+    /// After SIGTERM, keep accepting (with /readyz answering 503) this long
+    /// so load balancers stop sending traffic before the listener closes.
+    pub shutdown_delay: HumanDuration,
+    /// A connection on which no byte moves either way for this long is
+    /// closed: it catches clients that stop reading a download.
+    pub connection_idle_timeout: HumanDuration,
+    /// Connections served at once; further clients wait in the listen queue.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +60,9 @@ impl Default for ServerConfig {
             header_read_timeout: HumanDuration(Duration::from_secs(30)),
             body_idle_timeout: HumanDuration(Duration::from_secs(60)),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            shutdown_delay: HumanDuration(Duration::ZERO),
+            connection_idle_timeout: HumanDuration(Duration::from_secs(300)),
+            max_connections: 16_384,
         }
     }
 }
@@ -243,10 +254,19 @@ impl Config {
                 message: "must be positive, e.g. janitor_interval = \"1m\"".into(),
             });
         }
-        if self.server.header_read_timeout.0.is_zero() || self.server.body_idle_timeout.0.is_zero() {
+        for (key, value) in [
+            ("server.header_read_timeout", self.server.header_read_timeout.0),
+            ("server.body_idle_timeout", self.server.body_idle_timeout.0),
+            ("server.connection_idle_timeout", self.server.connection_idle_timeout.0),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Key { key: key.into(), message: "must be positive, e.g. \"30s\"".into() });
+            }
+        }
+        if self.server.max_connections == 0 {
             return Err(ConfigError::Key {
-                key: "server".into(),
-                message: "header_read_timeout and body_idle_timeout must be positive".into(),
+                key: "server.max_connections".into(),
+                message: "must be at least 1, e.g. max_connections = 16384".into(),
             });
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
