@@ -219,14 +219,9 @@ impl Inner {
                 Err(_) => return Ok(ListPage::default()),
             }
         }
-        let mut found = Vec::new();
-        walk(&base, dir_part, prefix, &mut found).map_err(backend_err)?;
-        found.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut objects: Vec<ObjectMeta> = found
-            .into_iter()
-            .filter(|m| start_after.is_none_or(|after| m.key.as_str() > after))
-            .take(limit.saturating_add(1))
-            .collect();
+        let mut objects = Vec::new();
+        let range = Window { prefix, start_after, want: limit.saturating_add(1) };
+        walk_sorted(&base, dir_part, &range, &mut objects).map_err(backend_err)?;
         let next_start_after = if objects.len() > limit {
             objects.truncate(limit);
             objects.last().map(|m| m.key.clone())
@@ -237,14 +232,44 @@ impl Inner {
     }
 }
 
-/// Collects objects under `dir` (whose key prefix is `dir_key`) whose keys
-/// start with `prefix`.
-fn walk(dir: &Path, dir_key: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
+/// Which keys a listing wants.
+struct Window<'a> {
+    prefix: &'a str,
+    start_after: Option<&'a str>,
+    want: usize,
+}
+
+impl Window<'_> {
+    fn admits(&self, key: &str) -> bool {
+        key.starts_with(self.prefix) && self.start_after.is_none_or(|a| key > a)
+    }
+
+    /// Whether a directory whose keys all start with `sub_prefix` can hold
+    /// an admitted key.
+    fn may_enter(&self, sub_prefix: &str) -> bool {
+        let overlaps = sub_prefix.starts_with(self.prefix) || self.prefix.starts_with(sub_prefix);
+        // Every key inside sorts before `start_after` when `start_after` is
+        // past the directory and not inside it.
+        let passed = self.start_after.is_some_and(|a| a > sub_prefix && !a.starts_with(sub_prefix));
+        overlaps && !passed
+    }
+}
+
+/// Collects, in ascending key order, objects under `dir` (whose keys start
+/// with `dir_key`) that `window` admits, stopping once it has enough. Within
+/// a directory a file `x@` sorts as key `x` and a directory `x` as `x/`;
+/// since no sibling key can fall between `x/` and the keys inside `x/`, a
+/// depth-first walk in that order yields globally sorted keys, and the walk
+/// skips whole directories before `start_after`.
+fn walk_sorted(dir: &Path, dir_key: &str, window: &Window<'_>, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => return Ok(()),
         Err(e) => return Err(e),
     };
+    let joined = |seg: &str| if dir_key.is_empty() { seg.to_owned() } else { format!("{dir_key}/{seg}") };
+    // (sort key, key, is_dir)
+    let mut children: Vec<(String, String, bool)> = Vec::new();
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
@@ -252,30 +277,33 @@ fn walk(dir: &Path, dir_key: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> i
         if name.starts_with('.') {
             continue;
         }
-        let joined = |seg: &str| {
-            if dir_key.is_empty() {
-                seg.to_owned()
-            } else {
-                format!("{dir_key}/{seg}")
-            }
-        };
-        let file_type = entry.file_type()?;
-        if file_type.is_dir() {
-            let sub_key = joined(name);
-            // Descend only where keys could still match the prefix.
-            let sub_prefix = format!("{sub_key}/");
-            if sub_prefix.starts_with(prefix) || prefix.starts_with(&sub_prefix) {
-                walk(&entry.path(), &sub_key, prefix, out)?;
-            }
+        if entry.file_type()?.is_dir() {
+            let key = joined(name);
+            children.push((format!("{key}/"), key, true));
         } else if let Some(seg) = name.strip_suffix(OBJECT_SUFFIX) {
             let key = joined(seg);
-            if key.starts_with(prefix) {
-                match entry.metadata() {
-                    Ok(md) => out.push(Inner::meta(&key, &md)),
-                    // Deleted while listing: it is simply not in this page.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
+            children.push((key.clone(), key, false));
+        }
+    }
+    children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (sort_key, key, is_dir) in children {
+        if out.len() >= window.want {
+            break;
+        }
+        if is_dir {
+            if window.may_enter(&sort_key) {
+                let mut sub = dir.to_path_buf();
+                sub.push(key.rsplit('/').next().unwrap_or(&key));
+                walk_sorted(&sub, &key, window, out)?;
+            }
+        } else if window.admits(&key) {
+            let mut path = dir.to_path_buf();
+            path.push(format!("{}{OBJECT_SUFFIX}", key.rsplit('/').next().unwrap_or(&key)));
+            match fs::metadata(&path) {
+                Ok(md) => out.push(Inner::meta(&key, &md)),
+                // Deleted while listing: it is simply not in this page.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -470,6 +498,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path(), FsOptions { fsync: false }).unwrap();
         berth_storage::testing::run_all(Arc::new(store)).await;
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+        /// The sorted, early-stopping walk returns exactly what a sorted set
+        /// of the same keys gives, for any prefix, start and page size.
+        #[test]
+        fn listing_matches_a_sorted_model(
+            keys in proptest::collection::btree_set("[ab._-]{1,3}(/[ab._-]{1,3}){0,2}", 1..25),
+            prefix in "[ab/._-]{0,4}",
+            start_after in proptest::option::of("[ab/._-]{0,5}"),
+            limit in 1usize..8,
+        ) {
+            let keys: Vec<String> = keys.into_iter().filter(|k| key_segments(k).is_ok()).collect();
+            let dir = tempfile::tempdir().unwrap();
+            let store = FsStore::open(dir.path(), FsOptions { fsync: false }).unwrap();
+            for k in &keys {
+                store.inner.put(k, b"x", PutMode::Overwrite).unwrap();
+            }
+            let model: Vec<&String> = keys
+                .iter()
+                .filter(|k| k.starts_with(&prefix) && start_after.as_deref().is_none_or(|a| k.as_str() > a))
+                .collect();
+            let page = store.inner.list(&prefix, start_after.as_deref(), limit).unwrap();
+            let got: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
+            let want: Vec<&str> = model.iter().take(limit).map(|k| k.as_str()).collect();
+            proptest::prop_assert_eq!(&got, &want);
+            proptest::prop_assert_eq!(page.next_start_after.is_some(), model.len() > limit);
+        }
     }
 
     #[test]
