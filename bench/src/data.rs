@@ -45,56 +45,55 @@ impl Generator {
     }
 }
 
-/// Bytes `[offset, offset + len)` of blob `seed`, as a stream of chunks. A
-/// blob is generated in whole chunks, so any range can be regenerated.
+/// Chunk `index` of blob `seed`. Each chunk has its own generator, so any
+/// range of a blob is produced without generating what precedes it.
+fn chunk(seed: u64, index: u64, buf: &mut [u8]) {
+    Generator::new(seed ^ index.wrapping_mul(0xD6E8_FEB8_6659_FD93).rotate_left(17)).fill(buf);
+}
+
+/// Bytes `[offset, offset + len)` of blob `seed`, as a stream of chunks.
 pub fn range_stream(seed: u64, size: u64, offset: u64, len: u64) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
     let end = (offset + len).min(size);
-    let mut generator = Generator::new(seed);
-    let mut scratch = vec![0u8; CHUNK];
-    // Skip whole chunks before the range.
-    let first_chunk = offset / CHUNK as u64;
-    for _ in 0..first_chunk {
-        generator.fill(&mut scratch);
-    }
-    let state = (generator, first_chunk * CHUNK as u64, offset, end);
-    stream::unfold(state, move |(mut generator, chunk_start, pos, end)| async move {
+    stream::unfold(offset, move |pos| async move {
         if pos >= end {
             return None;
         }
-        let mut chunk = vec![0u8; CHUNK];
-        generator.fill(&mut chunk);
+        let index = pos / CHUNK as u64;
+        let chunk_start = index * CHUNK as u64;
+        let mut buf = vec![0u8; CHUNK];
+        chunk(seed, index, &mut buf);
         let from = (pos - chunk_start) as usize;
         let to = ((end - chunk_start) as usize).min(CHUNK);
-        let bytes = Bytes::from(chunk).slice(from..to);
-        let next_pos = chunk_start + to as u64;
-        Some((Ok(bytes), (generator, chunk_start + CHUNK as u64, next_pos, end)))
+        Some((Ok(Bytes::from(buf).slice(from..to)), chunk_start + to as u64))
     })
 }
 
 /// The sha256 digest of blob `seed` of `size` bytes.
 pub fn digest(seed: u64, size: u64) -> String {
-    let mut generator = Generator::new(seed);
     let mut hasher = Sha256::new();
-    let mut chunk = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; CHUNK];
     let mut left = size;
+    let mut index = 0;
     while left > 0 {
-        generator.fill(&mut chunk);
+        chunk(seed, index, &mut buf);
         let take = left.min(CHUNK as u64) as usize;
-        hasher.update(&chunk[..take]);
+        hasher.update(&buf[..take]);
         left -= take as u64;
+        index += 1;
     }
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
 /// Whole blob in memory, for small fixtures.
 pub fn small_blob(seed: u64, size: usize) -> Vec<u8> {
-    let mut generator = Generator::new(seed);
     let mut out = Vec::with_capacity(size);
-    let mut chunk = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; CHUNK];
+    let mut index = 0;
     while out.len() < size {
-        generator.fill(&mut chunk);
+        chunk(seed, index, &mut buf);
         let take = (size - out.len()).min(CHUNK);
-        out.extend_from_slice(&chunk[..take]);
+        out.extend_from_slice(&buf[..take]);
+        index += 1;
     }
     out
 }

@@ -110,12 +110,28 @@ impl UploadSession {
 }
 
 /// A session loaded under its lock, with its decoded working state.
+///
+/// Invariant: bytes in `session.parts`, plus those of `in_flight`, plus
+/// `staged`, are exactly the bytes `hasher` has seen.
 struct Locked {
     lease: Lease,
     session: UploadSession,
     hasher: ResumableHasher,
     staged: BytesMut,
+    /// The part being written while the next one is hashed (at most one).
+    in_flight: Option<InFlight>,
     renewed_at: Instant,
+}
+
+/// A part write running in the background.
+struct InFlight {
+    number: u32,
+    offset: u64,
+    data: Bytes,
+    /// The hasher as it was when this part was cut: where the upload stands
+    /// if this write fails (later bytes are dropped and sent again).
+    hasher_after: ResumableHasher,
+    handle: tokio::task::JoinHandle<berth_storage::Result<PartReceipt>>,
 }
 
 impl Registry {
@@ -181,7 +197,9 @@ impl Registry {
         }
         .await;
         match loaded {
-            Ok((session, hasher, staged)) => Ok(Locked { lease, session, hasher, staged, renewed_at: Instant::now() }),
+            Ok((session, hasher, staged)) => {
+                Ok(Locked { lease, session, hasher, staged, in_flight: None, renewed_at: Instant::now() })
+            }
             Err(e) => {
                 let _ = self.state.unlock(&lease).await;
                 Err(e)
@@ -202,6 +220,8 @@ impl Registry {
         if locked.renewed_at.elapsed() < self.options.upload_lock_ttl / 3 {
             return Ok(());
         }
+        // The saved snapshot must account for every hashed byte.
+        self.settle(locked).await?;
         if !self.state.extend(&locked.lease, self.options.upload_lock_ttl).await? {
             return Err(taken_over());
         }
@@ -213,6 +233,8 @@ impl Registry {
 
     /// Store the working state back under the lease and release it.
     async fn unlock_session(&self, mut locked: Locked) -> Result<UploadStatus> {
+        // A failed write rolls the state back to its start; that is what we save.
+        let _ = self.settle(&mut locked).await;
         self.snapshot(&mut locked);
         let saved = self.save_session(&locked.session, Some(&locked.lease)).await;
         let _ = self.state.unlock(&locked.lease).await;
@@ -221,7 +243,8 @@ impl Registry {
 
     /// End a session: forget it and release its lock. Failures are logged,
     /// not returned: the outcome the caller reports has already happened.
-    async fn end_session(&self, locked: Locked) {
+    async fn end_session(&self, mut locked: Locked) {
+        let _ = self.settle(&mut locked).await;
         if let Err(e) = self.store.abort_multipart(&locked.session.upload()).await {
             tracing::warn!(upload = %locked.session.id, error = %e, "cannot discard staged upload data");
         }
@@ -324,25 +347,47 @@ impl Registry {
         if limits.min_part_size <= 1 && !locked.staged.is_empty() {
             self.flush_part(locked).await?;
         }
-        Ok(())
+        self.settle(locked).await
     }
 
-    /// Write the staged bytes as the next part. The bytes stay staged until
-    /// the backend accepted them, so a failed write loses nothing the hasher
-    /// has counted.
+    /// Start writing the staged bytes as the next part, after the previous
+    /// part's write finished: hashing the next part overlaps this write.
     async fn flush_part(&self, locked: &mut Locked) -> Result<()> {
+        self.settle(locked).await?;
         self.renew_if_due(locked).await?;
         let data = locked.staged.split().freeze();
         let number = locked.session.parts.len() as u32 + 1;
         let offset = locked.session.parts_total();
-        match self.store.put_part(&locked.session.upload(), number, offset, data.clone()).await {
+        let (store, upload, bytes) = (self.store.clone(), locked.session.upload(), data.clone());
+        let handle = tokio::spawn(async move { store.put_part(&upload, number, offset, bytes).await });
+        locked.in_flight = Some(InFlight { number, offset, data, hasher_after: locked.hasher.clone(), handle });
+        Ok(())
+    }
+
+    /// Wait for the part being written. If it failed, the upload goes back to
+    /// where that part began being staged: its bytes are staged again, and
+    /// bytes hashed after it are forgotten (the client resends them from the
+    /// offset it is told). Nothing the hasher counted is ever lost.
+    async fn settle(&self, locked: &mut Locked) -> Result<()> {
+        let Some(part) = locked.in_flight.take() else { return Ok(()) };
+        let outcome = match part.handle.await {
+            Ok(result) => result.map_err(OciError::from),
+            Err(join) => Err(OciError::internal(join)),
+        };
+        match outcome {
             Ok(receipt) => {
-                locked.session.parts.push(Part { number, offset, size: receipt.size, etag: receipt.etag });
+                locked.session.parts.push(Part {
+                    number: part.number,
+                    offset: part.offset,
+                    size: receipt.size,
+                    etag: receipt.etag,
+                });
                 Ok(())
             }
             Err(e) => {
-                locked.staged = BytesMut::from(&data[..]);
-                Err(e.into())
+                locked.hasher = part.hasher_after;
+                locked.staged = BytesMut::from(&part.data[..]);
+                Err(e)
             }
         }
     }
@@ -399,6 +444,7 @@ impl Registry {
         if !locked.staged.is_empty() {
             self.flush_part(locked).await?;
         }
+        self.settle(locked).await?;
         // Every byte the hasher saw must be in a stored part.
         if locked.session.parts_total() != locked.hasher.bytes_hashed() {
             return Err(OciError::internal(format!(

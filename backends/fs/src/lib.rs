@@ -10,7 +10,7 @@
 //! renamed into place on completion.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -23,14 +23,12 @@ use berth_storage::{
 };
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
 
 const BACKEND: &str = "fs";
 const OBJECT_SUFFIX: char = '@';
 const TMP_DIR: &str = ".tmp";
 const UPLOADS_DIR: &str = ".uploads";
-/// Read buffer for streamed gets: large enough to keep syscalls few.
+/// Read size for streamed gets: large enough to keep syscalls few.
 const READ_CHUNK: usize = 256 * 1024;
 
 /// Options of the filesystem store.
@@ -232,6 +230,20 @@ impl Inner {
     }
 }
 
+/// Read what the page cache already holds of `buf.len()` bytes at `pos`
+/// without blocking; returns how many bytes were read.
+fn read_cached(file: &File, buf: &mut [u8], pos: u64) -> usize {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let mut slices = [io::IoSliceMut::new(&mut buf[filled..])];
+        match rustix::io::preadv2(file, &mut slices, pos + filled as u64, rustix::io::ReadWriteFlags::NOWAIT) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    filled
+}
+
 /// Which keys a listing wants.
 struct Window<'a> {
     prefix: &'a str,
@@ -331,17 +343,42 @@ impl ObjectStore for FsStore {
         let (file, meta, range) = self
             .blocking(move |inner| {
                 let path = inner.object_path(&owned)?;
-                let mut file = File::open(&path).map_err(|e| map_io(&owned, e))?;
+                let file = File::open(&path).map_err(|e| map_io(&owned, e))?;
                 let md = file.metadata().map_err(backend_err)?;
                 let meta = Inner::meta(&owned, &md);
                 let range = clip_range(range, md.len())?;
-                file.seek(SeekFrom::Start(range.start)).map_err(backend_err)?;
                 Ok((file, meta, range))
             })
             .await?;
-        let len = range.end - range.start;
-        let reader = tokio::fs::File::from_std(file).take(len);
-        let body = ReaderStream::with_capacity(reader, READ_CHUNK).map(|r| r.map_err(backend_err)).boxed();
+        // Each piece is first read without blocking (RWF_NOWAIT succeeds when
+        // the bytes are in the page cache, the common case for hot layers),
+        // on the runtime thread; only bytes that need the disk go through the
+        // blocking pool. Reads land in the buffers handed to the client.
+        let file = Arc::new(file);
+        let end = range.end;
+        let body = futures::stream::iter((range.start..end).step_by(READ_CHUNK))
+            .then(move |pos| {
+                let file = file.clone();
+                let len = (end - pos).min(READ_CHUNK as u64) as usize;
+                async move {
+                    let mut buf = vec![0u8; len];
+                    let mut filled = read_cached(&file, &mut buf, pos);
+                    if filled < len {
+                        let (returned, result) = tokio::task::spawn_blocking(move || {
+                            let result = file.read_exact_at(&mut buf[filled..], pos + filled as u64);
+                            (buf, result)
+                        })
+                        .await
+                        .map_err(|e| StorageError::Backend { backend: BACKEND, source: Box::new(e) })?;
+                        result.map_err(backend_err)?;
+                        buf = returned;
+                        filled = len;
+                    }
+                    debug_assert_eq!(filled, buf.len());
+                    Ok(Bytes::from(buf))
+                }
+            })
+            .boxed();
         Ok(GetResult { meta, range, body })
     }
 
@@ -527,6 +564,26 @@ mod tests {
             proptest::prop_assert_eq!(&got, &want);
             proptest::prop_assert_eq!(page.next_start_after.is_some(), model.len() > limit);
         }
+    }
+
+    /// Reads of bytes not in the page cache take the blocking path and
+    /// return the same content.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uncached_reads_fall_back_to_blocking_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path(), FsOptions { fsync: true }).unwrap();
+        let data: Vec<u8> = (0..3 * READ_CHUNK + 99).map(|i| (i % 253) as u8).collect();
+        store.put("cold/object", Bytes::from(data.clone()), PutMode::Overwrite).await.unwrap();
+        let path = store.inner.object_path("cold/object").unwrap();
+        let file = File::open(&path).unwrap();
+        // Written and synced, so the kernel may drop the cached pages.
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let mut probe = vec![0u8; READ_CHUNK];
+        let cached = read_cached(&file, &mut probe, 0);
+        assert!(cached <= READ_CHUNK);
+        let got = store.get("cold/object", Some(5..data.len() as u64)).await.unwrap();
+        let body = berth_storage::collect_body(got.body, u64::MAX).await.unwrap();
+        assert!(body[..] == data[5..], "content differs");
     }
 
     #[test]
