@@ -72,6 +72,11 @@ impl Server {
             upload_ttl: config.uploads.session_ttl.0,
             // A lease must outlive the longest pause a client may take mid-body.
             upload_lock_ttl: (body_idle * 2).max(Duration::from_secs(30)),
+            cache: crate::registry::cache::CacheOptions {
+                manifest_bytes: config.cache.manifest_bytes,
+                tag_ttl: config.cache.tag_ttl.0,
+                ..Default::default()
+            },
             ..RegistryOptions::default()
         };
         let in_memory_state = matches!(config.state.backend, StateBackend::Memory);
@@ -111,6 +116,7 @@ impl Server {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let router: Router = api::router(self.app.clone());
         let janitor = tokio::spawn(run_janitor(self.app.registry.clone(), self.janitor_interval));
+        let cache_listener = self.app.registry.spawn_cache_listener();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).header_read_timeout(self.limits.header_read_timeout).keep_alive(true);
         builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
@@ -165,6 +171,7 @@ impl Server {
         tracing::info!(grace = ?self.limits.shutdown_grace, "shutting down: finishing in-flight requests");
         drop(self.listener);
         janitor.abort();
+        cache_listener.abort();
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),
             () = tokio::time::sleep(self.limits.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),

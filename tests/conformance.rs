@@ -811,3 +811,23 @@ async fn concurrent_patches_to_one_session_are_serialized() {
     let resp = r.c.put(r.url(&format!("{loc}?digest={}", sha256(&chunk)))).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn moved_tags_are_served_at_once() {
+    let r = Reg::new();
+    let (_, first) = r.push_image("move", "latest", 61).await;
+    // Read it (and so cache it) a few times.
+    for _ in 0..3 {
+        let resp = r.c.get(r.url("/v2/move/manifests/latest")).send().await.unwrap();
+        assert_eq!(header(&resp, "docker-content-digest"), Some(first.clone()));
+    }
+    let (_, second) = r.push_image("move", "latest", 62).await;
+    assert_ne!(first, second);
+    let resp = r.c.get(r.url("/v2/move/manifests/latest")).send().await.unwrap();
+    assert_eq!(header(&resp, "docker-content-digest"), Some(second.clone()));
+    let resp = r.c.head(r.url("/v2/move/manifests/latest")).send().await.unwrap();
+    assert_eq!(header(&resp, "docker-content-digest"), Some(second.clone()));
+    // Deleting the tag is seen at once too.
+    assert_eq!(r.c.delete(r.url("/v2/move/manifests/latest")).send().await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(r.c.get(r.url("/v2/move/manifests/latest")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+}

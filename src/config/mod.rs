@@ -24,7 +24,25 @@ pub struct Config {
     pub storage: StorageConfig,
     pub state: StateConfig,
     pub uploads: UploadsConfig,
+    pub cache: CacheConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Memory for manifests on the read path, in bytes (0 disables it).
+    pub manifest_bytes: usize,
+    /// Longest a cached tag is served without news of a change. Changes made
+    /// through this process, or announced by other replicas, apply at once;
+    /// this bounds a missed announcement.
+    pub tag_ttl: HumanDuration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { manifest_bytes: 32 * 1024 * 1024, tag_ttl: HumanDuration(Duration::from_secs(5)) }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

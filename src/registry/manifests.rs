@@ -90,11 +90,24 @@ impl Registry {
     /// Fetch a manifest by tag or digest.
     pub async fn manifest_get(&self, access: &Access<Pull>, reference: &Reference) -> Result<StoredManifest> {
         let repo = access.repo();
+        let generation = self.caches.generation();
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
-            Reference::Tag(t) => self.resolve_tag(repo, t).await?,
+            Reference::Tag(t) => match self.caches.tag(repo.as_str(), t.as_str()) {
+                Some(d) => d,
+                None => {
+                    let d = self.resolve_tag(repo, t).await?;
+                    self.caches.put_tag(repo.as_str(), t.as_str(), d.clone(), generation);
+                    d
+                }
+            },
         };
-        self.read_revision(repo, &digest).await
+        if let Some(m) = self.caches.manifest(repo.as_str(), &digest) {
+            return Ok(m);
+        }
+        let m = self.read_revision(repo, &digest).await?;
+        self.caches.put_manifest(repo.as_str(), m.clone(), generation);
+        Ok(m)
     }
 
     /// Validate and store a manifest, tagging it when pushed by tag.
@@ -135,6 +148,7 @@ impl Registry {
         }
         if let Reference::Tag(tag) = reference {
             self.store.put(&keys::tag(repo, tag), Bytes::from(digest.to_string()), PutMode::Overwrite).await?;
+            self.caches.invalidate_tag(self.state.as_ref(), repo.as_str(), tag.as_str()).await;
         }
         self.ensure_catalog_entry(repo).await?;
         Ok(PushedManifest { digest, subject: parsed.subject.map(|s| s.digest) })
@@ -195,6 +209,7 @@ impl Registry {
                 // Resolving first turns a missing tag into MANIFEST_UNKNOWN.
                 self.resolve_tag(repo, tag).await?;
                 self.store.delete(&keys::tag(repo, tag)).await?;
+                self.caches.invalidate_tag(self.state.as_ref(), repo.as_str(), tag.as_str()).await;
             }
             Reference::Digest(digest) => {
                 let stored = self.read_revision(repo, digest).await?;
@@ -205,6 +220,7 @@ impl Registry {
                     }
                 }
                 self.store.delete(&keys::revision(repo, digest)).await?;
+                self.caches.invalidate_manifest(self.state.as_ref(), repo.as_str(), digest).await;
             }
         }
         Ok(())
@@ -218,7 +234,11 @@ impl Registry {
             let page = self.store.list(&prefix, after.as_deref(), 1000).await?;
             for obj in &page.objects {
                 match self.store.get_bytes(&obj.key, 1024).await {
-                    Ok(raw) if raw.as_ref() == wanted.as_bytes() => self.store.delete(&obj.key).await?,
+                    Ok(raw) if raw.as_ref() == wanted.as_bytes() => {
+                        self.store.delete(&obj.key).await?;
+                        let tag = &obj.key[prefix.len()..];
+                        self.caches.invalidate_tag(self.state.as_ref(), repo.as_str(), tag).await;
+                    }
                     Ok(_) => {}
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e.into()),

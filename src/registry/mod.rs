@@ -3,6 +3,7 @@
 //! method that touches a repository takes an [`Access`] for it.
 
 pub mod access;
+pub mod cache;
 pub mod keys;
 mod manifests;
 mod uploads;
@@ -51,6 +52,8 @@ pub struct RegistryOptions {
     /// Staged multipart writes untouched this long are removed even without
     /// a session (which a restart of the embedded shape loses).
     pub orphan_upload_age: Duration,
+    /// Manifest and tag caches of the read path.
+    pub cache: cache::CacheOptions,
 }
 
 impl Default for RegistryOptions {
@@ -61,6 +64,7 @@ impl Default for RegistryOptions {
             upload_lock_wait: Duration::from_secs(5),
             max_page: 10_000,
             orphan_upload_age: Duration::from_secs(24 * 3600),
+            cache: cache::CacheOptions::default(),
         }
     }
 }
@@ -71,6 +75,7 @@ pub struct Registry {
     store: Arc<dyn ObjectStore>,
     state: Arc<dyn SharedState>,
     options: RegistryOptions,
+    caches: Arc<cache::Caches>,
 }
 
 /// Size of a blob visible in a repository.
@@ -101,7 +106,13 @@ pub struct Page {
 
 impl Registry {
     pub fn new(store: Arc<dyn ObjectStore>, state: Arc<dyn SharedState>, options: RegistryOptions) -> Registry {
-        Registry { store, state, options }
+        let caches = Arc::new(cache::Caches::new(options.cache));
+        Registry { store, state, options, caches }
+    }
+
+    /// Start applying cache invalidations published by other processes.
+    pub fn spawn_cache_listener(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.caches.clone().listen(self.state.clone()))
     }
 
     pub fn options(&self) -> &RegistryOptions {

@@ -218,14 +218,13 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
 pub trait ObjectStoreExt: ObjectStore {
     /// Read a whole object into memory, refusing objects over `max_size`.
     async fn get_bytes(&self, key: &str, max_size: u64) -> Result<Bytes> {
-        let meta = self.head(key).await?;
-        if meta.size > max_size {
+        let got = self.get(key, None).await?;
+        if got.meta.size > max_size {
             return Err(StorageError::InvalidPart(format!(
                 "object {key} is {} bytes, more than the {max_size} allowed here",
-                meta.size
+                got.meta.size
             )));
         }
-        let got = self.get(key, None).await?;
         collect_body(got.body, max_size).await
     }
 
