@@ -59,8 +59,11 @@ impl Server {
         let store: Arc<dyn berth_storage::ObjectStore> = match config.storage.backend {
             StorageBackend::Fs => {
                 let fs = &config.storage.fs;
-                let store = berth_storage_fs::FsStore::open(&fs.root, berth_storage_fs::FsOptions { fsync: fs.fsync })
-                    .with_context(|| format!("cannot use storage directory {}", fs.root.display()))?;
+                let store = berth_storage_fs::FsStore::open(
+                    &fs.root,
+                    berth_storage_fs::FsOptions { fsync: fs.fsync, direct_io: fs.direct_io },
+                )
+                .with_context(|| format!("cannot use storage directory {}", fs.root.display()))?;
                 Arc::new(store)
             }
         };

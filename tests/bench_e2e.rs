@@ -83,3 +83,24 @@ async fn unreachable_and_missing_are_errors_not_panics() {
     let missing = t.registry.manifest("bench/e2e", "bench", false).await;
     assert_eq!(missing.unwrap_err().0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_is_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    // A free loopback port: bind, read it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let command =
+        format!("{} serve --listen 127.0.0.1:{port} --data-dir {}", env!("CARGO_BIN_EXE_berth"), dir.path().display());
+    let report = berth_bench::startup::measure(
+        &command,
+        &format!("http://127.0.0.1:{port}"),
+        2,
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.samples.len(), 2);
+    assert!(report.median_ready_ms > 0.0);
+    assert!(report.median_idle_rss_mib.unwrap() > 0.0);
+}

@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_sessions_are_cleaned_up() {
     let dir = tempfile::tempdir().unwrap();
-    let store = berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false }).unwrap();
+    let store =
+        berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false, direct_io: true })
+            .unwrap();
     let state = Arc::new(berth_state::MemoryState::new());
     let options = RegistryOptions { upload_ttl: Duration::from_secs(1), ..RegistryOptions::default() };
     let registry = Registry::new(Arc::new(store), state, options);
@@ -71,7 +73,9 @@ fn body(chunks: Vec<Vec<u8>>) -> berth::registry::BodyStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_belong_to_their_owner() {
     let dir = tempfile::tempdir().unwrap();
-    let store = berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false }).unwrap();
+    let store =
+        berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false, direct_io: true })
+            .unwrap();
     let registry = registry_on(Arc::new(store));
     let alice = access_for(Some("alice"), "shared/repo");
     let bob = access_for(Some("bob"), "shared/repo");
@@ -154,7 +158,9 @@ impl ObjectStore for FlakyStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_part_write_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let inner = berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false }).unwrap();
+    let inner =
+        berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false, direct_io: true })
+            .unwrap();
     let store = Arc::new(FlakyStore { inner, fail: AtomicUsize::new(0) });
     let registry = registry_on(store.clone());
     let access = access_for(None, "flaky/repo");
@@ -184,7 +190,9 @@ async fn failed_part_write_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphaned_uploads_are_swept() {
     let dir = tempfile::tempdir().unwrap();
-    let store = berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false }).unwrap();
+    let store =
+        berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false, direct_io: true })
+            .unwrap();
     // An upload staged by an earlier process whose sessions are gone.
     let orphan = store.create_multipart().await.unwrap();
     store.put_part(&orphan, 1, 0, Bytes::from_static(b"left behind")).await.unwrap();

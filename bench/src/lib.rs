@@ -7,6 +7,7 @@ pub mod data;
 pub mod report;
 pub mod rss;
 pub mod scenario;
+pub mod startup;
 pub mod stats;
 
 pub use client::{Auth, Registry};

@@ -65,6 +65,13 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Instead of a load scenario: start this server command (it must serve
+    /// --url), time until /v2/ answers 200 and sample its idle memory.
+    #[arg(long)]
+    startup: Option<String>,
+    /// Starts to measure with --startup.
+    #[arg(long, default_value_t = 10)]
+    startup_runs: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -99,6 +106,22 @@ fn main() -> ExitCode {
 
 /// Runs and prints; `Ok(false)` when any request failed.
 async fn run(cli: Cli) -> anyhow::Result<bool> {
+    if let Some(command) = &cli.startup {
+        let report = berth_bench::startup::measure(
+            command,
+            &cli.url,
+            cli.startup_runs,
+            Duration::from_secs(30),
+            Duration::from_millis(500),
+        )
+        .await?;
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.to_table());
+        }
+        return Ok(true);
+    }
     let auth = match (&cli.user, &cli.password, &cli.token) {
         (Some(user), password, _) => Auth::Basic { user: user.clone(), password: password.clone().unwrap_or_default() },
         (None, _, Some(token)) => Auth::Bearer(token.clone()),

@@ -111,11 +111,14 @@ pub struct FsConfig {
     pub root: PathBuf,
     /// fsync data and directories before acknowledging a write.
     pub fsync: bool,
+    /// Write uploads with O_DIRECT where the file system supports it (falls
+    /// back to ordinary writes otherwise).
+    pub direct_io: bool,
 }
 
 impl Default for FsConfig {
     fn default() -> Self {
-        FsConfig { root: PathBuf::from("./data"), fsync: true }
+        FsConfig { root: PathBuf::from("./data"), fsync: true, direct_io: true }
     }
 }
 
