@@ -312,7 +312,7 @@ fn feed(buf: &mut Vec<u8>, data: &mut &[u8], block: usize, mut compress: impl Fn
 /// Merkle–Damgård padding: 0x80, zeros, then the big-endian bit length.
 fn pad(tail: &mut Vec<u8>, block: usize, bit_len: &[u8]) {
     tail.push(0x80);
-    while (tail.len() + bit_len.len()) % block != 0 {
+    while !(tail.len() + bit_len.len()).is_multiple_of(block) {
         tail.push(0);
     }
     tail.extend_from_slice(bit_len);
