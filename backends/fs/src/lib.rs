@@ -60,7 +60,12 @@ struct Inner {
     options: FsOptions,
     /// Cleared when the file system refuses O_DIRECT.
     direct_ok: std::sync::atomic::AtomicBool,
+    /// Aligned buffers for O_DIRECT writes, kept for reuse.
+    aligned_pool: std::sync::Mutex<Vec<Vec<AlignedBlock>>>,
 }
+
+/// Aligned write buffers kept for reuse (one per concurrent write is enough).
+const ALIGNED_POOL: usize = 8;
 
 /// O_DIRECT needs buffers, offsets and lengths aligned to the device's
 /// logical block; 4 KiB covers the devices in use.
@@ -70,6 +75,12 @@ const DIRECT_ALIGN: usize = 4096;
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C, align(4096))]
 struct AlignedBlock([u8; DIRECT_ALIGN]);
+
+impl std::fmt::Debug for AlignedBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AlignedBlock")
+    }
+}
 
 fn backend_err(e: io::Error) -> StorageError {
     StorageError::Backend { backend: BACKEND, source: Box::new(e) }
@@ -123,7 +134,8 @@ impl FsStore {
             let _ = fs::remove_file(entry?.path());
         }
         let direct_ok = std::sync::atomic::AtomicBool::new(options.direct_io);
-        Ok(FsStore { inner: Arc::new(Inner { root, options, direct_ok }) })
+        let aligned_pool = std::sync::Mutex::new(Vec::new());
+        Ok(FsStore { inner: Arc::new(Inner { root, options, direct_ok, aligned_pool }) })
     }
 
     /// The directory this store lives in.
@@ -215,11 +227,30 @@ impl Inner {
             }
             Err(e) => return Err(map_io(id, e.into())),
         };
-        let mut buf = vec![AlignedBlock([0; DIRECT_ALIGN]); data.len() / DIRECT_ALIGN];
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
+        let mut buf = self.take_aligned(data.len() / DIRECT_ALIGN);
+        let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut buf)[..data.len()];
         bytes.copy_from_slice(data);
-        file.write_all_at(bytes, offset).map_err(backend_err)?;
-        Ok(true)
+        let written = file.write_all_at(bytes, offset).map_err(backend_err);
+        self.return_aligned(buf);
+        written.map(|()| true)
+    }
+
+    /// An aligned buffer of at least `blocks` blocks, reused across writes:
+    /// allocating a fresh megabyte on whichever blocking thread runs the write
+    /// made the allocator keep per-thread arenas of freed buffers around.
+    fn take_aligned(&self, blocks: usize) -> Vec<AlignedBlock> {
+        let mut pool = self.aligned_pool.lock().unwrap_or_else(|p| p.into_inner());
+        match pool.iter().position(|b| b.len() >= blocks) {
+            Some(i) => pool.swap_remove(i),
+            None => vec![AlignedBlock([0; DIRECT_ALIGN]); blocks],
+        }
+    }
+
+    fn return_aligned(&self, buf: Vec<AlignedBlock>) {
+        let mut pool = self.aligned_pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < ALIGNED_POOL {
+            pool.push(buf);
+        }
     }
 
     fn meta(key: &str, md: &fs::Metadata) -> ObjectMeta {
