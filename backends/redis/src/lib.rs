@@ -1,0 +1,349 @@
+//! [`SharedState`] on Redis, for a fleet of replicas.
+//!
+//! Every key is namespaced with a configurable prefix. Operations that must
+//! be atomic across replicas (fenced writes, lock acquisition, renewal and
+//! release, counters with an expiry set at creation) are Lua scripts, so each
+//! is one round trip and cannot interleave with another replica's. Locks use
+//! one fleet-wide counter for fencing tokens, so a name's tokens always grow.
+//! A Redis that cannot be reached is reported as
+//! [`StateError::Unavailable`], which the registry turns into 503.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use berth_state::{Lease, Result, SharedState, StateError};
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Client, Script};
+
+const BACKEND: &str = "redis";
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port/db`.
+    pub url: String,
+    /// Prepended to every key and channel, so several registries (or tests)
+    /// can share one Redis.
+    pub key_prefix: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+impl RedisOptions {
+    pub fn new(url: impl Into<String>) -> RedisOptions {
+        RedisOptions {
+            url: url.into(),
+            key_prefix: "berth:".into(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Shared state kept in Redis.
+#[derive(Clone)]
+pub struct RedisState {
+    client: Client,
+    conn: ConnectionManager,
+    prefix: String,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+impl std::fmt::Debug for RedisState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("RedisState").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+struct Scripts {
+    set_fenced: Script,
+    try_lock: Script,
+    extend: Script,
+    unlock: Script,
+    incr: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            // KEYS: lock, value. ARGV: token, value, ttl ms.
+            set_fenced: Script::new(
+                r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+                    redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+                    return 1
+                  end
+                  return 0",
+            ),
+            // KEYS: lock, fence counter. ARGV: ttl ms. Returns the token or 0.
+            try_lock: Script::new(
+                r"if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+                  local token = redis.call('INCR', KEYS[2])
+                  redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
+                  return token",
+            ),
+            // KEYS: lock. ARGV: token, ttl ms.
+            extend: Script::new(
+                r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+                    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+                    return 1
+                  end
+                  return 0",
+            ),
+            // KEYS: lock. ARGV: token.
+            unlock: Script::new(
+                r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+                  return 0",
+            ),
+            // KEYS: counter. ARGV: by, ttl ms. The expiry is set when the
+            // counter is created and never pushed back.
+            incr: Script::new(
+                r"local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+                  if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+                  return v",
+            ),
+        }
+    }
+}
+
+/// Redis errors that mean "not reachable now" become `Unavailable`.
+fn map_err(e: redis::RedisError) -> StateError {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        StateError::Unavailable(e.to_string())
+    } else {
+        StateError::Backend { backend: BACKEND, source: Box::new(e) }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().clamp(1, u64::MAX as u128) as u64
+}
+
+fn unix_ms(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as f64).unwrap_or(0.0)
+}
+
+impl RedisState {
+    /// Connect (the connection manager reconnects by itself afterwards).
+    pub async fn connect(options: &RedisOptions) -> Result<RedisState> {
+        let client = Client::open(options.url.as_str()).map_err(map_err)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(1);
+        let conn = tokio::time::timeout(options.connect_timeout * 2, client.get_connection_manager_with_config(config))
+            .await
+            .map_err(|_| StateError::Unavailable("timed out connecting to redis".into()))?
+            .map_err(map_err)?;
+        Ok(RedisState {
+            client,
+            conn,
+            prefix: options.key_prefix.clone(),
+            scripts: std::sync::Arc::new(Scripts::new()),
+        })
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}{k}", self.prefix)
+    }
+
+    fn lock_key(&self, name: &str) -> String {
+        format!("{}lock:{name}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl SharedState for RedisState {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let mut c = self.conn.clone();
+        let v: Option<Vec<u8>> = c.get(self.key(key)).await.map_err(map_err)?;
+        Ok(v.map(Bytes::from))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
+        let mut c = self.conn.clone();
+        let () = c.pset_ex(self.key(key), value.as_ref(), ms(ttl)).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn set_fenced(&self, key: &str, value: Bytes, ttl: Duration, lease: &Lease) -> Result<()> {
+        let mut c = self.conn.clone();
+        let done: i64 = self
+            .scripts
+            .set_fenced
+            .key(self.lock_key(&lease.name))
+            .key(self.key(key))
+            .arg(lease.token)
+            .arg(value.as_ref())
+            .arg(ms(ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(map_err)?;
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(StateError::Fenced { name: lease.name.clone() })
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = c.del(self.key(key)).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Option<Lease>> {
+        let mut c = self.conn.clone();
+        let token: u64 = self
+            .scripts
+            .try_lock
+            .key(self.lock_key(name))
+            .key(self.key("fence"))
+            .arg(ms(ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(map_err)?;
+        Ok((token > 0).then(|| Lease { name: name.to_owned(), token }))
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        let mut c = self.conn.clone();
+        let done: i64 = self
+            .scripts
+            .extend
+            .key(self.lock_key(&lease.name))
+            .arg(lease.token)
+            .arg(ms(ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(map_err)?;
+        Ok(done == 1)
+    }
+
+    async fn unlock(&self, lease: &Lease) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .unlock
+            .key(self.lock_key(&lease.name))
+            .arg(lease.token)
+            .invoke_async(&mut c)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
+        let mut c = self.conn.clone();
+        self.scripts.incr.key(self.key(key)).arg(by).arg(ms(ttl)).invoke_async(&mut c).await.map_err(map_err)
+    }
+
+    async fn schedule(&self, queue: &str, member: &str, due: SystemTime) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = c.zadd(self.key(queue), member, unix_ms(due)).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn unschedule(&self, queue: &str, member: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = c.zrem(self.key(queue), member).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn due(&self, queue: &str, now: SystemTime, limit: usize) -> Result<Vec<String>> {
+        let mut c = self.conn.clone();
+        c.zrangebyscore_limit(self.key(queue), f64::NEG_INFINITY, unix_ms(now), 0, limit as isize)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn publish(&self, channel: &str, message: Bytes) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = c.publish(self.key(channel), message.as_ref()).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<BoxStream<'static, Bytes>> {
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(map_err)?;
+        pubsub.subscribe(self.key(channel)).await.map_err(map_err)?;
+        Ok(pubsub.into_on_message().map(|m| Bytes::from(m.get_payload_bytes().to_vec())).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A redis-server on a free loopback port, killed on drop.
+    struct RedisServer {
+        child: Child,
+        port: u16,
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn start_redis() -> RedisServer {
+        let found = Command::new("sh").arg("-c").arg("command -v redis-server").output().map(|o| o.status.success());
+        assert!(
+            found.unwrap_or(false),
+            "redis-server is not installed: run scripts/install-test-deps (or apt-get install redis-server)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        RedisServer { child, port }
+    }
+
+    async fn connect_when_ready(port: u16, prefix: &str) -> RedisState {
+        let mut options = RedisOptions::new(format!("redis://127.0.0.1:{port}/"));
+        options.key_prefix = prefix.into();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match RedisState::connect(&options).await {
+                Ok(s) if s.get("ping").await.is_ok() => return s,
+                _ if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                other => panic!("redis on port {port} never became ready: {:?}", other.err()),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let server = start_redis();
+        let state = connect_when_ready(server.port, "test-a:").await;
+        berth_state::testing::run_all(Arc::new(state)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prefixes_keep_registries_apart_and_outage_is_unavailable() {
+        let server = start_redis();
+        let a = connect_when_ready(server.port, "one:").await;
+        let b = connect_when_ready(server.port, "two:").await;
+        a.set("k", Bytes::from_static(b"a"), Duration::from_secs(60)).await.unwrap();
+        assert_eq!(b.get("k").await.unwrap(), None);
+        // Both see tokens from their own counters, both valid.
+        assert!(a.try_lock("l", Duration::from_secs(5)).await.unwrap().is_some());
+        assert!(b.try_lock("l", Duration::from_secs(5)).await.unwrap().is_some());
+        drop(server);
+        let err = a.get("k").await.unwrap_err();
+        assert!(matches!(err, StateError::Unavailable(_)), "{err:?}");
+    }
+}
