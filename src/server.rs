@@ -69,6 +69,19 @@ impl Server {
         };
         let state: Arc<dyn berth_state::SharedState> = match config.state.backend {
             StateBackend::Memory => Arc::new(berth_state::MemoryState::new()),
+            StateBackend::Redis => {
+                let r = &config.state.redis;
+                let options = berth_state_redis::RedisOptions {
+                    url: r.url.expose().to_owned(),
+                    key_prefix: r.key_prefix.clone(),
+                    connect_timeout: r.connect_timeout.0,
+                    response_timeout: r.response_timeout.0,
+                };
+                let state = berth_state_redis::RedisState::connect(&options)
+                    .await
+                    .context("cannot connect to redis (state.redis.url)")?;
+                Arc::new(state)
+            }
         };
         let body_idle = config.server.body_idle_timeout.0;
         let options = RegistryOptions {

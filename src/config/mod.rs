@@ -125,18 +125,45 @@ impl Default for FsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 pub enum StateBackend {
+    /// In this process: the embedded shape.
     Memory,
+    /// Shared by every replica of a fleet.
+    Redis,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     pub backend: StateBackend,
+    pub redis: RedisConfig,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { backend: StateBackend::Memory }
+        StateConfig { backend: StateBackend::Memory, redis: RedisConfig::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db`. A secret, since it may carry
+    /// the password: give it inline or as `{ file = "/run/secrets/redis-url" }`.
+    pub url: Secret,
+    /// Prepended to every key and channel.
+    pub key_prefix: String,
+    pub connect_timeout: HumanDuration,
+    pub response_timeout: HumanDuration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: Secret::new("redis://127.0.0.1:6379/0"),
+            key_prefix: "berth:".into(),
+            connect_timeout: HumanDuration(Duration::from_secs(2)),
+            response_timeout: HumanDuration(Duration::from_secs(2)),
+        }
     }
 }
 
