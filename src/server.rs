@@ -71,11 +71,19 @@ impl Server {
             StateBackend::Memory => Arc::new(berth_state::MemoryState::new()),
             StateBackend::Redis => {
                 let r = &config.state.redis;
+                let tls_ca_pem = match &r.tls_ca_file {
+                    Some(path) => Some(
+                        std::fs::read(path)
+                            .with_context(|| format!("cannot read state.redis.tls_ca_file {}", path.display()))?,
+                    ),
+                    None => None,
+                };
                 let options = berth_state_redis::RedisOptions {
                     url: r.url.expose().to_owned(),
                     key_prefix: r.key_prefix.clone(),
                     connect_timeout: r.connect_timeout.0,
                     response_timeout: r.response_timeout.0,
+                    tls_ca_pem,
                 };
                 let state = berth_state_redis::RedisState::connect(&options)
                     .await

@@ -154,6 +154,9 @@ pub struct RedisConfig {
     pub key_prefix: String,
     pub connect_timeout: HumanDuration,
     pub response_timeout: HumanDuration,
+    /// PEM CA bundle that signs the server's certificate for `rediss://`
+    /// URLs (default: the system trust store).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -163,6 +166,7 @@ impl Default for RedisConfig {
             key_prefix: "berth:".into(),
             connect_timeout: HumanDuration(Duration::from_secs(2)),
             response_timeout: HumanDuration(Duration::from_secs(2)),
+            tls_ca_file: None,
         }
     }
 }

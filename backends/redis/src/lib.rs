@@ -29,6 +29,9 @@ pub struct RedisOptions {
     pub key_prefix: String,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// PEM CA bundle to verify a `rediss://` server with, instead of the
+    /// system's trust store.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisOptions {
@@ -38,6 +41,7 @@ impl RedisOptions {
             key_prefix: "berth:".into(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            tls_ca_pem: None,
         }
     }
 }
@@ -128,7 +132,16 @@ fn unix_ms(t: SystemTime) -> f64 {
 impl RedisState {
     /// Connect (the connection manager reconnects by itself afterwards).
     pub async fn connect(options: &RedisOptions) -> Result<RedisState> {
-        let client = Client::open(options.url.as_str()).map_err(map_err)?;
+        // rustls needs a process-wide crypto provider; the first caller installs ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = match &options.tls_ca_pem {
+            Some(ca) => Client::build_with_tls(
+                options.url.as_str(),
+                redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) },
+            ),
+            None => Client::open(options.url.as_str()),
+        }
+        .map_err(map_err)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
@@ -330,6 +343,68 @@ mod tests {
         let server = start_redis();
         let state = connect_when_ready(server.port, "test-a:").await;
         berth_state::testing::run_all(Arc::new(state)).await;
+    }
+
+    /// `rediss://` with a private CA: the conformance suite over TLS, and a
+    /// server whose certificate the CA did not sign is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_with_a_private_ca() {
+        let dir = std::env::temp_dir().join(format!("berth-redis-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sh = |cmd: &str| {
+            let out = Command::new("sh").arg("-c").arg(cmd).current_dir(&dir).output().unwrap();
+            assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem 2>/dev/null");
+        sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout srv.key -out srv.csr 2>/dev/null");
+        sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > ext.cnf && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out srv.pem 2>/dev/null");
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca -keyout other.key -out other.pem 2>/dev/null");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args([
+                "--tls-cert-file",
+                "srv.pem",
+                "--tls-key-file",
+                "srv.key",
+                "--tls-ca-cert-file",
+                "ca.pem",
+                "--tls-auth-clients",
+                "no",
+            ])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _server = RedisServer { child, port };
+        let mut options = RedisOptions::new(format!("rediss://127.0.0.1:{port}/"));
+        options.key_prefix = "tls:".into();
+        options.tls_ca_pem = Some(std::fs::read(dir.join("ca.pem")).unwrap());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let state = loop {
+            match RedisState::connect(&options).await {
+                Ok(s) if s.get("ping").await.is_ok() => break s,
+                _ if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => panic!("TLS redis never became ready: {:?}", other.err()),
+            }
+        };
+        berth_state::testing::values_and_expiry(&state).await;
+        berth_state::testing::locks_and_fencing(&state).await;
+        options.tls_ca_pem = Some(std::fs::read(dir.join("other.pem")).unwrap());
+        assert!(RedisState::connect(&options).await.is_err(), "a server signed by another CA was trusted");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
