@@ -153,12 +153,7 @@ fn truncated_body_keeps_progress() {
     let b = Berth::start("");
     let loc = start_upload(&b, "trunc");
     // Announce 100 bytes, send 10, then stop sending.
-    let mut s = TcpStream::connect(&b.addr).unwrap();
-    s.write_all(
-        format!("PATCH {loc} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100\r\n\r\n0123456789")
-            .as_bytes(),
-    )
-    .unwrap();
+    let mut s = patch_ten_of_a_hundred(&b, &loc);
     s.shutdown(std::net::Shutdown::Write).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut out = Vec::new();
@@ -184,12 +179,7 @@ fn truncated_body_keeps_progress() {
 fn idle_body_times_out_and_keeps_progress() {
     let b = Berth::start("body_idle_timeout = \"1s\"");
     let loc = start_upload(&b, "idle");
-    let mut s = TcpStream::connect(&b.addr).unwrap();
-    s.write_all(
-        format!("PATCH {loc} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100\r\n\r\n0123456789")
-            .as_bytes(),
-    )
-    .unwrap();
+    let mut s = patch_ten_of_a_hundred(&b, &loc);
     // Keep the connection open without sending: the server gives up.
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut out = Vec::new();
@@ -212,6 +202,14 @@ fn slow_headers_are_cut_off() {
     let _ = s.read_to_end(&mut out);
     assert!(started.elapsed() < Duration::from_secs(29), "the connection was never closed");
     assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&out));
+}
+
+/// A PATCH that announces 100 bytes and sends the first 10, left open.
+fn patch_ten_of_a_hundred(b: &Berth, loc: &str) -> TcpStream {
+    let mut s = TcpStream::connect(&b.addr).unwrap();
+    let head = format!("PATCH {loc} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100\r\n\r\n");
+    s.write_all(format!("{head}0123456789").as_bytes()).unwrap();
+    s
 }
 
 fn start_upload(b: &Berth, repo: &str) -> String {

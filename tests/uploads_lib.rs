@@ -23,9 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_sessions_are_cleaned_up() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false, direct_io: true })
-            .unwrap();
+    let store = fs_store(dir.path());
     let state = Arc::new(berth_state::MemoryState::new());
     let options = RegistryOptions { upload_ttl: Duration::from_secs(1), ..RegistryOptions::default() };
     let registry = Registry::new(Arc::new(store), state, options);
@@ -57,6 +55,10 @@ async fn expired_sessions_are_cleaned_up() {
     assert_eq!(staged(), 1, "the abandoned upload's staged bytes were not removed");
 }
 
+fn fs_store(root: &std::path::Path) -> berth_storage_fs::FsStore {
+    berth_storage_fs::FsStore::open(root, berth_storage_fs::FsOptions { fsync: false, direct_io: true }).unwrap()
+}
+
 fn registry_on(store: Arc<dyn ObjectStore>) -> Registry {
     Registry::new(store, Arc::new(berth_state::MemoryState::new()), RegistryOptions::default())
 }
@@ -73,9 +75,7 @@ fn body(chunks: Vec<Vec<u8>>) -> berth::registry::BodyStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_belong_to_their_owner() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false, direct_io: true })
-            .unwrap();
+    let store = fs_store(dir.path());
     let registry = registry_on(Arc::new(store));
     let alice = access_for(Some("alice"), "shared/repo");
     let bob = access_for(Some("bob"), "shared/repo");
@@ -158,9 +158,7 @@ impl ObjectStore for FlakyStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_part_write_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let inner =
-        berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false, direct_io: true })
-            .unwrap();
+    let inner = fs_store(dir.path());
     let store = Arc::new(FlakyStore { inner, fail: AtomicUsize::new(0) });
     let registry = registry_on(store.clone());
     let access = access_for(None, "flaky/repo");
@@ -190,9 +188,7 @@ async fn failed_part_write_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphaned_uploads_are_swept() {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false, direct_io: true })
-            .unwrap();
+    let store = fs_store(dir.path());
     // An upload staged by an earlier process whose sessions are gone.
     let orphan = store.create_multipart().await.unwrap();
     store.put_part(&orphan, 1, 0, Bytes::from_static(b"left behind")).await.unwrap();
