@@ -91,7 +91,12 @@ impl From<berth_storage::StorageError> for OciError {
     /// Storage errors are internal unless a caller maps them on purpose
     /// (a missing object means different things for blobs and manifests).
     fn from(e: berth_storage::StorageError) -> OciError {
-        OciError::Internal(Box::new(e))
+        match e {
+            berth_storage::StorageError::Unavailable { .. } => {
+                OciError::Unavailable { retry_after: Duration::from_secs(5), cause: e.to_string() }
+            }
+            other => OciError::Internal(Box::new(other)),
+        }
     }
 }
 

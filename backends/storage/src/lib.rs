@@ -47,6 +47,14 @@ pub enum StorageError {
     /// The backend does not offer this optional operation.
     #[error("{op} is not supported by the {backend} backend")]
     NotSupported { backend: &'static str, op: &'static str },
+    /// The backend cannot be reached or is overloaded (connection refused,
+    /// timeouts, 5xx answers): worth retrying later.
+    #[error("{backend} backend unavailable: {source}")]
+    Unavailable {
+        backend: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// Anything else: I/O errors, network errors, service errors.
     #[error("{backend} backend error: {source}")]
     Backend {
