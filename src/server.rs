@@ -66,6 +66,7 @@ impl Server {
                 .with_context(|| format!("cannot use storage directory {}", fs.root.display()))?;
                 Arc::new(store)
             }
+            StorageBackend::S3 => Arc::new(open_s3(&config.storage.s3).await?),
         };
         let state: Arc<dyn berth_state::SharedState> = match config.state.backend {
             StateBackend::Memory => Arc::new(berth_state::MemoryState::new()),
@@ -96,6 +97,8 @@ impl Server {
             upload_ttl: config.uploads.session_ttl.0,
             // A lease must outlive the longest pause a client may take mid-body.
             upload_lock_ttl: (body_idle * 2).max(Duration::from_secs(30)),
+            redirect_ttl: (config.storage.delivery == crate::config::BlobDelivery::Redirect)
+                .then_some(config.storage.redirect_ttl.0),
             cache: crate::registry::cache::CacheOptions {
                 manifest_bytes: config.cache.manifest_bytes,
                 tag_ttl: config.cache.tag_ttl.0,
@@ -352,22 +355,53 @@ impl AsyncWrite for TrackedIo {
     }
 }
 
-/// Periodically abort abandoned uploads.
+/// The S3 store the configuration describes.
+async fn open_s3(c: &crate::config::S3Config) -> anyhow::Result<berth_storage_s3::S3Store> {
+    use berth_storage_s3::{Encryption, S3Options, StaticCredentials};
+    let mut o = S3Options::new(c.bucket.clone());
+    o.region = c.region.clone();
+    o.endpoint = c.endpoint.clone();
+    o.force_path_style = c.force_path_style;
+    o.prefix = c.prefix.clone();
+    if let (Some(id), Some(secret)) = (&c.access_key_id, &c.secret_access_key) {
+        o.credentials = Some(StaticCredentials {
+            access_key_id: id.expose().to_owned(),
+            secret_access_key: secret.expose().to_owned(),
+            session_token: c.session_token.as_ref().map(|t| t.expose().to_owned()),
+        });
+    }
+    o.profile = c.profile.clone();
+    o.encryption = match c.encryption {
+        crate::config::S3Encryption::BucketDefault => Encryption::BucketDefault,
+        crate::config::S3Encryption::Sse => Encryption::S3,
+        crate::config::S3Encryption::Kms => Encryption::Kms { key_id: c.kms_key_id.clone() },
+    };
+    o.storage_class = c.storage_class.clone();
+    o.max_attempts = c.max_attempts;
+    o.connect_timeout = c.connect_timeout.0;
+    o.request_timeout = c.request_timeout.0;
+    o.transfer_timeout = c.transfer_timeout.0;
+    o.part_size = c.part_size;
+    o.ca_file = c.ca_file.clone();
+    berth_storage_s3::S3Store::connect(o).await.context("cannot set up the S3 client (storage.s3)")
+}
+
+/// Periodically abort abandoned uploads. Every replica runs this loop; the
+/// pass itself takes a fleet-wide lock, so one replica works at a time.
 async fn run_janitor(registry: Registry, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Listing every staged write is costlier than reading the expiry
+    // schedule, so orphans are looked for less often.
+    let orphan_sweep_every = (every * 60).min(Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        match registry.expire_uploads(1000).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "expired abandoned uploads"),
+        match registry.janitor_pass(orphan_sweep_every).await {
+            Ok(Some(report)) if report != crate::registry::JanitorReport::default() => {
+                tracing::info!(expired = report.expired, orphans = report.orphans, "janitor removed abandoned uploads")
+            }
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "upload janitor failed"),
-        }
-        let orphan_age = registry.options().orphan_upload_age;
-        match registry.sweep_orphaned_uploads(orphan_age).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed orphaned staged uploads"),
-            Err(e) => tracing::warn!(error = %e, "orphaned upload sweep failed"),
         }
     }
 }

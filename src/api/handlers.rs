@@ -326,6 +326,15 @@ fn blob_headers(h: &mut HeaderMap, digest: &Digest, len: u64) {
 
 async fn blob_get(app: &App, id: &Identity, name: &RepoName, digest: &Digest, headers: &HeaderMap) -> HandlerResult {
     let access = app.gate.authorize(id, name)?;
+    if let Some(url) = app.registry.blob_redirect(&access, digest).await? {
+        // The client fetches (and ranges) the bytes from the object store itself.
+        let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+        resp.headers_mut().insert(header::LOCATION, hv(&url));
+        resp.headers_mut().insert(CONTENT_DIGEST, hv(&digest.to_string()));
+        // The URL expires: caches must not keep the redirect.
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(resp);
+    }
     let range_header = header_str(headers, &header::RANGE);
     let range = match range_header {
         None => None,

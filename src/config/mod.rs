@@ -88,19 +88,117 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 pub enum StorageBackend {
+    /// A local directory: the embedded shape.
     Fs,
+    /// An S3 bucket (AWS S3, MinIO or another S3-compatible server): the fleet.
+    S3,
+}
+
+/// How blob bytes reach clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum BlobDelivery {
+    /// Streamed through the replica, with `Range` support.
+    Proxy,
+    /// A 307 redirect to a presigned URL of the object store, issued after
+    /// authorization (S3 only).
+    Redirect,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub backend: StorageBackend,
+    /// How blob GETs are answered.
+    pub delivery: BlobDelivery,
+    /// Lifetime of a presigned URL handed out by `delivery = "redirect"`.
+    pub redirect_ttl: HumanDuration,
     pub fs: FsConfig,
+    pub s3: S3Config,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { backend: StorageBackend::Fs, fs: FsConfig::default() }
+        StorageConfig {
+            backend: StorageBackend::Fs,
+            delivery: BlobDelivery::Proxy,
+            redirect_ttl: HumanDuration(Duration::from_secs(60)),
+            fs: FsConfig::default(),
+            s3: S3Config::default(),
+        }
+    }
+}
+
+/// Server-side encryption of stored objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum S3Encryption {
+    /// Whatever the bucket's default is.
+    BucketDefault,
+    /// SSE-S3 (AES256).
+    Sse,
+    /// SSE-KMS with `kms_key_id` (or the account's default key).
+    Kms,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Region; unset means the standard chain (AWS_REGION, profile), then us-east-1.
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible server such as MinIO, e.g. "http://minio:9000".
+    pub endpoint: Option<String>,
+    /// Path-style addressing (endpoint/bucket/key), which MinIO wants.
+    pub force_path_style: bool,
+    /// Prepended to every key, so several registries can share a bucket.
+    pub prefix: String,
+    /// Static keys. Unset means the standard chain: environment, shared
+    /// profile, web identity (IRSA), ECS or EC2 instance metadata.
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    /// Profile of the shared AWS config to use with the standard chain.
+    pub profile: Option<String>,
+    pub encryption: S3Encryption,
+    pub kms_key_id: Option<String>,
+    /// Storage class of written objects, e.g. "STANDARD" or "INTELLIGENT_TIERING".
+    pub storage_class: Option<String>,
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    pub connect_timeout: HumanDuration,
+    /// Per attempt, for metadata requests and reads until their first byte.
+    pub request_timeout: HumanDuration,
+    /// Per attempt, for part uploads and server-side copies.
+    pub transfer_timeout: HumanDuration,
+    /// Size of the multipart parts uploads are cut into (at least 5 MiB).
+    pub part_size: u64,
+    /// Extra PEM CA bundle to trust (AWS_CA_BUNDLE is honoured as well).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            region: None,
+            endpoint: None,
+            force_path_style: false,
+            prefix: String::new(),
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            profile: None,
+            encryption: S3Encryption::BucketDefault,
+            kms_key_id: None,
+            storage_class: None,
+            max_attempts: 3,
+            connect_timeout: HumanDuration(Duration::from_secs(3)),
+            request_timeout: HumanDuration(Duration::from_secs(10)),
+            transfer_timeout: HumanDuration(Duration::from_secs(300)),
+            part_size: 16 * 1024 * 1024,
+            ca_file: None,
+        }
     }
 }
 
@@ -321,6 +419,57 @@ impl Config {
                 message: "must be at least 1, e.g. max_connections = 16384".into(),
             });
         }
+        if matches!(self.storage.backend, StorageBackend::S3) {
+            let s3 = &self.storage.s3;
+            let key = |k: &str| format!("storage.s3.{k}");
+            if s3.bucket.is_empty() {
+                return Err(ConfigError::Key { key: key("bucket"), message: "required with backend = \"s3\"".into() });
+            }
+            if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+                return Err(ConfigError::Key {
+                    key: key("secret_access_key"),
+                    message: "access_key_id and secret_access_key go together (or leave both unset for the \
+                              standard credential chain)"
+                        .into(),
+                });
+            }
+            if !(5 * 1024 * 1024..=5 * 1024 * 1024 * 1024).contains(&s3.part_size) {
+                return Err(ConfigError::Key {
+                    key: key("part_size"),
+                    message: "must be between 5 MiB (5242880) and 5 GiB, S3's part limits".into(),
+                });
+            }
+            if s3.max_attempts == 0 {
+                return Err(ConfigError::Key { key: key("max_attempts"), message: "must be at least 1".into() });
+            }
+            if s3.kms_key_id.is_some() && s3.encryption != S3Encryption::Kms {
+                return Err(ConfigError::Key {
+                    key: key("kms_key_id"),
+                    message: "only used with encryption = \"kms\"".into(),
+                });
+            }
+            if !s3.prefix.is_empty() && !s3.prefix.ends_with('/') {
+                return Err(ConfigError::Key {
+                    key: key("prefix"),
+                    message: format!("must end in '/', e.g. \"{}/\"", s3.prefix),
+                });
+            }
+        }
+        if self.storage.delivery == BlobDelivery::Redirect {
+            if !matches!(self.storage.backend, StorageBackend::S3) {
+                return Err(ConfigError::Key {
+                    key: "storage.delivery".into(),
+                    message: "\"redirect\" needs an object store that presigns URLs: use backend = \"s3\"".into(),
+                });
+            }
+            let ttl = self.storage.redirect_ttl.0;
+            if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(7 * 24 * 3600) {
+                return Err(ConfigError::Key {
+                    key: "storage.redirect_ttl".into(),
+                    message: "must be between 1s and 7d (S3's limit for presigned URLs)".into(),
+                });
+            }
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::Key { key: "log.level".into(), message: e.to_string() })?;
         Ok(())
@@ -402,6 +551,37 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("uploads.session_ttl"));
         let c = load_str("[log]\nlevel = \"=[\"\n", &[]).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("log.level"));
+    }
+
+    #[test]
+    fn s3_settings_are_checked() {
+        let refused = [
+            ("[storage]\nbackend = \"s3\"\n", "storage.s3.bucket"),
+            ("[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\naccess_key_id = \"k\"\n", "secret_access_key"),
+            ("[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\npart_size = 1024\n", "storage.s3.part_size"),
+            ("[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\nprefix = \"x\"\n", "storage.s3.prefix"),
+            ("[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"b\"\nkms_key_id = \"k\"\n", "kms_key_id"),
+            ("[storage]\ndelivery = \"redirect\"\n", "storage.delivery"),
+            (
+                "[storage]\nbackend = \"s3\"\ndelivery = \"redirect\"\nredirect_ttl = \"30d\"\n[storage.s3]\nbucket = \"b\"\n",
+                "storage.redirect_ttl",
+            ),
+        ];
+        for (text, key) in refused {
+            let c = load_str(text, &[]).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = load_str("[storage.s3]\nencryption = \"rot13\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("storage.s3.encryption"), "{err}");
+        let c = load_str(
+            "[storage]\nbackend = \"s3\"\ndelivery = \"redirect\"\n[storage.s3]\nbucket = \"b\"\n\
+             encryption = \"kms\"\nkms_key_id = \"alias/berth\"\nprefix = \"reg/\"\n",
+            &[("BERTH__STORAGE__S3__SECRET_ACCESS_KEY", "s"), ("BERTH__STORAGE__S3__ACCESS_KEY_ID", "k")],
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(!c.to_redacted_toml().contains("= \"s\""), "a secret was printed");
     }
 
     #[test]

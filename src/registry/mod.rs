@@ -19,7 +19,7 @@ use futures::stream::BoxStream;
 
 pub use access::{Access, Delete, Pull, Push};
 pub use manifests::{PushedManifest, StoredManifest};
-pub use uploads::{UploadSession, UploadStatus};
+pub use uploads::{JanitorReport, UploadSession, UploadStatus};
 
 use crate::oci::{Digest, OciError, RepoName};
 
@@ -54,6 +54,9 @@ pub struct RegistryOptions {
     pub orphan_upload_age: Duration,
     /// Manifest and tag caches of the read path.
     pub cache: cache::CacheOptions,
+    /// When set, blob GETs are answered with a redirect to a presigned URL
+    /// valid this long, instead of streaming the bytes.
+    pub redirect_ttl: Option<Duration>,
 }
 
 impl Default for RegistryOptions {
@@ -65,6 +68,7 @@ impl Default for RegistryOptions {
             max_page: 10_000,
             orphan_upload_age: Duration::from_secs(24 * 3600),
             cache: cache::CacheOptions::default(),
+            redirect_ttl: None,
         }
     }
 }
@@ -188,6 +192,18 @@ impl Registry {
             Err(StorageError::InvalidRange { size }) => Err(OciError::RangeNotSatisfiable { size }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Where the client may fetch the blob itself, when the registry is set
+    /// to redirect blob reads: a presigned URL of the object store, issued
+    /// only to a caller holding pull access and only for a linked blob.
+    /// `Ok(None)` means "stream it" (redirects are off or unsupported).
+    pub async fn blob_redirect(&self, access: &Access<Pull>, digest: &Digest) -> Result<Option<String>> {
+        let Some(ttl) = self.options.redirect_ttl else { return Ok(None) };
+        if !self.is_linked(access.repo(), digest).await? {
+            return Err(OciError::BlobUnknown(digest.to_string()));
+        }
+        Ok(self.store.presign_get(&keys::blob(digest), ttl).await?)
     }
 
     /// Unlink a blob from a repository. The bytes stay for other

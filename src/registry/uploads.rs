@@ -342,9 +342,11 @@ impl Registry {
                 return Err(OciError::SizeInvalid(format!("received {received} bytes, Content-Length said {len}")));
             }
         }
-        // Backends that take parts of any size get the tail now, so nothing
-        // waits in shared state; others keep it until a part fills up.
-        if limits.min_part_size <= 1 && !locked.staged.is_empty() {
+        // Write out the tail if the backend takes it as a part (any size on
+        // fs; at least the minimum on S3), so shared state only ever holds a
+        // tail below the minimum part size.
+        let staged = locked.staged.len() as u64;
+        if staged > 0 && (limits.min_part_size <= 1 || staged >= limits.min_part_size) {
             self.flush_part(locked).await?;
         }
         self.settle(locked).await
@@ -552,7 +554,40 @@ impl Registry {
     }
 }
 
+/// What one janitor pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JanitorReport {
+    /// Expired sessions whose staged data was removed.
+    pub expired: usize,
+    /// Staged writes without a session that were removed.
+    pub orphans: usize,
+}
+
+const JANITOR_LOCK: &str = "janitor";
+const ORPHAN_SWEEP_MARK: &str = "janitor:orphan-sweep";
+
 impl Registry {
+    /// One janitor pass, run by one replica of the fleet at a time: expire
+    /// abandoned sessions, and (at most once per `orphan_sweep_every`
+    /// fleet-wide) remove staged writes whose session is gone. `Ok(None)`
+    /// means another replica is running a pass right now.
+    pub async fn janitor_pass(&self, orphan_sweep_every: Duration) -> Result<Option<JanitorReport>> {
+        let Some(lease) = self.state.try_lock(JANITOR_LOCK, Duration::from_secs(600)).await? else {
+            return Ok(None);
+        };
+        let outcome = async {
+            let mut report = JanitorReport { expired: self.expire_uploads(1000).await?, orphans: 0 };
+            if self.state.get(ORPHAN_SWEEP_MARK).await?.is_none() {
+                self.state.set(ORPHAN_SWEEP_MARK, Bytes::from_static(b"1"), orphan_sweep_every).await?;
+                report.orphans = self.sweep_orphaned_uploads(self.options.orphan_upload_age).await?;
+            }
+            Ok(report)
+        }
+        .await;
+        let _ = self.state.unlock(&lease).await;
+        outcome.map(Some)
+    }
+
     /// Abort multipart writes nobody has written to for `older_than`: their
     /// session was lost (a restart of the embedded shape, whose sessions live
     /// in memory) or expired without the janitor seeing it.

@@ -15,8 +15,11 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+pub mod metered;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+pub use metered::MeteredStore;
 
 /// A stream of object bytes.
 pub type ByteStream = BoxStream<'static, Result<Bytes, StorageError>>;
