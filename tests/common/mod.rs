@@ -209,3 +209,97 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A fleet started by `scripts/fleet up` in a directory of its own: S3
+/// (moto), Redis, replicas and haproxy on loopback. `scripts/fleet down`
+/// runs on drop, also when the test fails.
+pub struct LocalFleet {
+    pub dir: tempfile::TempDir,
+    pub vars: std::collections::HashMap<String, String>,
+}
+
+impl LocalFleet {
+    /// Start `replicas` replicas; `env` (BERTH__* settings) applies to each.
+    pub fn up(replicas: usize, env: &[(&str, &str)]) -> LocalFleet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fleet = LocalFleet { dir, vars: Default::default() };
+        let out = fleet.command(&["up", "--replicas", &replicas.to_string()], env);
+        fleet.vars = out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        assert!(fleet.vars.contains_key("lb_url"), "scripts/fleet up printed no lb_url:\n{out}");
+        fleet
+    }
+
+    /// Run `scripts/fleet ARGS` for this fleet and return its stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        self.command(args, &[])
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fleet");
+        let mut cmd = Command::new("bash");
+        cmd.arg(script)
+            .args(args)
+            .env("BERTH_FLEET_DIR", self.dir.path())
+            .env("BERTH_BIN", env!("CARGO_BIN_EXE_berth"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.stdin(Stdio::null()).output().expect("run scripts/fleet");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "scripts/fleet {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    pub fn var(&self, key: &str) -> &str {
+        self.vars.get(key).unwrap_or_else(|| panic!("scripts/fleet printed no {key}"))
+    }
+
+    pub fn lb(&self) -> &str {
+        self.var("lb_url")
+    }
+
+    pub fn lb_hostport(&self) -> &str {
+        self.lb().trim_start_matches("http://")
+    }
+
+    /// Base URL of replica `n` (1-based).
+    pub fn replica(&self, n: usize) -> &str {
+        self.var(&format!("replica_{n}"))
+    }
+
+    /// Every replica's log, for checking that no request failed with a 500.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).expect("fleet dir").flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("replica-") && name.ends_with(".log") {
+                all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        all
+    }
+
+    pub fn assert_no_server_errors(&self) {
+        let logs = self.logs();
+        let bad: Vec<&str> = logs.lines().filter(|l| l.contains("\"status\":500") || l.contains("panicked")).collect();
+        assert!(bad.is_empty(), "server errors in replica logs:\n{}", bad.join("\n"));
+    }
+}
+
+impl Drop for LocalFleet {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fleet");
+        let _ = Command::new("bash")
+            .arg(script)
+            .arg("down")
+            .env("BERTH_FLEET_DIR", self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
