@@ -85,6 +85,8 @@ impl Server {
                     connect_timeout: r.connect_timeout.0,
                     response_timeout: r.response_timeout.0,
                     tls_ca_pem,
+                    username: None,
+                    password: None,
                 };
                 let state = berth_state_redis::RedisState::connect(&options)
                     .await

@@ -32,6 +32,10 @@ pub struct RedisOptions {
     /// PEM CA bundle to verify a `rediss://` server with, instead of the
     /// system's trust store.
     pub tls_ca_pem: Option<Vec<u8>>,
+    /// ACL user and password; they replace any given in the URL, so the URL
+    /// can stay free of secrets.
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 impl RedisOptions {
@@ -42,6 +46,8 @@ impl RedisOptions {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             tls_ca_pem: None,
+            username: None,
+            password: None,
         }
     }
 }
@@ -134,12 +140,20 @@ impl RedisState {
     pub async fn connect(options: &RedisOptions) -> Result<RedisState> {
         // rustls needs a process-wide crypto provider; the first caller installs ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut info = redis::IntoConnectionInfo::into_connection_info(options.url.as_str()).map_err(map_err)?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &options.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &options.password {
+            settings = settings.set_password(password);
+        }
+        info = info.set_redis_settings(settings);
         let client = match &options.tls_ca_pem {
-            Some(ca) => Client::build_with_tls(
-                options.url.as_str(),
-                redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) },
-            ),
-            None => Client::open(options.url.as_str()),
+            Some(ca) => {
+                Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) })
+            }
+            None => Client::open(info),
         }
         .map_err(map_err)?;
         let config = ConnectionManagerConfig::new()
@@ -310,6 +324,10 @@ mod tests {
     }
 
     fn start_redis() -> RedisServer {
+        start_redis_with(&[])
+    }
+
+    fn start_redis_with(extra: &[&str]) -> RedisServer {
         let found = Command::new("sh").arg("-c").arg("command -v redis-server").output().map(|o| o.status.success());
         assert!(
             found.unwrap_or(false),
@@ -318,6 +336,7 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -343,6 +362,40 @@ mod tests {
         let server = start_redis();
         let state = connect_when_ready(server.port, "test-a:").await;
         berth_state::testing::run_all(Arc::new(state)).await;
+    }
+
+    /// An ACL user whose password comes from the options (in berth, a secret
+    /// file), not the URL; a wrong password is refused with an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acl_user_and_password_outside_the_url() {
+        let server =
+            start_redis_with(&["--user", "default", "off", "--user", "berth", "on", ">s3cret-pw", "~*", "&*", "+@all"]);
+        let mut options = RedisOptions::new(format!("redis://127.0.0.1:{}/", server.port));
+        options.username = Some("berth".into());
+        options.password = Some("s3cret-pw".into());
+        options.key_prefix = "acl:".into();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let state = loop {
+            match RedisState::connect(&options).await {
+                Ok(s) if s.get("ping").await.is_ok() => break s,
+                _ if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                other => panic!("redis with ACL never accepted the user: {:?}", other.err()),
+            }
+        };
+        berth_state::testing::run_all(Arc::new(state)).await;
+
+        options.password = Some("wrong".into());
+        let refused = match RedisState::connect(&options).await {
+            Err(e) => e.to_string(),
+            Ok(s) => s.get("x").await.expect_err("a wrong password must not work").to_string(),
+        };
+        assert!(!refused.contains("wrong"), "the password leaked into an error: {refused}");
+        // Without credentials the disabled default user gets nothing.
+        let anonymous = RedisOptions::new(format!("redis://127.0.0.1:{}/", server.port));
+        match RedisState::connect(&anonymous).await {
+            Err(_) => {}
+            Ok(s) => assert!(s.get("x").await.is_err(), "the default user is off"),
+        }
     }
 
     /// `rediss://` with a private CA: the conformance suite over TLS, and a

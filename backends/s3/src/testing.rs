@@ -49,6 +49,16 @@ impl S3TestServer {
 
     /// Always a moto_server of our own (tests that stop the server need one).
     pub fn start_moto() -> S3TestServer {
+        S3TestServer::spawn_moto(&[])
+    }
+
+    /// A moto_server serving HTTPS with the given certificate and key files.
+    pub fn start_moto_tls(cert: &std::path::Path, key: &std::path::Path) -> S3TestServer {
+        let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+        S3TestServer::spawn_moto(&["-s", "-c", &cert, "-k", &key])
+    }
+
+    fn spawn_moto(extra: &[&str]) -> S3TestServer {
         let moto = moto_path();
         assert!(
             moto.exists(),
@@ -58,6 +68,7 @@ impl S3TestServer {
         );
         let mut child = Command::new(&moto)
             .args(["-H", "127.0.0.1", "-p", "0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -70,7 +81,7 @@ impl S3TestServer {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if !sent {
-                    if let Some(at) = line.find("Running on http://") {
+                    if let Some(at) = line.find("Running on http") {
                         let _ = tx.send(line[at + "Running on ".len()..].trim().to_owned());
                         sent = true;
                     }

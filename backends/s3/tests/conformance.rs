@@ -108,3 +108,35 @@ async fn works_with_aws_ca_bundle_set() {
     store.put("k", Bytes::from_static(b"v"), PutMode::Overwrite).await.unwrap();
     assert!(store.exists("k").await.unwrap());
 }
+
+/// An HTTPS endpoint signed by a private CA: trusted through `ca_file`,
+/// refused (as unavailable, never a panic) without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoint_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(format!("berth-s3-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sh = |cmd: &str| {
+        let out = std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(&dir).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem 2>/dev/null");
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout srv.key -out srv.csr 2>/dev/null");
+    sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > ext.cnf && openssl x509 -req -in srv.csr -CA ca.pem \
+        -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out srv.pem 2>/dev/null");
+    let server = S3TestServer::start_moto_tls(&dir.join("srv.pem"), &dir.join("srv.key"));
+    assert!(server.endpoint.starts_with("https://"), "{}", server.endpoint);
+
+    let mut options = server.options("tls-bucket");
+    options.ca_file = Some(dir.join("ca.pem"));
+    let store = S3Store::connect(options).await.unwrap();
+    store.ensure_bucket().await.unwrap();
+    store.put("k", Bytes::from_static(b"over tls"), PutMode::Overwrite).await.unwrap();
+    assert_eq!(store.get_bytes("k", 100).await.unwrap(), Bytes::from_static(b"over tls"));
+
+    let mut untrusting = server.options("tls-bucket");
+    untrusting.max_attempts = 1;
+    let store = S3Store::connect(untrusting).await.unwrap();
+    let err = store.head("k").await.unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
