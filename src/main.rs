@@ -33,6 +33,18 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// User tools.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Read a password from stdin (one line) and print an htpasswd line
+    /// `NAME:<argon2id hash>`.
+    Hash { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,6 +62,7 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, config::ConfigError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::User { command: UserCommand::Hash { name } } => user_hash(&name),
         Command::Config { command: ConfigCommand::Check { file } } => {
             match load(Some(&file)).and_then(|c| c.validate().map(|()| c)) {
                 Ok(c) => {
@@ -104,4 +117,31 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Tests and scripts read the bound address (useful with port 0) from here.
     println!("listening on {}", server.local_addr()?);
     server.run(berth::server::shutdown_signal()).await
+}
+
+fn user_hash(name: &str) -> ExitCode {
+    if name.is_empty() || name.contains(':') || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        eprintln!("berth: a user name cannot be empty or contain ':', spaces or control characters");
+        return ExitCode::from(2);
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("berth: cannot read the password from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!("berth: the password is empty");
+        return ExitCode::from(2);
+    }
+    match berth::auth::htpasswd::hash_password(password) {
+        Ok(hash) => {
+            println!("{name}:{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth: cannot hash the password: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

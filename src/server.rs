@@ -51,6 +51,7 @@ pub struct Server {
     app: Arc<App>,
     limits: Limits,
     janitor_interval: Duration,
+    auth_reload_interval: Duration,
 }
 
 impl Server {
@@ -85,8 +86,8 @@ impl Server {
                     connect_timeout: r.connect_timeout.0,
                     response_timeout: r.response_timeout.0,
                     tls_ca_pem,
-                    username: None,
-                    password: None,
+                    username: r.username.clone(),
+                    password: r.password.as_ref().map(|p| p.expose().to_owned()),
                 };
                 let state = berth_state_redis::RedisState::connect(&options)
                     .await
@@ -119,7 +120,8 @@ impl Server {
                 Err(e) => tracing::warn!(error = %e, "cannot sweep uploads left by an earlier run"),
             }
         }
-        let app = Arc::new(App::new(registry, crate::auth::Gate::anonymous(), body_idle));
+        let gate = build_gate(&config.auth)?;
+        let app = Arc::new(App::new(registry, gate, body_idle));
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -134,6 +136,7 @@ impl Server {
                 max_connections: config.server.max_connections,
             },
             janitor_interval: config.uploads.janitor_interval.0,
+            auth_reload_interval: config.auth.reload_interval.0,
         })
     }
 
@@ -145,6 +148,7 @@ impl Server {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let router: Router = api::router(self.app.clone());
         let janitor = tokio::spawn(run_janitor(self.app.registry.clone(), self.janitor_interval));
+        let auth_reloader = self.app.gate.spawn_reloader(self.auth_reload_interval);
         let cache_listener = self.app.registry.spawn_cache_listener();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).header_read_timeout(self.limits.header_read_timeout).keep_alive(true);
@@ -200,6 +204,9 @@ impl Server {
         tracing::info!(grace = ?self.limits.shutdown_grace, "shutting down: finishing in-flight requests");
         drop(self.listener);
         janitor.abort();
+        if let Some(r) = auth_reloader {
+            r.abort();
+        }
         cache_listener.abort();
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),
@@ -355,6 +362,33 @@ impl AsyncWrite for TrackedIo {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+/// Authentication as configured: htpasswd, the token service, external issuers.
+fn build_gate(c: &crate::config::AuthConfig) -> anyhow::Result<crate::auth::Gate> {
+    let htpasswd = match &c.htpasswd {
+        Some(path) => Some(crate::auth::Htpasswd::load(path).context("auth.htpasswd")?),
+        None => None,
+    };
+    let token = match &c.token {
+        Some(t) => Some(crate::auth::TokenService {
+            key: crate::auth::token::SigningKey::from_pem_file(&t.key_file).context("auth.token.key_file")?,
+            issuer: t.issuer.clone(),
+            service: t.service.clone(),
+            ttl: t.ttl.0,
+            refresh_ttl: t.refresh_ttl.0,
+            path: t.path.clone(),
+            realm: t.realm.clone(),
+        }),
+        None => None,
+    };
+    let mut external = Vec::new();
+    for (i, issuer) in c.issuers.iter().enumerate() {
+        external.push(
+            crate::auth::external_issuer(issuer).map_err(|(k, m)| anyhow::anyhow!("auth.issuers[{i}].{k}: {m}"))?,
+        );
+    }
+    Ok(crate::auth::Gate::new(htpasswd, c.realm.clone(), token, external))
 }
 
 /// The S3 store the configuration describes.

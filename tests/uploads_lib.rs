@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use berth::auth::{AuthMethod, Gate, Identity};
+use berth::auth::{Gate, Identity};
 use berth::oci::{Algorithm, OciError};
 use berth::registry::{Access, Push};
 use berth::registry::{Registry, RegistryOptions};
@@ -64,7 +64,7 @@ fn registry_on(store: Arc<dyn ObjectStore>) -> Registry {
 }
 
 fn access_for(subject: Option<&str>, repo: &str) -> Access<Push> {
-    let identity = Identity { subject: subject.map(str::to_owned), groups: Vec::new(), method: AuthMethod::Anonymous };
+    let identity = Identity { subject: subject.map(str::to_owned), ..Identity::anonymous() };
     Gate::anonymous().authorize(&identity, &repo.parse().unwrap()).unwrap()
 }
 

@@ -25,8 +25,8 @@ pub fn status_of(e: &OciError) -> StatusCode {
             StatusCode::RANGE_NOT_SATISFIABLE
         }
         OciError::ManifestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        OciError::Unauthorized => StatusCode::UNAUTHORIZED,
-        OciError::Denied => StatusCode::FORBIDDEN,
+        OciError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+        OciError::Denied | OciError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
         OciError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         OciError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         OciError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -54,6 +54,11 @@ pub fn error_response(e: &OciError) -> Response {
         OciError::RangeNotSatisfiable { size } => {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 headers.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        OciError::Unauthorized { challenge, .. } | OciError::InsufficientScope { challenge } => {
+            if let Ok(v) = HeaderValue::from_str(challenge) {
+                headers.insert(header::WWW_AUTHENTICATE, v);
             }
         }
         OciError::TooManyRequests { retry_after } | OciError::Unavailable { retry_after, .. } => {
@@ -87,8 +92,9 @@ mod tests {
             (OciError::NameUnknown("x".into()), 404, "NAME_UNKNOWN"),
             (OciError::SizeInvalid("x".into()), 400, "SIZE_INVALID"),
             (OciError::RangeNotSatisfiable { size: 9 }, 416, "SIZE_INVALID"),
-            (OciError::Unauthorized, 401, "UNAUTHORIZED"),
+            (OciError::Unauthorized { challenge: "Basic realm=\"r\"".into(), message: "m" }, 401, "UNAUTHORIZED"),
             (OciError::Denied, 403, "DENIED"),
+            (OciError::InsufficientScope { challenge: "Bearer realm=\"r\"".into() }, 403, "DENIED"),
             (OciError::Unsupported("x".into()), 400, "UNSUPPORTED"),
             (OciError::TooManyRequests { retry_after: Duration::from_secs(3) }, 429, "TOOMANYREQUESTS"),
             (OciError::Unavailable { retry_after: Duration::from_secs(2), cause: "redis".into() }, 503, "UNAVAILABLE"),

@@ -55,7 +55,7 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         }
         Err(ParseError::Invalid(e)) => return error_response(&e),
     };
-    let identity = match app.gate.authenticate(&parts) {
+    let identity = match app.gate.authenticate(&parts).await {
         Ok(id) => id,
         Err(e) => return error_response(&e),
     };
@@ -79,7 +79,10 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
 async fn handle(app: &App, id: &Identity, endpoint: Endpoint, parts: Parts, body: DrainOnDrop) -> HandlerResult {
     let query = Query::parse(parts.uri.query());
     match endpoint {
-        Endpoint::Base => Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
+        Endpoint::Base => {
+            app.gate.require_identity(id)?;
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response())
+        }
         Endpoint::Catalog => catalog(app, id, &query).await,
         Endpoint::BlobGet { name, digest } => blob_get(app, id, &name, &digest, &parts.headers).await,
         Endpoint::BlobHead { name, digest } => blob_head(app, id, &name, &digest).await,
@@ -492,6 +495,7 @@ async fn manifest_put(
 }
 
 async fn catalog(app: &App, id: &Identity, query: &Query) -> HandlerResult {
+    app.gate.require_identity(id)?;
     let n = query.page_size()?;
     let page = app.registry.catalog(n, query.get("last"), &|repo| app.gate.may_list(id, repo)).await?;
     let body = json!({ "repositories": page.items });

@@ -6,6 +6,7 @@ pub mod endpoint;
 pub mod errors;
 mod handlers;
 pub mod ranges;
+mod token;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,14 +51,22 @@ impl App {
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// The router: health endpoints, then everything else through the parser.
+/// Marks a request that arrived over TLS (set by the server).
+#[derive(Debug, Clone, Copy)]
+pub struct Tls;
+
+/// Where the token service's public keys are published.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// The router: health endpoints, the token service when configured, then
+/// everything else through the parser.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
-        .fallback(handlers::dispatch)
-        .layer(middleware::from_fn(log_and_stamp))
-        .with_state(app)
+    let mut router = Router::new().route("/livez", get(livez)).route("/readyz", get(readyz));
+    if let Some(t) = app.gate.token_service() {
+        router =
+            router.route(&t.path, get(token::token_get).post(token::token_post)).route(JWKS_PATH, get(token::jwks));
+    }
+    router.fallback(handlers::dispatch).layer(middleware::from_fn(log_and_stamp)).with_state(app)
 }
 
 async fn livez() -> impl IntoResponse {

@@ -1,17 +1,42 @@
-//! Who is asking, and what they may do. The embedded core serves anonymous
-//! clients only (the config refuses to expose that beyond loopback unless
-//! told to); authentication methods and policies plug in here, and this is
-//! the only place that mints [`Access`] values.
+//! Who is asking, and what they may do.
+//!
+//! Authentication turns a request into an [`Identity`]: `Authorization:
+//! Bearer` (a JWT from the registry's own token service or a trusted
+//! external issuer), then `Authorization: Basic` checked against an htpasswd
+//! file; with nothing configured everyone is anonymous. Authorization turns
+//! identity + repository + action into an [`Access`] value; this is the only
+//! place that mints them. Until access policies exist, a caller
+//! authenticated by password may do everything, one holding a token what
+//! the token grants, and (once authentication is configured) an anonymous
+//! one nothing.
+//!
+//! The `WWW-Authenticate` challenge of every 401 is built here, in
+//! [`Gate::challenge`]; the api layer only copies it into the header.
 
+pub mod htpasswd;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hmac::Mac as _;
 use http::request::Parts;
 
 use crate::oci::{OciError, RepoName};
 use crate::registry::access::{Access, Action};
 
+pub use htpasswd::Htpasswd;
+
 /// How a request was authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     Anonymous,
+    /// `Authorization: Basic`, checked against the htpasswd file.
+    Htpasswd,
+    /// `Authorization: Bearer`, a verified JWT.
+    Bearer,
 }
 
 /// The caller, as established by authentication.
@@ -21,36 +46,535 @@ pub struct Identity {
     pub subject: Option<String>,
     pub groups: Vec<String>,
     pub method: AuthMethod,
+    /// For token holders: what the token grants (nothing beyond it).
+    pub token_access: Option<Vec<token::ResourceActions>>,
+    /// `scheme://host` the request was sent to, for token realms derived
+    /// from the request when none is configured.
+    pub origin: Option<String>,
 }
 
 impl Identity {
     pub fn anonymous() -> Identity {
-        Identity { subject: None, groups: Vec::new(), method: AuthMethod::Anonymous }
+        Identity { subject: None, groups: Vec::new(), method: AuthMethod::Anonymous, token_access: None, origin: None }
+    }
+
+    fn authenticated(subject: String, method: AuthMethod) -> Identity {
+        Identity { subject: Some(subject), method, ..Identity::anonymous() }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.subject.is_none()
     }
 }
 
+/// How long a verified password is remembered, so that a client sending
+/// Basic credentials on every request does not pay for a slow hash each time.
+const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
+const CREDENTIAL_CACHE_MAX: usize = 10_000;
+
+/// Verified credentials, keyed by an HMAC of user and password under a key
+/// that lives only in this process: the cache never holds a password or an
+/// offline-checkable hash of one.
+#[derive(Debug)]
+struct CredentialCache {
+    key: [u8; 32],
+    entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+}
+
+impl CredentialCache {
+    fn new() -> CredentialCache {
+        let mut key = [0u8; 32];
+        // uuid v4 draws from the OS random source.
+        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        CredentialCache { key, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn tag(&self, user: &str, password: &str) -> [u8; 32] {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable_key());
+        mac.update(user.as_bytes());
+        mac.update(&[0]);
+        mac.update(password.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn get(&self, tag: &[u8; 32]) -> Option<String> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(tag).filter(|(_, at)| at.elapsed() < CREDENTIAL_CACHE_TTL).map(|(user, _)| user.clone())
+    }
+
+    fn put(&self, tag: [u8; 32], user: String) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= CREDENTIAL_CACHE_MAX {
+            entries.retain(|_, (_, at)| at.elapsed() < CREDENTIAL_CACHE_TTL);
+            if entries.len() >= CREDENTIAL_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(tag, (user, Instant::now()));
+    }
+
+    fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// HMAC-SHA256 takes keys of any length; this cannot happen.
+fn unreachable_key() -> hmac::Hmac<sha2::Sha256> {
+    #[allow(clippy::expect_used)]
+    hmac::Hmac::<sha2::Sha256>::new_from_slice(b"k").expect("HMAC accepts any key length")
+}
+
+/// The registry's own token service.
+#[derive(Debug, Clone)]
+pub struct TokenService {
+    pub key: token::SigningKey,
+    /// `iss` of issued tokens.
+    pub issuer: String,
+    /// `aud` of issued tokens and the `service` of challenges.
+    pub service: String,
+    /// Lifetime of access tokens.
+    pub ttl: Duration,
+    /// Lifetime of refresh tokens (OAuth2 `access_type=offline`).
+    pub refresh_ttl: Duration,
+    /// Path of the token endpoint, e.g. `/v2/token`.
+    pub path: String,
+    /// Absolute realm URL for challenges; derived from the request when unset.
+    pub realm: Option<String>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    htpasswd: Option<Htpasswd>,
+    realm: String,
+    cache: CredentialCache,
+    token: Option<TokenService>,
+    /// Issuers whose tokens are accepted (this registry's first, if it issues).
+    issuers: Vec<token::Issuer>,
+}
+
+/// Clock skew allowed when checking `exp` and `nbf`.
+const TOKEN_LEEWAY: Duration = Duration::from_secs(30);
+
 /// Authentication and authorization for every request.
-#[derive(Debug, Clone, Default)]
-pub struct Gate {}
+#[derive(Debug, Clone)]
+pub struct Gate {
+    inner: Arc<Inner>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate::anonymous()
+    }
+}
 
 impl Gate {
     /// A gate that lets anonymous callers do everything: the embedded default.
     pub fn anonymous() -> Gate {
-        Gate {}
+        Gate::new(None, String::new(), None, Vec::new())
     }
 
-    /// Establish the caller's identity from the request.
-    pub fn authenticate(&self, _request: &Parts) -> Result<Identity, OciError> {
-        Ok(Identity::anonymous())
+    /// Require Basic credentials found in `htpasswd`.
+    pub fn with_htpasswd(htpasswd: Htpasswd, realm: impl Into<String>) -> Gate {
+        Gate::new(Some(htpasswd), realm.into(), None, Vec::new())
     }
 
-    /// Grant `A` on `repo` to `identity`, or refuse.
+    /// The general form: any of htpasswd, the token service and external
+    /// token issuers.
+    pub fn new(
+        htpasswd: Option<Htpasswd>,
+        realm: String,
+        token: Option<TokenService>,
+        external: Vec<token::Issuer>,
+    ) -> Gate {
+        let mut issuers = Vec::new();
+        if let Some(t) = &token {
+            let mut own = token::Issuer::new(t.issuer.clone(), vec![t.service.clone()], vec![t.key.algorithm()]);
+            own.add_signing_key(&t.key);
+            issuers.push(own);
+        }
+        issuers.extend(external);
+        Gate { inner: Arc::new(Inner { htpasswd, realm, cache: CredentialCache::new(), token, issuers }) }
+    }
+
+    /// Whether callers must authenticate.
+    pub fn required(&self) -> bool {
+        self.inner.htpasswd.is_some() || !self.inner.issuers.is_empty()
+    }
+
+    /// The token service, if this registry issues tokens.
+    pub fn token_service(&self) -> Option<&TokenService> {
+        self.inner.token.as_ref()
+    }
+
+    /// Re-read the htpasswd file when it changes, every `every`.
+    pub fn spawn_reloader(&self, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        let gate = self.clone();
+        self.inner.htpasswd.as_ref()?;
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(h) = gate.inner.htpasswd.clone() else { return };
+                match tokio::task::spawn_blocking(move || h.reload_if_changed()).await {
+                    Ok(Ok(true)) => {
+                        // Removed users and changed passwords apply at once.
+                        gate.inner.cache.clear();
+                        tracing::info!("htpasswd file reloaded");
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "htpasswd file not reloaded; the previous contents stay in force")
+                    }
+                    Err(e) => tracing::error!(error = %e, "htpasswd reload task failed"),
+                }
+            }
+        }))
+    }
+
+    /// The `WWW-Authenticate` value of a 401: a Bearer challenge naming the
+    /// token realm, service and wanted scope when this registry issues
+    /// tokens (with RFC 6750 `error` for a refused token), else Basic.
+    pub fn challenge(&self, origin: Option<&str>, scope: Option<&str>, error: Option<(&str, &str)>) -> String {
+        let clean = |s: &str| s.replace(['"', '\\'], "");
+        let Some(t) = &self.inner.token else {
+            return format!("Basic realm=\"{}\", charset=\"UTF-8\"", clean(&self.inner.realm));
+        };
+        let realm = match (&t.realm, origin) {
+            (Some(r), _) => r.clone(),
+            (None, Some(o)) => format!("{o}{}", t.path),
+            (None, None) => t.path.clone(),
+        };
+        let mut c = format!("Bearer realm=\"{}\",service=\"{}\"", clean(&realm), clean(&t.service));
+        if let Some(scope) = scope {
+            c.push_str(&format!(",scope=\"{}\"", clean(scope)));
+        }
+        if let Some((code, description)) = error {
+            c.push_str(&format!(",error=\"{code}\",error_description=\"{}\"", clean(description)));
+        }
+        c
+    }
+
+    /// The Basic challenge the token endpoint answers with.
+    pub fn challenge_basic(&self) -> String {
+        let realm = self.inner.realm.replace(['"', '\\'], "");
+        format!("Basic realm=\"{realm}\", charset=\"UTF-8\"")
+    }
+
+    fn unauthorized(&self, message: &'static str) -> OciError {
+        OciError::Unauthorized { challenge: self.challenge(None, None, None), message }
+    }
+
+    fn unauthorized_for(&self, identity: &Identity, scope: Option<&str>, message: &'static str) -> OciError {
+        OciError::Unauthorized { challenge: self.challenge(identity.origin.as_deref(), scope, None), message }
+    }
+
+    /// Establish the caller's identity from the request. Credentials that do
+    /// not check out are a 401 whatever the reason, so the answer does not
+    /// tell whether the user exists.
+    pub async fn authenticate(&self, request: &Parts) -> Result<Identity, OciError> {
+        let origin = request_origin(request);
+        let mut identity = self.authenticate_credentials(request, origin.as_deref()).await?;
+        identity.origin = origin;
+        Ok(identity)
+    }
+
+    async fn authenticate_credentials(&self, request: &Parts, origin: Option<&str>) -> Result<Identity, OciError> {
+        let Some(value) = request.headers.get(http::header::AUTHORIZATION) else { return Ok(Identity::anonymous()) };
+        if !self.required() {
+            return Ok(Identity::anonymous());
+        }
+        let bytes = value.as_bytes();
+        if bytes.len() >= 6 && bytes[..6].eq_ignore_ascii_case(b"bearer") && bytes.get(6).is_none_or(|b| *b == b' ') {
+            let raw = std::str::from_utf8(&bytes[6..]).map_err(|_| self.unauthorized("malformed token"))?.trim();
+            return match token::verify(raw, &self.inner.issuers, TOKEN_LEEWAY) {
+                Ok(claims) => Ok(Identity {
+                    token_access: Some(claims.access),
+                    ..Identity::authenticated(claims.sub, AuthMethod::Bearer)
+                }),
+                Err(e) => {
+                    tracing::info!(target: "berth::auth", method = "bearer", reason = %e, "token refused");
+                    let challenge = self.challenge(origin, None, Some(("invalid_token", &e.to_string())));
+                    Err(OciError::Unauthorized { challenge, message: "invalid token" })
+                }
+            };
+        }
+        let (user, password) =
+            parse_basic(bytes).ok_or_else(|| self.unauthorized_at(origin, "malformed credentials"))?;
+        self.check_password(&user, password, origin).await
+    }
+
+    /// Check a user name and password (htpasswd). A failure is a 401
+    /// whatever the reason, so it does not tell whether the user exists.
+    pub async fn check_password(
+        &self,
+        user: &str,
+        password: String,
+        origin: Option<&str>,
+    ) -> Result<Identity, OciError> {
+        let Some(htpasswd) = &self.inner.htpasswd else {
+            return Err(self.unauthorized_at(origin, "password authentication is not configured"));
+        };
+        let tag = self.inner.cache.tag(user, &password);
+        if let Some(subject) = self.inner.cache.get(&tag) {
+            return Ok(Identity::authenticated(subject, AuthMethod::Htpasswd));
+        }
+        let (h, u) = (htpasswd.clone(), user.to_owned());
+        let ok = tokio::task::spawn_blocking(move || h.check(&u, &password)).await.map_err(OciError::internal)?;
+        if !ok {
+            tracing::info!(target: "berth::auth", method = "htpasswd", "authentication failed");
+            return Err(self.unauthorized_at(origin, "authentication failed"));
+        }
+        self.inner.cache.put(tag, user.to_owned());
+        Ok(Identity::authenticated(user.to_owned(), AuthMethod::Htpasswd))
+    }
+
+    fn unauthorized_at(&self, origin: Option<&str>, message: &'static str) -> OciError {
+        OciError::Unauthorized { challenge: self.challenge(origin, None, None), message }
+    }
+
+    /// Refuse anonymous callers when authentication is configured (the
+    /// `/v2/` check and the catalog).
+    pub fn require_identity(&self, identity: &Identity) -> Result<(), OciError> {
+        if self.required() && identity.is_anonymous() {
+            return Err(self.unauthorized_for(identity, None, "authentication required"));
+        }
+        Ok(())
+    }
+
+    /// Grant `A` on `repo` to `identity`, or refuse with a challenge for
+    /// the scope that would have been needed.
     pub fn authorize<A: Action>(&self, identity: &Identity, repo: &RepoName) -> Result<Access<A>, OciError> {
+        let scope = || format!("repository:{repo}:{}", A::NAME);
+        if self.required() && identity.is_anonymous() {
+            return Err(self.unauthorized_for(identity, Some(&scope()), "authentication required"));
+        }
+        if let Some(granted) = &identity.token_access {
+            let allowed = granted.iter().any(|g| {
+                g.kind == "repository" && g.name == repo.as_str() && g.actions.iter().any(|a| a == A::NAME || a == "*")
+            });
+            if !allowed {
+                // RFC 6750: a valid token with too little scope is 403, with
+                // a challenge naming the scope a new token needs.
+                let challenge = self.challenge(
+                    identity.origin.as_deref(),
+                    Some(&scope()),
+                    Some(("insufficient_scope", "the token does not grant this access")),
+                );
+                return Err(OciError::InsufficientScope { challenge });
+            }
+        }
         Ok(Access::grant(repo.clone(), identity.subject.clone()))
     }
 
     /// Whether `identity` may see `repo` in the catalog.
-    pub fn may_list(&self, _identity: &Identity, _repo: &str) -> bool {
-        true
+    pub fn may_list(&self, identity: &Identity, repo: &str) -> bool {
+        if self.required() && identity.is_anonymous() {
+            return false;
+        }
+        match &identity.token_access {
+            None => true,
+            Some(granted) => granted.iter().any(|g| {
+                (g.kind == "registry" && g.name == "catalog")
+                    || (g.kind == "repository" && g.name == repo && g.actions.iter().any(|a| a == "pull" || a == "*"))
+            }),
+        }
+    }
+
+    /// Issue an access token (and, if asked, a refresh token) for
+    /// `identity`: the requested scopes intersected with what it may do.
+    pub fn issue_token(&self, identity: &Identity, scopes: &[String], offline: bool) -> Result<IssuedToken, OciError> {
+        let t =
+            self.inner.token.as_ref().ok_or_else(|| OciError::Unsupported("this registry issues no tokens".into()))?;
+        let subject = identity.subject.clone().unwrap_or_default();
+        let mut access: Vec<token::ResourceActions> = Vec::new();
+        for scope in scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
+            let Some(wanted) = token::parse_scope(scope) else { continue };
+            let granted = self.grantable(identity, &wanted);
+            if granted.actions.is_empty() {
+                continue;
+            }
+            match access.iter_mut().find(|a| a.kind == granted.kind && a.name == granted.name) {
+                Some(existing) => {
+                    for a in granted.actions {
+                        if !existing.actions.contains(&a) {
+                            existing.actions.push(a);
+                        }
+                    }
+                }
+                None => access.push(granted),
+            }
+        }
+        let now = token::now();
+        let claims = token::Claims {
+            iss: t.issuer.clone(),
+            sub: subject.clone(),
+            aud: t.service.clone(),
+            exp: now + t.ttl.as_secs(),
+            nbf: now.saturating_sub(1),
+            iat: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            access,
+        };
+        let signed = t.key.sign(&claims).map_err(OciError::internal)?;
+        let refresh = if offline && identity.method != AuthMethod::Bearer {
+            let claims = token::Claims {
+                aud: refresh_audience(&t.service),
+                exp: now + t.refresh_ttl.as_secs(),
+                jti: uuid::Uuid::new_v4().to_string(),
+                access: Vec::new(),
+                ..claims.clone()
+            };
+            Some(t.key.sign(&claims).map_err(OciError::internal)?)
+        } else {
+            None
+        };
+        Ok(IssuedToken { token: signed, expires_in: t.ttl.as_secs(), issued_at: now, refresh_token: refresh })
+    }
+
+    /// The identity a refresh token stands for.
+    pub fn redeem_refresh_token(&self, raw: &str) -> Result<Identity, OciError> {
+        let t =
+            self.inner.token.as_ref().ok_or_else(|| OciError::Unsupported("this registry issues no tokens".into()))?;
+        let mut issuer =
+            token::Issuer::new(t.issuer.clone(), vec![refresh_audience(&t.service)], vec![t.key.algorithm()]);
+        issuer.add_signing_key(&t.key);
+        match token::verify(raw, &[issuer], TOKEN_LEEWAY) {
+            Ok(claims) => Ok(Identity::authenticated(claims.sub, AuthMethod::Htpasswd)),
+            Err(e) => {
+                tracing::info!(target: "berth::auth", method = "refresh_token", reason = %e, "refresh token refused");
+                Err(self.unauthorized("invalid refresh token"))
+            }
+        }
+    }
+
+    /// What policy lets `identity` do of `wanted`. Until access policies
+    /// exist: everything on valid repositories for an authenticated caller,
+    /// the catalog included.
+    fn grantable(&self, identity: &Identity, wanted: &token::ResourceActions) -> token::ResourceActions {
+        let mut granted = token::ResourceActions { actions: Vec::new(), ..wanted.clone() };
+        if identity.is_anonymous() && self.required() {
+            return granted;
+        }
+        let known = match wanted.kind.as_str() {
+            "repository" => wanted.name.parse::<RepoName>().is_ok(),
+            "registry" => wanted.name == "catalog",
+            _ => false,
+        };
+        if known {
+            granted.actions = wanted
+                .actions
+                .iter()
+                .filter(|a| matches!(a.as_str(), "pull" | "push" | "delete" | "*"))
+                .cloned()
+                .collect();
+        }
+        granted
+    }
+}
+
+/// Build a trusted external issuer from its configuration; errors name the
+/// offending key.
+pub fn external_issuer(c: &crate::config::IssuerConfig) -> Result<token::Issuer, (&'static str, String)> {
+    if c.name.is_empty() {
+        return Err(("name", "the issuer (iss) must not be empty".into()));
+    }
+    if c.audiences.is_empty() {
+        return Err(("audiences", "at least one accepted audience is required".into()));
+    }
+    let mut algorithms = Vec::new();
+    for a in &c.algorithms {
+        let alg: jsonwebtoken::Algorithm =
+            a.parse().map_err(|_| ("algorithms", format!("{a:?} is not a JWT algorithm")))?;
+        if !token::ALLOWED_ALGORITHMS.contains(&alg) {
+            return Err(("algorithms", format!("{a} is not accepted: only ES256, ES384, EdDSA and RS256/384/512")));
+        }
+        algorithms.push(alg);
+    }
+    if algorithms.is_empty() {
+        return Err(("algorithms", "list the accepted algorithms, e.g. [\"ES256\"]".into()));
+    }
+    let mut issuer = token::Issuer::new(c.name.clone(), c.audiences.clone(), algorithms);
+    issuer.add_jwks_file(&c.jwks_file).map_err(|e| ("jwks_file", e.to_string()))?;
+    Ok(issuer)
+}
+
+/// A token minted by [`Gate::issue_token`].
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_in: u64,
+    pub issued_at: u64,
+    pub refresh_token: Option<String>,
+}
+
+/// Refresh tokens carry their own audience so they never pass as access tokens.
+fn refresh_audience(service: &str) -> String {
+    format!("{service}#refresh")
+}
+
+/// `http://host[:port]` from the request's Host header (`https` when the
+/// request arrived over TLS, which the server marks on the request).
+fn request_origin(request: &Parts) -> Option<String> {
+    let host = request.headers.get(http::header::HOST)?.to_str().ok()?;
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '"' || c == '/' || c == '\\') {
+        return None;
+    }
+    let scheme = if request.extensions.get::<crate::api::Tls>().is_some() { "https" } else { "http" };
+    Some(format!("{scheme}://{host}"))
+}
+
+/// `Basic base64(user:password)` -> (user, password).
+fn parse_basic(value: &[u8]) -> Option<(String, String)> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    if user.is_empty() {
+        return None;
+    }
+    Some((user.to_owned(), password.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[test]
+    fn basic_header_parsing() {
+        assert_eq!(parse_basic(format!("Basic {}", b64("u:p:w")).as_bytes()), Some(("u".into(), "p:w".into())));
+        assert_eq!(parse_basic(format!("basic {}", b64("u:")).as_bytes()), Some(("u".into(), "".into())));
+        for bad in [
+            "Basic".to_owned(),
+            "Basic !!!".to_owned(),
+            format!("Bearer {}", b64("u:p")),
+            format!("Basic {}", b64("no-colon")),
+            format!("Basic {}", b64(":p")),
+        ] {
+            assert_eq!(parse_basic(bad.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(parse_basic(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn credential_cache_keys_hide_the_password() {
+        let c = CredentialCache::new();
+        let t = c.tag("alice", "pw");
+        assert_ne!(t, c.tag("alice", "pw2"));
+        assert_ne!(t, c.tag("alicep", "w"), "user and password are separated");
+        assert_ne!(t, CredentialCache::new().tag("alice", "pw"), "the key is per process");
+        c.put(t, "alice".into());
+        assert_eq!(c.get(&t).as_deref(), Some("alice"));
+        c.clear();
+        assert_eq!(c.get(&t), None);
     }
 }

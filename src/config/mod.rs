@@ -26,6 +26,82 @@ pub struct Config {
     pub uploads: UploadsConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+}
+
+/// Authentication. With nothing configured every caller is anonymous, which
+/// the server allows only on loopback unless `server.allow_anonymous`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Realm named in Basic challenges.
+    pub realm: String,
+    /// htpasswd file (bcrypt, argon2id or SHA-crypt entries), re-read when it changes.
+    pub htpasswd: Option<PathBuf>,
+    /// How often the htpasswd file is checked for changes.
+    pub reload_interval: HumanDuration,
+    /// The built-in token service (Docker registry token flow).
+    pub token: Option<TokenConfig>,
+    /// External token issuers whose JWTs are accepted.
+    pub issuers: Vec<IssuerConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            realm: "berth".into(),
+            htpasswd: None,
+            reload_interval: HumanDuration(Duration::from_secs(2)),
+            token: None,
+            issuers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// PKCS#8 PEM private key, P-256 (ES256) or Ed25519 (EdDSA).
+    pub key_file: PathBuf,
+    /// `iss` of issued tokens.
+    pub issuer: String,
+    /// `aud` of issued tokens, and the `service` clients are told to ask for.
+    pub service: String,
+    pub ttl: HumanDuration,
+    /// Lifetime of refresh tokens (`offline_token=true` / `access_type=offline`).
+    pub refresh_ttl: HumanDuration,
+    /// Path of the token endpoint.
+    pub path: String,
+    /// Absolute URL clients are sent to; by default the request's own
+    /// scheme and host plus `path`.
+    pub realm: Option<String>,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            key_file: PathBuf::new(),
+            issuer: "berth".into(),
+            service: "berth".into(),
+            ttl: HumanDuration(Duration::from_secs(300)),
+            refresh_ttl: HumanDuration(Duration::from_secs(24 * 3600)),
+            path: "/v2/token".into(),
+            realm: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuerConfig {
+    /// Expected `iss`.
+    pub name: String,
+    /// Accepted `aud` values.
+    pub audiences: Vec<String>,
+    /// JWKS document with the issuer's public keys.
+    pub jwks_file: PathBuf,
+    /// Accepted algorithms: ES256, ES384, EdDSA, RS256, RS384, RS512.
+    pub algorithms: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,6 +331,10 @@ pub struct RedisConfig {
     /// PEM CA bundle that signs the server's certificate for `rediss://`
     /// URLs (default: the system trust store).
     pub tls_ca_file: Option<PathBuf>,
+    /// ACL user and password (e.g. `{ file = "/run/secrets/redis-password" }`);
+    /// they take precedence over any in the URL.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
 }
 
 impl Default for RedisConfig {
@@ -265,6 +345,8 @@ impl Default for RedisConfig {
             connect_timeout: HumanDuration(Duration::from_secs(2)),
             response_timeout: HumanDuration(Duration::from_secs(2)),
             tls_ca_file: None,
+            username: None,
+            password: None,
         }
     }
 }
@@ -376,7 +458,7 @@ impl Config {
     /// Whether any authentication is configured. The embedded core has none,
     /// so only loopback listeners (or `allow_anonymous`) are allowed.
     pub fn has_authentication(&self) -> bool {
-        false
+        self.auth.htpasswd.is_some() || !self.auth.issuers.is_empty()
     }
 
     /// Refuse settings that are valid one by one but unsafe or useless together.
@@ -469,6 +551,51 @@ impl Config {
                     message: "must be between 1s and 7d (S3's limit for presigned URLs)".into(),
                 });
             }
+        }
+        if self.auth.reload_interval.0.is_zero() {
+            return Err(ConfigError::Key { key: "auth.reload_interval".into(), message: "must be positive".into() });
+        }
+        if let Some(t) = &self.auth.token {
+            let key = |k: &str| format!("auth.token.{k}");
+            if self.auth.htpasswd.is_none() {
+                return Err(ConfigError::Key {
+                    key: key("key_file"),
+                    message: "the token service authenticates users with auth.htpasswd; configure it too".into(),
+                });
+            }
+            crate::auth::token::SigningKey::from_pem_file(&t.key_file)
+                .map_err(|e| ConfigError::Key { key: key("key_file"), message: e.to_string() })?;
+            if !t.path.starts_with('/') || t.path.contains(['?', '#', '*', '{', '}']) || t.path == "/" {
+                return Err(ConfigError::Key {
+                    key: key("path"),
+                    message: "must be a plain absolute path such as /v2/token".into(),
+                });
+            }
+            if t.ttl.0 < Duration::from_secs(10) || t.ttl.0 > Duration::from_secs(24 * 3600) {
+                return Err(ConfigError::Key { key: key("ttl"), message: "must be between 10s and 24h".into() });
+            }
+            if t.issuer.is_empty() || t.service.is_empty() {
+                return Err(ConfigError::Key {
+                    key: key("issuer"),
+                    message: "issuer and service must not be empty".into(),
+                });
+            }
+            if let Some(realm) = &t.realm {
+                if !(realm.starts_with("https://") || realm.starts_with("http://")) {
+                    return Err(ConfigError::Key {
+                        key: key("realm"),
+                        message: "must be an absolute http(s) URL".into(),
+                    });
+                }
+            }
+        }
+        for (i, issuer) in self.auth.issuers.iter().enumerate() {
+            let key = |k: &str| format!("auth.issuers[{i}].{k}");
+            crate::auth::external_issuer(issuer).map_err(|(k, message)| ConfigError::Key { key: key(k), message })?;
+        }
+        if let Some(path) = &self.auth.htpasswd {
+            crate::auth::Htpasswd::load(path)
+                .map_err(|e| ConfigError::Key { key: "auth.htpasswd".into(), message: e.to_string() })?;
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::Key { key: "log.level".into(), message: e.to_string() })?;

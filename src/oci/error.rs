@@ -37,10 +37,16 @@ pub enum OciError {
     /// A `Range` that does not overlap the blob.
     #[error("requested range not satisfiable")]
     RangeNotSatisfiable { size: u64 },
-    #[error("authentication required")]
-    Unauthorized,
+    /// The caller must (re)authenticate; `challenge` is the
+    /// `WWW-Authenticate` value, built by the auth layer.
+    #[error("{message}")]
+    Unauthorized { challenge: String, message: &'static str },
     #[error("requested access to the resource is denied")]
     Denied,
+    /// A valid token that does not grant the access (RFC 6750
+    /// `insufficient_scope`, answered 403 with a challenge for the scope).
+    #[error("the token does not grant this access")]
+    InsufficientScope { challenge: String },
     #[error("the operation is unsupported: {0}")]
     Unsupported(String),
     #[error("too many requests")]
@@ -67,8 +73,8 @@ impl OciError {
             OciError::NameInvalid(_) => "NAME_INVALID",
             OciError::NameUnknown(_) => "NAME_UNKNOWN",
             OciError::SizeInvalid(_) | OciError::RangeNotSatisfiable { .. } => "SIZE_INVALID",
-            OciError::Unauthorized => "UNAUTHORIZED",
-            OciError::Denied => "DENIED",
+            OciError::Unauthorized { .. } => "UNAUTHORIZED",
+            OciError::Denied | OciError::InsufficientScope { .. } => "DENIED",
             OciError::Unsupported(_) => "UNSUPPORTED",
             OciError::TooManyRequests { .. } => "TOOMANYREQUESTS",
             OciError::Unavailable { .. } => "UNAVAILABLE",

@@ -2,6 +2,10 @@
 """Referrers API end to end with oras-py (OCI Distribution Spec v1.1).
 
 Usage: oras_referrers.py REGISTRY_HOSTPORT   (run with the test venv's python)
+With ORAS_USERNAME and ORAS_PASSWORD set, oras-py authenticates with them
+(ORAS_AUTH_BACKEND: "token", the default, runs the token flow from the
+registry's challenge; "basic" sends Basic credentials on every request), and
+the raw checks send them as Basic credentials.
 
 Pushes to e2e/artifact, over plain HTTP:
   * the subject, tag v1: an oras-py artifact of one file, uploaded in chunks;
@@ -34,6 +38,9 @@ SIG_TYPE = "application/vnd.berth.test.signature"
 OTHER_TYPE = "application/vnd.berth.test.other"
 
 failures = []
+AUTH = None
+if os.environ.get("ORAS_USERNAME"):
+    AUTH = (os.environ["ORAS_USERNAME"], os.environ.get("ORAS_PASSWORD", ""))
 
 
 def check(ok, what):
@@ -70,7 +77,10 @@ def check_subject_header(response, subject, what):
 
 def main(registry, tmp):
     base = f"http://{registry}/v2/{REPO}"
-    client = oras.provider.Registry(hostname=registry, insecure=True)
+    backend = os.environ.get("ORAS_AUTH_BACKEND", "token")
+    client = oras.provider.Registry(hostname=registry, insecure=True, auth_backend=backend)
+    if AUTH:
+        client.auth.set_basic_auth(*AUTH)
     container = client.get_container(f"{registry}/{REPO}")
 
     # 1. Subject: oras-py push of one deterministic file, in 1 KiB chunks.
@@ -79,7 +89,7 @@ def main(registry, tmp):
     require(client.push(target=f"{registry}/{REPO}:v1", files=[subject_file],
                         disable_path_validation=True, do_chunked=True,
                         chunk_size=1024, quiet=True), 201, "push subject")
-    r = require(requests.get(f"{base}/manifests/v1", headers={"Accept": OCI_MANIFEST}),
+    r = require(requests.get(auth=AUTH, url=f"{base}/manifests/v1", headers={"Accept": OCI_MANIFEST}),
                 200, "GET subject manifest")
     subject = {"mediaType": OCI_MANIFEST, "digest": sha256(r.content), "size": len(r.content)}
     check(r.headers.get("Docker-Content-Digest") in (None, subject["digest"]),
@@ -125,7 +135,7 @@ def main(registry, tmp):
                             disable_path_validation=True, quiet=True),
                 201, "push signature referrer")
     check_subject_header(r, subject, "signature push")
-    r = require(requests.get(f"{base}/manifests/v1-signature", headers={"Accept": OCI_MANIFEST}),
+    r = require(requests.get(auth=AUTH, url=f"{base}/manifests/v1-signature", headers={"Accept": OCI_MANIFEST}),
                 200, "GET signature manifest")
     check(json.loads(r.content).get("subject") == subject, "signature manifest lost its subject")
     sig = {"mediaType": OCI_MANIFEST, "digest": sha256(r.content),
@@ -135,7 +145,7 @@ def main(registry, tmp):
     def referrers(digest, artifact_type=None):
         params = {"artifactType": artifact_type} if artifact_type else None
         what = f"referrers of {digest[:19]}" + (f"?artifactType={artifact_type}" if params else "")
-        r = requests.get(f"{base}/referrers/{digest}", params=params)
+        r = requests.get(auth=AUTH, url=f"{base}/referrers/{digest}", params=params)
         if not check(r.status_code == 200, f"{what}: HTTP {r.status_code}, want 200"):
             return what, r, None
         check(r.headers.get("Content-Type") == OCI_INDEX,

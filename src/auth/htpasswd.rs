@@ -1,0 +1,252 @@
+//! htpasswd files: `user:hash` per line, with bcrypt (`$2y$`, `$2b$`,
+//! `$2a$`), argon2id (`$argon2id$`) or SHA-crypt (`$5$`, `$6$`) hashes.
+//! Weaker formats (plain text, DES crypt, MD5 / apr1, `{SHA}`) are refused
+//! with the line that holds them. The file is re-read when it changes; a
+//! broken edit keeps the previous contents in force and is logged.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+/// The hash schemes Berth accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bcrypt,
+    Argon2id,
+    Sha256Crypt,
+    Sha512Crypt,
+}
+
+fn scheme_of(hash: &str) -> Result<Scheme, &'static str> {
+    if hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$") {
+        Ok(Scheme::Bcrypt)
+    } else if hash.starts_with("$argon2id$") {
+        Ok(Scheme::Argon2id)
+    } else if hash.starts_with("$5$") {
+        Ok(Scheme::Sha256Crypt)
+    } else if hash.starts_with("$6$") {
+        Ok(Scheme::Sha512Crypt)
+    } else if hash.starts_with("$apr1$") || hash.starts_with("$1$") {
+        Err("MD5 (apr1) hashes are too weak; use bcrypt or argon2id (`berth user hash`)")
+    } else if hash.starts_with("{SHA}") {
+        Err("unsalted SHA-1 hashes are too weak; use bcrypt or argon2id (`berth user hash`)")
+    } else if hash.starts_with("$argon2i$") || hash.starts_with("$argon2d$") {
+        Err("only the argon2id variant is accepted")
+    } else if hash.len() == 13 && !hash.starts_with('$') {
+        Err("DES crypt hashes are too weak; use bcrypt or argon2id (`berth user hash`)")
+    } else {
+        Err("not a recognised hash (plain-text passwords are refused); use bcrypt or argon2id (`berth user hash`)")
+    }
+}
+
+/// Why an htpasswd file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HtpasswdError {
+    #[error("cannot read htpasswd file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}: {message}")]
+    Line { path: PathBuf, line: usize, message: String },
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    hash: String,
+    scheme: Scheme,
+}
+
+/// Parse htpasswd text; `path` only names the file in errors.
+fn parse(text: &str, path: &Path) -> Result<HashMap<String, Entry>, HtpasswdError> {
+    let mut users = HashMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let err = |message: String| HtpasswdError::Line { path: path.to_owned(), line: i + 1, message };
+        let (user, hash) = line.split_once(':').ok_or_else(|| err("expected user:hash".into()))?;
+        if user.is_empty() || user.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(err("the user name is empty or contains spaces or control characters".into()));
+        }
+        let scheme = scheme_of(hash).map_err(|m| err(format!("user {user:?}: {m}")))?;
+        if users.insert(user.to_owned(), Entry { hash: hash.to_owned(), scheme }).is_some() {
+            return Err(err(format!("user {user:?} appears twice")));
+        }
+    }
+    Ok(users)
+}
+
+/// Verify `password` against one stored hash. Runs the scheme's own
+/// constant-time comparison.
+fn verify(entry: &Entry, password: &str) -> bool {
+    match entry.scheme {
+        Scheme::Bcrypt => bcrypt::verify(password, &entry.hash).unwrap_or(false),
+        Scheme::Argon2id => {
+            use argon2::PasswordVerifier as _;
+            match argon2::PasswordHash::new(&entry.hash) {
+                Ok(parsed) => argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+                Err(_) => false,
+            }
+        }
+        Scheme::Sha256Crypt => sha_crypt::sha256_check(password, &entry.hash).is_ok(),
+        Scheme::Sha512Crypt => sha_crypt::sha512_check(password, &entry.hash).is_ok(),
+    }
+}
+
+/// Hash a password as an argon2id PHC string with a random salt.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher as _, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Debug)]
+struct Loaded {
+    users: HashMap<String, Entry>,
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+/// An htpasswd file, re-read when it changes.
+#[derive(Debug, Clone)]
+pub struct Htpasswd {
+    path: PathBuf,
+    loaded: Arc<RwLock<Loaded>>,
+    /// Verified against when the user is unknown, so that an unknown user
+    /// costs the same time as a wrong password.
+    decoy: Entry,
+}
+
+impl Htpasswd {
+    /// Load the file, refusing it if any line is malformed or weak.
+    pub fn load(path: &Path) -> Result<Htpasswd, HtpasswdError> {
+        let (users, modified, len) = read(path)?;
+        let decoy_hash = hash_password("berth-decoy-password").unwrap_or_default();
+        Ok(Htpasswd {
+            path: path.to_owned(),
+            loaded: Arc::new(RwLock::new(Loaded { users, modified, len })),
+            decoy: Entry { hash: decoy_hash, scheme: Scheme::Argon2id },
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Re-read the file if it changed on disk. Returns whether new contents
+    /// took effect; a broken file is reported and the old contents stay.
+    pub fn reload_if_changed(&self) -> Result<bool, HtpasswdError> {
+        let meta =
+            std::fs::metadata(&self.path).map_err(|source| HtpasswdError::Read { path: self.path.clone(), source })?;
+        let (modified, len) = (meta.modified().ok(), meta.len());
+        {
+            let current = self.loaded.read().unwrap_or_else(|p| p.into_inner());
+            if current.modified == modified && current.len == len {
+                return Ok(false);
+            }
+        }
+        let (users, modified, len) = read(&self.path)?;
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Loaded { users, modified, len };
+        Ok(true)
+    }
+
+    /// Check a user's password. Takes about the same time whether or not
+    /// the user exists. Blocking (hashes are slow on purpose): call it off
+    /// the async runtime.
+    pub fn check(&self, user: &str, password: &str) -> bool {
+        let entry = self.loaded.read().unwrap_or_else(|p| p.into_inner()).users.get(user).cloned();
+        match entry {
+            Some(entry) => verify(&entry, password),
+            None => {
+                let _ = verify(&self.decoy, password);
+                false
+            }
+        }
+    }
+}
+
+/// Users, and the modification time and length the file had when read.
+type ReadFile = (HashMap<String, Entry>, Option<SystemTime>, u64);
+
+fn read(path: &Path) -> Result<ReadFile, HtpasswdError> {
+    let meta = std::fs::metadata(path).map_err(|source| HtpasswdError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| HtpasswdError::Read { path: path.to_owned(), source })?;
+    Ok((parse(&text, path)?, meta.modified().ok(), meta.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("users.htpasswd")
+    }
+
+    #[test]
+    fn accepted_schemes_verify() {
+        let bcrypt = bcrypt::hash("pw-b", 4).unwrap();
+        let argon = hash_password("pw-a").unwrap();
+        // SHA-crypt hashes as `openssl passwd -5/-6 -salt saltstring` prints them.
+        let sha256 = "$5$saltstring$5B8vYYiY.CVt1RlTTf8KbXBH3hsxY/GNooZaBBGWEc5";
+        let sha512 =
+            "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1";
+        let text = format!("# comment\n\nb:{bcrypt}\na:{argon}\ns5:{sha256}\ns6:{sha512}\n");
+        let users = parse(&text, p()).unwrap();
+        assert!(verify(&users["b"], "pw-b") && !verify(&users["b"], "pw-x"));
+        assert!(verify(&users["a"], "pw-a") && !verify(&users["a"], "pw-x"));
+        assert!(verify(&users["s5"], "Hello world!") && !verify(&users["s5"], "hello world!"));
+        assert!(verify(&users["s6"], "Hello world!") && !verify(&users["s6"], "Hello world"));
+    }
+
+    #[test]
+    fn weak_and_malformed_lines_are_refused_with_their_line() {
+        for (line, needle) in [
+            ("u:$apr1$abc$defghijklmnopqrstuv", "MD5"),
+            ("u:$1$abc$defghijklmnopqrstuv", "MD5"),
+            ("u:{SHA}qvTGHdzF6KLavt4PO0gs2a6pQ00=", "SHA-1"),
+            ("u:abJnggxhB/yWI", "DES"),
+            ("u:plaintext-password", "plain-text"),
+            ("u:$argon2i$v=19$m=16,t=2,p=1$c2FsdA$abc", "argon2id"),
+            ("no-colon-here", "user:hash"),
+            (":$2y$05$abc", "empty"),
+        ] {
+            let text = format!("ok:{}\n{line}\n", hash_password("x").unwrap());
+            let err = parse(&text, p()).unwrap_err().to_string();
+            assert!(err.contains("users.htpasswd:2:") && err.contains(needle), "{line}: {err}");
+            // The hash itself is never echoed back.
+            if let Some((_, hash)) = line.split_once(':') {
+                if hash.len() > 4 {
+                    assert!(!err.contains(hash), "{err}");
+                }
+            }
+        }
+        let twice = format!("u:{h}\nu:{h}\n", h = hash_password("x").unwrap());
+        assert!(parse(&twice, p()).unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn unknown_users_fail_and_reload_picks_up_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h");
+        std::fs::write(&path, format!("alice:{}\n", hash_password("one").unwrap())).unwrap();
+        let h = Htpasswd::load(&path).unwrap();
+        assert!(h.check("alice", "one"));
+        assert!(!h.check("alice", "two"));
+        assert!(!h.check("bob", "one"));
+        assert!(!h.reload_if_changed().unwrap());
+        std::fs::write(
+            &path,
+            format!("alice:{}\nbob:{}\n", hash_password("two").unwrap(), hash_password("b").unwrap()),
+        )
+        .unwrap();
+        assert!(h.reload_if_changed().unwrap());
+        assert!(h.check("alice", "two") && h.check("bob", "b") && !h.check("alice", "one"));
+        // A broken edit keeps the last good contents.
+        std::fs::write(&path, "alice:plaintext\n").unwrap();
+        assert!(h.reload_if_changed().is_err());
+        assert!(h.check("alice", "two"));
+    }
+}
