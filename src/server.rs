@@ -52,6 +52,7 @@ pub struct Server {
     limits: Limits,
     janitor_interval: Duration,
     auth_reload_interval: Duration,
+    tls: Option<crate::tls::ReloadingTls>,
 }
 
 impl Server {
@@ -120,7 +121,35 @@ impl Server {
                 Err(e) => tracing::warn!(error = %e, "cannot sweep uploads left by an earlier run"),
             }
         }
-        let gate = build_gate(&config.auth)?;
+        let mut gate = build_gate(&config.auth)?;
+        if let Some(m) = &config.auth.mtls {
+            gate = gate.with_mtls(crate::auth::mtls::MtlsRules {
+                subject: match m.subject {
+                    crate::config::CertSubject::Cn => crate::auth::mtls::SubjectField::Cn,
+                    crate::config::CertSubject::Dns => crate::auth::mtls::SubjectField::Dns,
+                    crate::config::CertSubject::Uri => crate::auth::mtls::SubjectField::Uri,
+                    crate::config::CertSubject::Email => crate::auth::mtls::SubjectField::Email,
+                },
+                uri_prefix: m.uri_prefix.clone(),
+                groups_from_ou: m.groups_from_ou,
+            });
+        }
+        let tls = match &config.server.tls {
+            Some(t) => Some(
+                crate::tls::ReloadingTls::load(crate::tls::TlsFiles {
+                    cert_file: t.cert_file.clone(),
+                    key_file: t.key_file.clone(),
+                    client_ca_file: t.client_ca_file.clone(),
+                    client_auth: match t.client_auth {
+                        crate::config::ClientAuthMode::None => crate::tls::ClientAuth::None,
+                        crate::config::ClientAuthMode::Optional => crate::tls::ClientAuth::Optional,
+                        crate::config::ClientAuthMode::Required => crate::tls::ClientAuth::Required,
+                    },
+                })
+                .context("server.tls")?,
+            ),
+            None => None,
+        };
         let app = Arc::new(App::new(registry, gate, body_idle));
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -137,6 +166,7 @@ impl Server {
             },
             janitor_interval: config.uploads.janitor_interval.0,
             auth_reload_interval: config.auth.reload_interval.0,
+            tls,
         })
     }
 
@@ -149,6 +179,7 @@ impl Server {
         let router: Router = api::router(self.app.clone());
         let janitor = tokio::spawn(run_janitor(self.app.registry.clone(), self.janitor_interval));
         let auth_reloader = self.app.gate.spawn_reloader(self.auth_reload_interval);
+        let tls_reloader = self.tls.as_ref().map(|t| t.spawn_reloader(self.auth_reload_interval));
         let cache_listener = self.app.registry.spawn_cache_listener();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).header_read_timeout(self.limits.header_read_timeout).keep_alive(true);
@@ -156,7 +187,7 @@ impl Server {
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         let permits = Arc::new(Semaphore::new(self.limits.max_connections));
-        tracing::info!(addr = %self.listener.local_addr()?, "listening");
+        tracing::info!(addr = %self.listener.local_addr()?, tls = self.tls.is_some(), "listening");
         tokio::pin!(shutdown);
         // Set once shutdown starts: accepting continues until then.
         let mut stop_accepting_at: Option<tokio::time::Instant> = None;
@@ -196,15 +227,16 @@ impl Server {
             let builder = builder.clone();
             let limits = self.limits;
             let watcher = graceful.watcher();
+            let tls = self.tls.as_ref().map(crate::tls::ReloadingTls::config);
             tokio::spawn(async move {
-                serve_connection(stream, peer, router, &builder, watcher, limits).await;
+                serve_connection(stream, peer, router, &builder, watcher, limits, tls).await;
                 drop(permit);
             });
         }
         tracing::info!(grace = ?self.limits.shutdown_grace, "shutting down: finishing in-flight requests");
         drop(self.listener);
         janitor.abort();
-        if let Some(r) = auth_reloader {
+        for r in [auth_reloader, tls_reloader].into_iter().flatten() {
             r.abort();
         }
         cache_listener.abort();
@@ -223,6 +255,7 @@ async fn serve_connection(
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let _ = stream.set_nodelay(true);
     // Dead peers (a node that vanished mid-pull) are noticed by the kernel.
@@ -235,10 +268,55 @@ async fn serve_connection(
         Ok(Ok(n)) if n > 0 => {}
         _ => return,
     }
+    let Some(config) = tls else {
+        return serve_io(stream, peer, ConnectionInfo::default(), router, builder, watcher, limits).await;
+    };
+    // The handshake shares the header deadline: a client that stalls in it
+    // holds a connection slot no longer than one that stalls in its headers.
+    let accepted =
+        tokio::time::timeout(limits.header_read_timeout, tokio_rustls::TlsAcceptor::from(config).accept(stream));
+    let stream = match accepted.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let client_certificate =
+        stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| Arc::new(c.to_vec()));
+    let info = ConnectionInfo { tls: true, client_certificate };
+    serve_io(stream, peer, info, router, builder, watcher, limits).await;
+}
+
+/// What the connection tells each request on it.
+#[derive(Debug, Clone, Default)]
+struct ConnectionInfo {
+    tls: bool,
+    client_certificate: Option<Arc<Vec<u8>>>,
+}
+
+async fn serve_io<S>(
+    stream: S,
+    peer: SocketAddr,
+    info: ConnectionInfo,
+    router: Router,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: Limits,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = TrackedIo::new(stream);
     let activity = io.activity.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
+        if info.tls {
+            req.extensions_mut().insert(crate::api::Tls);
+        }
+        if let Some(cert) = &info.client_certificate {
+            req.extensions_mut().insert(crate::api::ClientCertificate(cert.clone()));
+        }
         router.clone().oneshot(req)
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -305,18 +383,18 @@ impl Activity {
 }
 
 /// A socket that records progress for the idle watchdog.
-struct TrackedIo {
-    inner: TcpStream,
+struct TrackedIo<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl TrackedIo {
-    fn new(inner: TcpStream) -> TrackedIo {
+impl<S> TrackedIo<S> {
+    fn new(inner: S) -> TrackedIo<S> {
         TrackedIo { inner, activity: Arc::new(Activity { epoch: Instant::now(), last_ms: AtomicU64::new(0) }) }
     }
 }
 
-impl AsyncRead for TrackedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
@@ -328,7 +406,7 @@ impl AsyncRead for TrackedIo {
     }
 }
 
-impl AsyncWrite for TrackedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, data);

@@ -368,6 +368,19 @@ fn auth_examples_pass_config_check() {
     let key = dir.path().join("token-key.pem");
     let out = Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&key).output().unwrap();
     assert!(out.status.success());
+    // TLS material for the mTLS example.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("client-ca.pem"), ca.pem()).unwrap();
     let sso = SigningKey::generate_es256().unwrap();
     std::fs::write(dir.path().join("sso-jwks.json"), serde_json::json!({"keys": [sso.public_jwk()]}).to_string())
         .unwrap();
@@ -385,7 +398,7 @@ fn auth_examples_pass_config_check() {
             checked += 1;
         }
     }
-    assert!(checked >= 3);
+    assert!(checked >= 4);
     // Without the files they name, the check fails and says which key.
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["config", "check"])

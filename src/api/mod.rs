@@ -55,6 +55,10 @@ pub struct PeerAddr(pub SocketAddr);
 #[derive(Debug, Clone, Copy)]
 pub struct Tls;
 
+/// The verified leaf certificate (DER) the client presented, if any.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub Arc<Vec<u8>>);
+
 /// Where the token service's public keys are published.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 

@@ -14,6 +14,7 @@
 //! [`Gate::challenge`]; the api layer only copies it into the header.
 
 pub mod htpasswd;
+pub mod mtls;
 pub mod token;
 
 use std::collections::HashMap;
@@ -37,6 +38,8 @@ pub enum AuthMethod {
     Htpasswd,
     /// `Authorization: Bearer`, a verified JWT.
     Bearer,
+    /// A verified TLS client certificate.
+    Mtls,
 }
 
 /// The caller, as established by authentication.
@@ -151,6 +154,8 @@ struct Inner {
     token: Option<TokenService>,
     /// Issuers whose tokens are accepted (this registry's first, if it issues).
     issuers: Vec<token::Issuer>,
+    /// How client certificates map to identities, when mTLS authenticates.
+    mtls: Option<mtls::MtlsRules>,
 }
 
 /// Clock skew allowed when checking `exp` and `nbf`.
@@ -194,12 +199,25 @@ impl Gate {
             issuers.push(own);
         }
         issuers.extend(external);
-        Gate { inner: Arc::new(Inner { htpasswd, realm, cache: CredentialCache::new(), token, issuers }) }
+        Gate { inner: Arc::new(Inner { htpasswd, realm, cache: CredentialCache::new(), token, issuers, mtls: None }) }
+    }
+
+    /// Also authenticate callers by their verified client certificate.
+    pub fn with_mtls(self, rules: mtls::MtlsRules) -> Gate {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            htpasswd: shared.htpasswd.clone(),
+            realm: shared.realm.clone(),
+            cache: CredentialCache::new(),
+            token: shared.token.clone(),
+            issuers: shared.issuers.clone(),
+            mtls: None,
+        });
+        Gate { inner: Arc::new(Inner { mtls: Some(rules), ..inner }) }
     }
 
     /// Whether callers must authenticate.
     pub fn required(&self) -> bool {
-        self.inner.htpasswd.is_some() || !self.inner.issuers.is_empty()
+        self.inner.htpasswd.is_some() || !self.inner.issuers.is_empty() || self.inner.mtls.is_some()
     }
 
     /// The token service, if this registry issues tokens.
@@ -281,6 +299,17 @@ impl Gate {
     }
 
     async fn authenticate_credentials(&self, request: &Parts, origin: Option<&str>) -> Result<Identity, OciError> {
+        // A verified client certificate comes first.
+        if let (Some(rules), Some(cert)) = (&self.inner.mtls, request.extensions.get::<crate::api::ClientCertificate>())
+        {
+            return match mtls::identity_of(&cert.0, rules) {
+                Ok((subject, groups)) => Ok(Identity { groups, ..Identity::authenticated(subject, AuthMethod::Mtls) }),
+                Err(reason) => {
+                    tracing::info!(target: "berth::auth", method = "mtls", reason, "client certificate refused");
+                    Err(self.unauthorized_at(origin, "the client certificate names no identity"))
+                }
+            };
+        }
         let Some(value) = request.headers.get(http::header::AUTHORIZATION) else { return Ok(Identity::anonymous()) };
         if !self.required() {
             return Ok(Identity::anonymous());

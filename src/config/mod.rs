@@ -44,6 +44,8 @@ pub struct AuthConfig {
     pub token: Option<TokenConfig>,
     /// External token issuers whose JWTs are accepted.
     pub issuers: Vec<IssuerConfig>,
+    /// Authentication by TLS client certificate (needs server.tls with a client CA).
+    pub mtls: Option<MtlsConfig>,
 }
 
 impl Default for AuthConfig {
@@ -54,6 +56,7 @@ impl Default for AuthConfig {
             reload_interval: HumanDuration(Duration::from_secs(2)),
             token: None,
             issuers: Vec::new(),
+            mtls: None,
         }
     }
 }
@@ -144,6 +147,60 @@ pub struct ServerConfig {
     pub connection_idle_timeout: HumanDuration,
     /// Connections served at once; further clients wait in the listen queue.
     pub max_connections: usize,
+    /// TLS on the listener; plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Whether clients present certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    None,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Re-read when it changes.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA bundle that signs client certificates.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// "none", "optional" or "required".
+    #[serde(default = "client_auth_none")]
+    pub client_auth: ClientAuthMode,
+}
+
+fn client_auth_none() -> ClientAuthMode {
+    ClientAuthMode::None
+}
+
+/// Which certificate field names the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum CertSubject {
+    Cn,
+    Dns,
+    Uri,
+    Email,
+}
+
+/// Authentication by verified client certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsConfig {
+    /// "cn", "dns", "uri" (e.g. SPIFFE IDs) or "email".
+    pub subject: CertSubject,
+    /// With subject = "uri": only URIs starting with this name a caller.
+    #[serde(default)]
+    pub uri_prefix: Option<String>,
+    /// Groups from the certificate subject's OU values.
+    #[serde(default)]
+    pub groups_from_ou: bool,
 }
 
 impl Default for ServerConfig {
@@ -157,6 +214,7 @@ impl Default for ServerConfig {
             shutdown_delay: HumanDuration(Duration::ZERO),
             connection_idle_timeout: HumanDuration(Duration::from_secs(300)),
             max_connections: 16_384,
+            tls: None,
         }
     }
 }
@@ -458,7 +516,7 @@ impl Config {
     /// Whether any authentication is configured. The embedded core has none,
     /// so only loopback listeners (or `allow_anonymous`) are allowed.
     pub fn has_authentication(&self) -> bool {
-        self.auth.htpasswd.is_some() || !self.auth.issuers.is_empty()
+        self.auth.htpasswd.is_some() || !self.auth.issuers.is_empty() || self.auth.mtls.is_some()
     }
 
     /// Refuse settings that are valid one by one but unsafe or useless together.
@@ -554,6 +612,42 @@ impl Config {
         }
         if self.auth.reload_interval.0.is_zero() {
             return Err(ConfigError::Key { key: "auth.reload_interval".into(), message: "must be positive".into() });
+        }
+        if let Some(tls) = &self.server.tls {
+            let files = crate::tls::TlsFiles {
+                cert_file: tls.cert_file.clone(),
+                key_file: tls.key_file.clone(),
+                client_ca_file: tls.client_ca_file.clone(),
+                client_auth: match tls.client_auth {
+                    ClientAuthMode::None => crate::tls::ClientAuth::None,
+                    ClientAuthMode::Optional => crate::tls::ClientAuth::Optional,
+                    ClientAuthMode::Required => crate::tls::ClientAuth::Required,
+                },
+            };
+            if tls.client_auth != ClientAuthMode::None && tls.client_ca_file.is_none() {
+                return Err(ConfigError::Key {
+                    key: "server.tls.client_ca_file".into(),
+                    message: "client certificates need the CA that signs them".into(),
+                });
+            }
+            crate::tls::server_config(&files)
+                .map_err(|e| ConfigError::Key { key: "server.tls".into(), message: e.to_string() })?;
+        }
+        if let Some(m) = &self.auth.mtls {
+            let asks_certs = self.server.tls.as_ref().is_some_and(|t| t.client_auth != ClientAuthMode::None);
+            if !asks_certs {
+                return Err(ConfigError::Key {
+                    key: "auth.mtls".into(),
+                    message: "needs server.tls with client_ca_file and client_auth = \"optional\" or \"required\""
+                        .into(),
+                });
+            }
+            if m.uri_prefix.is_some() && m.subject != CertSubject::Uri {
+                return Err(ConfigError::Key {
+                    key: "auth.mtls.uri_prefix".into(),
+                    message: "only used with subject = \"uri\"".into(),
+                });
+            }
         }
         if let Some(t) = &self.auth.token {
             let key = |k: &str| format!("auth.token.{k}");
