@@ -38,6 +38,34 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Token tools.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Revoke one token (--jti) or every token of a subject issued before a
+    /// time (--subject), on every replica of the fleet the configuration
+    /// names: the record goes to its object store and the announcement to
+    /// its shared state.
+    Revoke {
+        /// The configuration of the registry (or fleet) to act on.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, conflicts_with = "subject", required_unless_present = "subject")]
+        jti: Option<String>,
+        /// Unix time after which the jti record may be dropped (default: a week).
+        #[arg(long, requires = "jti")]
+        exp: Option<u64>,
+        #[arg(long)]
+        subject: Option<String>,
+        /// Unix time: tokens issued before it are revoked (default: now).
+        #[arg(long, requires = "subject")]
+        before: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +91,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::User { command: UserCommand::Hash { name } } => user_hash(&name),
+        Command::Token { command: TokenCommand::Revoke { config, jti, exp, subject, before } } => {
+            let cfg = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("berth: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let now = berth::auth::token::now();
+            let revocation = match (jti, subject) {
+                (Some(jti), _) => {
+                    berth::registry::revocations::Revocation::Token { jti, exp: exp.unwrap_or(now + 7 * 24 * 3600) }
+                }
+                (None, Some(subject)) => {
+                    berth::registry::revocations::Revocation::Subject { subject, before: before.unwrap_or(now + 1) }
+                }
+                (None, None) => return ExitCode::from(2),
+            };
+            revoke(&cfg, revocation)
+        }
         Command::Config { command: ConfigCommand::Check { file } } => {
             match load(Some(&file)).and_then(|c| c.validate().map(|()| c)) {
                 Ok(c) => {
@@ -144,4 +192,34 @@ fn user_hash(name: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn revoke(cfg: &Config, revocation: berth::registry::revocations::Revocation) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berth: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let registry = match berth::server::open_registry(cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("berth: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let list = berth::registry::revocations::RevocationList::default();
+        match registry.revoke(revocation.clone(), &list).await {
+            Ok(()) => {
+                println!("{}", serde_json::to_string(&revocation).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("berth: cannot revoke: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

@@ -53,66 +53,73 @@ pub struct Server {
     janitor_interval: Duration,
     auth_reload_interval: Duration,
     tls: Option<crate::tls::ReloadingTls>,
+    revocation_reload: Duration,
+}
+
+/// Open the object store and shared state the configuration names, and the
+/// registry services over them (also used by CLI tools that act on a fleet).
+pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
+    let store: Arc<dyn berth_storage::ObjectStore> = match config.storage.backend {
+        StorageBackend::Fs => {
+            let fs = &config.storage.fs;
+            let store = berth_storage_fs::FsStore::open(
+                &fs.root,
+                berth_storage_fs::FsOptions { fsync: fs.fsync, direct_io: fs.direct_io },
+            )
+            .with_context(|| format!("cannot use storage directory {}", fs.root.display()))?;
+            Arc::new(store)
+        }
+        StorageBackend::S3 => Arc::new(open_s3(&config.storage.s3).await?),
+    };
+    let state: Arc<dyn berth_state::SharedState> = match config.state.backend {
+        StateBackend::Memory => Arc::new(berth_state::MemoryState::new()),
+        StateBackend::Redis => {
+            let r = &config.state.redis;
+            let tls_ca_pem = match &r.tls_ca_file {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("cannot read state.redis.tls_ca_file {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let options = berth_state_redis::RedisOptions {
+                url: r.url.expose().to_owned(),
+                key_prefix: r.key_prefix.clone(),
+                connect_timeout: r.connect_timeout.0,
+                response_timeout: r.response_timeout.0,
+                tls_ca_pem,
+                username: r.username.clone(),
+                password: r.password.as_ref().map(|p| p.expose().to_owned()),
+            };
+            let state = berth_state_redis::RedisState::connect(&options)
+                .await
+                .context("cannot connect to redis (state.redis.url)")?;
+            Arc::new(state)
+        }
+    };
+    let body_idle = config.server.body_idle_timeout.0;
+    let options = RegistryOptions {
+        upload_ttl: config.uploads.session_ttl.0,
+        // A lease must outlive the longest pause a client may take mid-body.
+        upload_lock_ttl: (body_idle * 2).max(Duration::from_secs(30)),
+        redirect_ttl: (config.storage.delivery == crate::config::BlobDelivery::Redirect)
+            .then_some(config.storage.redirect_ttl.0),
+        cache: crate::registry::cache::CacheOptions {
+            manifest_bytes: config.cache.manifest_bytes,
+            tag_ttl: config.cache.tag_ttl.0,
+            ..Default::default()
+        },
+        ..RegistryOptions::default()
+    };
+    Ok(Registry::new(store, state, options))
 }
 
 impl Server {
     /// Open the backends and bind the listener.
     pub async fn bind(config: &Config) -> anyhow::Result<Server> {
-        let store: Arc<dyn berth_storage::ObjectStore> = match config.storage.backend {
-            StorageBackend::Fs => {
-                let fs = &config.storage.fs;
-                let store = berth_storage_fs::FsStore::open(
-                    &fs.root,
-                    berth_storage_fs::FsOptions { fsync: fs.fsync, direct_io: fs.direct_io },
-                )
-                .with_context(|| format!("cannot use storage directory {}", fs.root.display()))?;
-                Arc::new(store)
-            }
-            StorageBackend::S3 => Arc::new(open_s3(&config.storage.s3).await?),
-        };
-        let state: Arc<dyn berth_state::SharedState> = match config.state.backend {
-            StateBackend::Memory => Arc::new(berth_state::MemoryState::new()),
-            StateBackend::Redis => {
-                let r = &config.state.redis;
-                let tls_ca_pem = match &r.tls_ca_file {
-                    Some(path) => Some(
-                        std::fs::read(path)
-                            .with_context(|| format!("cannot read state.redis.tls_ca_file {}", path.display()))?,
-                    ),
-                    None => None,
-                };
-                let options = berth_state_redis::RedisOptions {
-                    url: r.url.expose().to_owned(),
-                    key_prefix: r.key_prefix.clone(),
-                    connect_timeout: r.connect_timeout.0,
-                    response_timeout: r.response_timeout.0,
-                    tls_ca_pem,
-                    username: r.username.clone(),
-                    password: r.password.as_ref().map(|p| p.expose().to_owned()),
-                };
-                let state = berth_state_redis::RedisState::connect(&options)
-                    .await
-                    .context("cannot connect to redis (state.redis.url)")?;
-                Arc::new(state)
-            }
-        };
+        let registry = open_registry(config).await?;
         let body_idle = config.server.body_idle_timeout.0;
-        let options = RegistryOptions {
-            upload_ttl: config.uploads.session_ttl.0,
-            // A lease must outlive the longest pause a client may take mid-body.
-            upload_lock_ttl: (body_idle * 2).max(Duration::from_secs(30)),
-            redirect_ttl: (config.storage.delivery == crate::config::BlobDelivery::Redirect)
-                .then_some(config.storage.redirect_ttl.0),
-            cache: crate::registry::cache::CacheOptions {
-                manifest_bytes: config.cache.manifest_bytes,
-                tag_ttl: config.cache.tag_ttl.0,
-                ..Default::default()
-            },
-            ..RegistryOptions::default()
-        };
-        let in_memory_state = matches!(config.state.backend, StateBackend::Memory);
-        let registry = Registry::new(store, state, options);
-        if in_memory_state {
+        if matches!(config.state.backend, StateBackend::Memory) {
             // Sessions lived in this process's memory: whatever is staged from
             // an earlier run can never be completed.
             match registry.sweep_orphaned_uploads(Duration::ZERO).await {
@@ -121,7 +128,17 @@ impl Server {
                 Err(e) => tracing::warn!(error = %e, "cannot sweep uploads left by an earlier run"),
             }
         }
-        let mut gate = build_gate(&config.auth)?;
+        let mut gate = build_gate(&config.auth)?.with_admins(config.auth.admins.clone());
+        if gate.required() {
+            // Known before the first request; if the store cannot be read
+            // now, bearer tokens get 503 until the sync task manages to.
+            match registry.load_revocations().await {
+                Ok(all) => gate.revocations().replace(all),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read token revocations; tokens are refused until they are read")
+                }
+            }
+        }
         if let Some(m) = &config.auth.mtls {
             gate = gate.with_mtls(crate::auth::mtls::MtlsRules {
                 subject: match m.subject {
@@ -167,6 +184,7 @@ impl Server {
             janitor_interval: config.uploads.janitor_interval.0,
             auth_reload_interval: config.auth.reload_interval.0,
             tls,
+            revocation_reload: config.auth.revocation_reload.0,
         })
     }
 
@@ -180,6 +198,9 @@ impl Server {
         let janitor = tokio::spawn(run_janitor(self.app.registry.clone(), self.janitor_interval));
         let auth_reloader = self.app.gate.spawn_reloader(self.auth_reload_interval);
         let tls_reloader = self.tls.as_ref().map(|t| t.spawn_reloader(self.auth_reload_interval));
+        let revocation_sync = self.app.gate.required().then(|| {
+            self.app.registry.spawn_revocation_sync(self.app.gate.revocations().clone(), self.revocation_reload)
+        });
         let cache_listener = self.app.registry.spawn_cache_listener();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).header_read_timeout(self.limits.header_read_timeout).keep_alive(true);
@@ -236,7 +257,7 @@ impl Server {
         tracing::info!(grace = ?self.limits.shutdown_grace, "shutting down: finishing in-flight requests");
         drop(self.listener);
         janitor.abort();
-        for r in [auth_reloader, tls_reloader].into_iter().flatten() {
+        for r in [auth_reloader, tls_reloader, revocation_sync].into_iter().flatten() {
             r.abort();
         }
         cache_listener.abort();

@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -359,5 +359,138 @@ async fn redirect_delivery_hands_out_presigned_urls_after_authorization() {
     let other = get_blob(fleet.lb(), "fleet/other", &digest).await;
     assert_eq!(other.status(), 404);
     assert!(!other.headers().contains_key("location"));
+    fleet.assert_no_server_errors();
+}
+
+fn hash_line(name: &str, password: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["user", "hash", name])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap().trim().to_owned()
+}
+
+fn basic(user: &str, pw: &str) -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
+}
+
+async fn token_for(base: &str, user: &str, pw: &str) -> String {
+    let resp = client()
+        .get(format!("{base}/v2/token?service=berth&scope=repository:fleet/rev:pull,push"))
+        .header("authorization", basic(user, pw))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+async fn status_with(base: &str, token: &str) -> u16 {
+    client()
+        .get(format!("{base}/v2/"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Poll every replica until each refuses `token`; returns the slowest time.
+async fn refused_everywhere(fleet: &LocalFleet, replicas: usize, token: &str) -> Duration {
+    let started = tokio::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    for n in 1..=replicas {
+        while status_with(fleet.replica(n), token).await != 401 {
+            assert!(started.elapsed() < Duration::from_secs(10), "replica {n} still accepts a revoked token");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_by_every_replica_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("token.pem");
+    let out = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let users = dir.path().join("users");
+    std::fs::write(&users, format!("{}\n{}\n", hash_line("alice", "alice-pw"), hash_line("root", "root-pw"))).unwrap();
+    let (users_s, key_s) = (users.display().to_string(), key.display().to_string());
+    let fleet = LocalFleet::up(
+        3,
+        &[
+            ("BERTH__AUTH__HTPASSWD", &users_s),
+            ("BERTH__AUTH__TOKEN__KEY_FILE", &key_s),
+            ("BERTH__AUTH__ADMINS", "[\"root\"]"),
+        ],
+    );
+    let token = token_for(fleet.replica(1), "alice", "alice-pw").await;
+    for n in 1..=3 {
+        assert_eq!(status_with(fleet.replica(n), &token).await, 200, "replica {n}");
+    }
+    let jti = {
+        use base64::Engine as _;
+        let claims = token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        claims["jti"].as_str().unwrap().to_owned()
+    };
+    let revoke = |auth: Option<String>, body: serde_json::Value| {
+        let mut req = client().post(format!("{}/admin/revocations", fleet.replica(1))).json(&body);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    // Only admins may revoke.
+    assert_eq!(revoke(None, serde_json::json!({"jti": jti})).await.unwrap().status(), 401);
+    assert_eq!(revoke(Some(basic("alice", "alice-pw")), serde_json::json!({"jti": jti})).await.unwrap().status(), 403);
+    assert_eq!(revoke(Some(basic("root", "root-pw")), serde_json::json!({"jti": "../x"})).await.unwrap().status(), 400);
+    assert_eq!(revoke(Some(basic("root", "root-pw")), serde_json::json!({"nope": 1})).await.unwrap().status(), 400);
+
+    let resp = revoke(Some(basic("root", "root-pw")), serde_json::json!({"jti": jti})).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let slowest = refused_everywhere(&fleet, 3, &token).await;
+    println!("jti revocation refused by all 3 replicas after {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "a revocation took {slowest:?} to reach every replica");
+    // Another token of the same user is unaffected.
+    let other = token_for(fleet.replica(2), "alice", "alice-pw").await;
+    assert_eq!(status_with(fleet.replica(3), &other).await, 200);
+
+    // Every token of a subject, revoked from the command line.
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["token", "revoke", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fleet.toml"))
+        .args(["--subject", "alice"])
+        .env("BERTH__STORAGE__S3__ENDPOINT", fleet.var("s3_endpoint"))
+        .env("BERTH__STORAGE__S3__BUCKET", fleet.var("s3_bucket"))
+        .env("BERTH__STATE__REDIS__URL", fleet.var("redis_url"))
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "testsecret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "berth token revoke: {}", String::from_utf8_lossy(&out.stderr));
+    let slowest = refused_everywhere(&fleet, 3, &other).await;
+    println!("subject revocation (CLI) refused by all 3 replicas after {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "a subject revocation took {slowest:?}");
+
+    // Revocations are durable: a replica started afterwards knows them.
+    fleet.run(&["kill", "3"]);
+    fleet.run(&["start", "3"]);
+    assert_eq!(status_with(fleet.replica(3), &token).await, 401);
+    assert_eq!(status_with(fleet.replica(3), &other).await, 401);
     fleet.assert_no_server_errors();
 }

@@ -2,6 +2,7 @@
 //! authenticate, authorize, call one service method, build the response.
 //! Handlers never touch a backend (DESIGN invariant 8).
 
+mod admin;
 pub mod endpoint;
 pub mod errors;
 mod handlers;
@@ -65,7 +66,10 @@ pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 /// The router: health endpoints, the token service when configured, then
 /// everything else through the parser.
 pub fn router(app: Arc<App>) -> Router {
-    let mut router = Router::new().route("/livez", get(livez)).route("/readyz", get(readyz));
+    let mut router = Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/admin/revocations", axum::routing::post(admin::revoke));
     if let Some(t) = app.gate.token_service() {
         router =
             router.route(&t.path, get(token::token_get).post(token::token_post)).route(JWKS_PATH, get(token::jwks));

@@ -156,6 +156,27 @@ struct Inner {
     issuers: Vec<token::Issuer>,
     /// How client certificates map to identities, when mTLS authenticates.
     mtls: Option<mtls::MtlsRules>,
+    /// Revoked tokens, kept current by the registry's revocation sync.
+    revocations: Arc<crate::registry::revocations::RevocationList>,
+    /// Subjects allowed to use the admin API.
+    admins: Vec<String>,
+}
+
+impl Inner {
+    /// A copy for builder methods called on a shared gate (the credential
+    /// cache starts empty).
+    fn duplicate(&self) -> Inner {
+        Inner {
+            htpasswd: self.htpasswd.clone(),
+            realm: self.realm.clone(),
+            cache: CredentialCache::new(),
+            token: self.token.clone(),
+            issuers: self.issuers.clone(),
+            mtls: self.mtls.clone(),
+            revocations: self.revocations.clone(),
+            admins: self.admins.clone(),
+        }
+    }
 }
 
 /// Clock skew allowed when checking `exp` and `nbf`.
@@ -199,19 +220,39 @@ impl Gate {
             issuers.push(own);
         }
         issuers.extend(external);
-        Gate { inner: Arc::new(Inner { htpasswd, realm, cache: CredentialCache::new(), token, issuers, mtls: None }) }
+        Gate {
+            inner: Arc::new(Inner {
+                htpasswd,
+                realm,
+                cache: CredentialCache::new(),
+                token,
+                issuers,
+                mtls: None,
+                revocations: Arc::default(),
+                admins: Vec::new(),
+            }),
+        }
+    }
+
+    /// Subjects allowed to use the admin API (token revocation).
+    pub fn with_admins(self, admins: Vec<String>) -> Gate {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| shared.duplicate());
+        Gate { inner: Arc::new(Inner { admins, ..inner }) }
+    }
+
+    /// The revocation list tokens are checked against.
+    pub fn revocations(&self) -> &Arc<crate::registry::revocations::RevocationList> {
+        &self.inner.revocations
+    }
+
+    /// Whether `identity` may use the admin API.
+    pub fn is_admin(&self, identity: &Identity) -> bool {
+        identity.subject.as_ref().is_some_and(|s| self.inner.admins.contains(s))
     }
 
     /// Also authenticate callers by their verified client certificate.
     pub fn with_mtls(self, rules: mtls::MtlsRules) -> Gate {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            htpasswd: shared.htpasswd.clone(),
-            realm: shared.realm.clone(),
-            cache: CredentialCache::new(),
-            token: shared.token.clone(),
-            issuers: shared.issuers.clone(),
-            mtls: None,
-        });
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| shared.duplicate());
         Gate { inner: Arc::new(Inner { mtls: Some(rules), ..inner }) }
     }
 
@@ -316,8 +357,23 @@ impl Gate {
         }
         let bytes = value.as_bytes();
         if bytes.len() >= 6 && bytes[..6].eq_ignore_ascii_case(b"bearer") && bytes.get(6).is_none_or(|b| *b == b' ') {
+            if !self.inner.revocations.is_loaded() {
+                // Fail closed: a token cannot be accepted before the
+                // revocations are known.
+                return Err(OciError::Unavailable {
+                    retry_after: Duration::from_secs(2),
+                    cause: "token revocations not loaded yet".into(),
+                });
+            }
             let raw = std::str::from_utf8(&bytes[6..]).map_err(|_| self.unauthorized("malformed token"))?.trim();
-            return match token::verify(raw, &self.inner.issuers, TOKEN_LEEWAY) {
+            let verified = token::verify(raw, &self.inner.issuers, TOKEN_LEEWAY).and_then(|claims| {
+                if self.inner.revocations.is_revoked(&claims.jti, &claims.sub, claims.iat) {
+                    Err(token::TokenError::Revoked)
+                } else {
+                    Ok(claims)
+                }
+            });
+            return match verified {
                 Ok(claims) => Ok(Identity {
                     token_access: Some(claims.access),
                     ..Identity::authenticated(claims.sub, AuthMethod::Bearer)
@@ -470,6 +526,10 @@ impl Gate {
             token::Issuer::new(t.issuer.clone(), vec![refresh_audience(&t.service)], vec![t.key.algorithm()]);
         issuer.add_signing_key(&t.key);
         match token::verify(raw, &[issuer], TOKEN_LEEWAY) {
+            Ok(claims) if self.inner.revocations.is_revoked(&claims.jti, &claims.sub, claims.iat) => {
+                tracing::info!(target: "berth::auth", method = "refresh_token", "revoked refresh token refused");
+                Err(self.unauthorized("invalid refresh token"))
+            }
             Ok(claims) => Ok(Identity::authenticated(claims.sub, AuthMethod::Htpasswd)),
             Err(e) => {
                 tracing::info!(target: "berth::auth", method = "refresh_token", reason = %e, "refresh token refused");

@@ -46,6 +46,11 @@ pub struct AuthConfig {
     pub issuers: Vec<IssuerConfig>,
     /// Authentication by TLS client certificate (needs server.tls with a client CA).
     pub mtls: Option<MtlsConfig>,
+    /// Subjects allowed to use the admin API (POST /admin/revocations).
+    pub admins: Vec<String>,
+    /// How often each replica re-reads the revocation records, in case an
+    /// announcement over Redis was missed.
+    pub revocation_reload: HumanDuration,
 }
 
 impl Default for AuthConfig {
@@ -57,6 +62,8 @@ impl Default for AuthConfig {
             token: None,
             issuers: Vec::new(),
             mtls: None,
+            admins: Vec::new(),
+            revocation_reload: HumanDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -609,6 +616,12 @@ impl Config {
                     message: "must be between 1s and 7d (S3's limit for presigned URLs)".into(),
                 });
             }
+        }
+        if self.auth.revocation_reload.0 < Duration::from_secs(1) {
+            return Err(ConfigError::Key {
+                key: "auth.revocation_reload".into(),
+                message: "must be at least 1s".into(),
+            });
         }
         if self.auth.reload_interval.0.is_zero() {
             return Err(ConfigError::Key { key: "auth.reload_interval".into(), message: "must be positive".into() });

@@ -6,6 +6,7 @@ pub mod access;
 pub mod cache;
 pub mod keys;
 mod manifests;
+pub mod revocations;
 mod uploads;
 
 use std::ops::Range;
