@@ -128,7 +128,19 @@ impl Server {
                 Err(e) => tracing::warn!(error = %e, "cannot sweep uploads left by an earlier run"),
             }
         }
-        let mut gate = build_gate(&config.auth)?.with_admins(config.auth.admins.clone());
+        let t = &config.auth.throttle;
+        let mut gate = build_gate(&config.auth)?.with_admins(config.auth.admins.clone()).with_throttle(
+            crate::auth::throttle::Throttle::new(
+                registry.state(),
+                crate::auth::throttle::ThrottleOptions {
+                    window: t.window.0,
+                    user_lockout: t.user_lockout,
+                    ip_lockout: t.ip_lockout,
+                    delay_after: t.delay_after,
+                    max_delay: t.max_delay.0,
+                },
+            ),
+        );
         if gate.required() {
             // Known before the first request; if the store cannot be read
             // now, bearer tokens get 503 until the sync task manages to.

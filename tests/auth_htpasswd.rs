@@ -43,15 +43,20 @@ fn write_htpasswd(path: &Path, alice_pw: &str) {
 }
 
 fn start(dir: &Path) -> (Berth, PathBuf) {
+    // Polling loops below send wrong passwords on purpose: keep the
+    // failed-login throttle out of their way (it has a test of its own).
+    start_with(dir, "[auth.throttle]\nuser_lockout = 1000\ndelay_after = 1000\n")
+}
+
+fn start_with(dir: &Path, extra: &str) -> (Berth, PathBuf) {
     let file = dir.join("users.htpasswd");
     write_htpasswd(&file, ALICE_PW);
     let toml = format!(
-        "[auth]\nrealm = \"berth-test\"\nhtpasswd = {:?}\nreload_interval = \"100ms\"\n",
+        "[auth]\nrealm = \"berth-test\"\nhtpasswd = {:?}\nreload_interval = \"100ms\"\n{extra}",
         file.display().to_string()
     );
     (Berth::start(&toml), file)
 }
-
 fn basic(user: &str, pw: &str) -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
 }
@@ -216,4 +221,39 @@ fn skopeo_and_oras_with_credentials() {
     let log = b.stderr();
     assert!(!log.contains(ALICE_PW) && !log.contains(BOB_PW), "a password reached the log");
     assert!(!log.contains("status=500") && !log.contains("\"status\":500"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_slow_down_then_lock_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, _file) = start_with(
+        dir.path(),
+        "[auth.throttle]\nwindow = \"10m\"\nuser_lockout = 3\nip_lockout = 8\ndelay_after = 1\nmax_delay = \"300ms\"\n",
+    );
+    for _ in 0..3 {
+        assert_eq!(status_of(&b, "/v2/", Some(basic("alice", "wrong"))).await.0, 401);
+    }
+    // Locked out: even the right password is refused, with Retry-After.
+    let resp = client().get(b.url("/v2/")).header("authorization", basic("alice", ALICE_PW)).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(resp.text().await.unwrap().contains("TOOMANYREQUESTS"));
+    // An unknown name is treated exactly the same.
+    for _ in 0..3 {
+        assert_eq!(status_of(&b, "/v2/", Some(basic("nobody", "wrong"))).await.0, 401);
+    }
+    assert_eq!(status_of(&b, "/v2/", Some(basic("nobody", "wrong"))).await.0, 429);
+    // Another user still gets in, until the address itself is locked out.
+    assert_eq!(status_of(&b, "/v2/", Some(basic("bob", BOB_PW))).await.0, 200);
+    for _ in 0..2 {
+        assert_eq!(status_of(&b, "/v2/", Some(basic("bob", "wrong"))).await.0, 401);
+    }
+    // The address is locked out for any new login attempt...
+    assert_eq!(status_of(&b, "/v2/", Some(basic("carol", "guess"))).await.0, 429);
+    // ...while credentials verified a moment ago keep working without a
+    // round trip to the shared counters.
+    assert_eq!(status_of(&b, "/v2/", Some(basic("bob", BOB_PW))).await.0, 200);
+    let log = b.stderr();
+    assert!(log.contains("too many failures"));
+    assert!(!log.contains(ALICE_PW) && !log.contains(BOB_PW));
 }

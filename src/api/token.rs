@@ -95,7 +95,8 @@ pub async fn token_get(State(app): State<Arc<App>>, req: Request) -> Response {
 /// `POST`: the OAuth2 form, `grant_type=password` (with `username`,
 /// `password`) or `grant_type=refresh_token` (with `refresh_token`).
 pub async fn token_post(State(app): State<Arc<App>>, req: Request) -> Response {
-    let form = match read_form(req.into_body()).await {
+    let (parts, body) = req.into_parts();
+    let form = match read_form(body).await {
         Ok(f) => f,
         Err(e) => return error_response(&e),
     };
@@ -109,7 +110,8 @@ pub async fn token_post(State(app): State<Arc<App>>, req: Request) -> Response {
                     "grant_type=password needs username and password".into(),
                 ));
             };
-            match app.gate.check_password(user, password.to_owned(), None).await {
+            let ip = parts.extensions.get::<super::PeerAddr>().map(|p| p.0.ip());
+            match app.gate.check_password(user, password.to_owned(), None, ip).await {
                 Ok(id) => id,
                 Err(OciError::Unauthorized { message, .. }) => return unauthorized(&app, message),
                 Err(e) => return error_response(&e),

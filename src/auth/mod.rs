@@ -15,6 +15,7 @@
 
 pub mod htpasswd;
 pub mod mtls;
+pub mod throttle;
 pub mod token;
 
 use std::collections::HashMap;
@@ -160,6 +161,8 @@ struct Inner {
     revocations: Arc<crate::registry::revocations::RevocationList>,
     /// Subjects allowed to use the admin API.
     admins: Vec<String>,
+    /// Fleet-wide failed-login counters.
+    throttle: Option<throttle::Throttle>,
 }
 
 impl Inner {
@@ -175,6 +178,7 @@ impl Inner {
             mtls: self.mtls.clone(),
             revocations: self.revocations.clone(),
             admins: self.admins.clone(),
+            throttle: self.throttle.clone(),
         }
     }
 }
@@ -230,8 +234,16 @@ impl Gate {
                 mtls: None,
                 revocations: Arc::default(),
                 admins: Vec::new(),
+                throttle: None,
             }),
         }
+    }
+
+    /// Count failed logins in shared state and slow down, then refuse,
+    /// repeated failures.
+    pub fn with_throttle(self, throttle: throttle::Throttle) -> Gate {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| shared.duplicate());
+        Gate { inner: Arc::new(Inner { throttle: Some(throttle), ..inner }) }
     }
 
     /// Subjects allowed to use the admin API (token revocation).
@@ -387,7 +399,8 @@ impl Gate {
         }
         let (user, password) =
             parse_basic(bytes).ok_or_else(|| self.unauthorized_at(origin, "malformed credentials"))?;
-        self.check_password(&user, password, origin).await
+        let ip = request.extensions.get::<crate::api::PeerAddr>().map(|p| p.0.ip());
+        self.check_password(&user, password, origin, ip).await
     }
 
     /// Check a user name and password (htpasswd). A failure is a 401
@@ -397,19 +410,36 @@ impl Gate {
         user: &str,
         password: String,
         origin: Option<&str>,
+        ip: Option<std::net::IpAddr>,
     ) -> Result<Identity, OciError> {
         let Some(htpasswd) = &self.inner.htpasswd else {
             return Err(self.unauthorized_at(origin, "password authentication is not configured"));
         };
+        // Credentials verified a moment ago cost nothing: not even the
+        // shared counters, so clients that send them on every request do
+        // not load Redis.
         let tag = self.inner.cache.tag(user, &password);
         if let Some(subject) = self.inner.cache.get(&tag) {
             return Ok(Identity::authenticated(subject, AuthMethod::Htpasswd));
+        }
+        if let Some(t) = &self.inner.throttle {
+            if let Err(retry_after) = t.check(user, ip).await {
+                tracing::info!(target: "berth::auth", method = "htpasswd", "login refused: too many failures");
+                return Err(OciError::TooManyRequests { retry_after });
+            }
         }
         let (h, u) = (htpasswd.clone(), user.to_owned());
         let ok = tokio::task::spawn_blocking(move || h.check(&u, &password)).await.map_err(OciError::internal)?;
         if !ok {
             tracing::info!(target: "berth::auth", method = "htpasswd", "authentication failed");
+            if let Some(t) = &self.inner.throttle {
+                let delay = t.failed(user, ip).await;
+                tokio::time::sleep(delay).await;
+            }
             return Err(self.unauthorized_at(origin, "authentication failed"));
+        }
+        if let Some(t) = &self.inner.throttle {
+            t.succeeded(user).await;
         }
         self.inner.cache.put(tag, user.to_owned());
         Ok(Identity::authenticated(user.to_owned(), AuthMethod::Htpasswd))

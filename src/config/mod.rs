@@ -51,6 +51,34 @@ pub struct AuthConfig {
     /// How often each replica re-reads the revocation records, in case an
     /// announcement over Redis was missed.
     pub revocation_reload: HumanDuration,
+    /// Failed-login throttling, shared by the fleet.
+    pub throttle: ThrottleConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    /// Failures are counted over this window.
+    pub window: HumanDuration,
+    /// Failures for one user name before its logins are refused (429).
+    pub user_lockout: i64,
+    /// Failures from one client address before its logins are refused.
+    pub ip_lockout: i64,
+    /// Failures before answers slow down (doubling from 100 ms).
+    pub delay_after: i64,
+    pub max_delay: HumanDuration,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            window: HumanDuration(Duration::from_secs(900)),
+            user_lockout: 10,
+            ip_lockout: 100,
+            delay_after: 3,
+            max_delay: HumanDuration(Duration::from_secs(2)),
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -64,6 +92,7 @@ impl Default for AuthConfig {
             mtls: None,
             admins: Vec::new(),
             revocation_reload: HumanDuration(Duration::from_secs(30)),
+            throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -616,6 +645,13 @@ impl Config {
                     message: "must be between 1s and 7d (S3's limit for presigned URLs)".into(),
                 });
             }
+        }
+        let t = &self.auth.throttle;
+        if t.window.0.is_zero() || t.user_lockout < 1 || t.ip_lockout < 1 || t.delay_after < 0 {
+            return Err(ConfigError::Key {
+                key: "auth.throttle".into(),
+                message: "window must be positive, lockouts at least 1, delay_after at least 0".into(),
+            });
         }
         if self.auth.revocation_reload.0 < Duration::from_secs(1) {
             return Err(ConfigError::Key {

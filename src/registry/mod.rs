@@ -124,6 +124,11 @@ impl Registry {
         &self.options
     }
 
+    /// The shared state, for the auth layer's fleet-wide counters.
+    pub fn state(&self) -> Arc<dyn SharedState> {
+        self.state.clone()
+    }
+
     /// Smallest chunk a client should send (the backend's minimum part size).
     pub fn min_chunk_length(&self) -> u64 {
         self.store.part_limits().min_part_size

@@ -66,6 +66,7 @@ pub trait SharedState: Send + Sync + fmt::Debug + 'static {
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()>;
     /// Write `key` only if `lease` is still held.
     async fn set_fenced(&self, key: &str, value: Bytes, ttl: Duration, lease: &Lease) -> Result<()>;
+    /// Remove a value or a counter.
     async fn delete(&self, key: &str) -> Result<()>;
 
     /// Take the lock `name` for `ttl`, or `None` if someone else holds it.

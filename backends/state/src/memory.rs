@@ -120,7 +120,10 @@ impl SharedState for MemoryState {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.tables().values.remove(key);
+        // Values and counters share one key space, as in Redis.
+        let mut t = self.tables();
+        t.values.remove(key);
+        t.counters.remove(key);
         Ok(())
     }
 

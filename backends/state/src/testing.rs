@@ -116,6 +116,9 @@ pub async fn counters(s: Arc<dyn SharedState>) {
     let results = futures::future::join_all(adds).await;
     assert_eq!(results.iter().max(), Some(&50));
     assert_eq!(s.incr("conf:c:b", 0, ttl).await.unwrap(), 50);
+    // `delete` removes a counter too: it starts again from zero.
+    s.delete("conf:c:b").await.unwrap();
+    assert_eq!(s.incr("conf:c:b", 0, ttl).await.unwrap(), 0);
 
     s.incr("conf:c:short", 3, Duration::from_millis(100)).await.unwrap();
     assert!(
