@@ -151,6 +151,9 @@ impl Server {
                 }
             }
         }
+        if let Some(l) = &config.auth.ldap {
+            gate = gate.with_ldap(crate::auth::ldap::LdapAuth::new(l.options()).context("auth.ldap")?);
+        }
         if let Some(m) = &config.auth.mtls {
             gate = gate.with_mtls(crate::auth::mtls::MtlsRules {
                 subject: match m.subject {

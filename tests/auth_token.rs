@@ -381,6 +381,8 @@ fn auth_examples_pass_config_check() {
     std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
     std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
     std::fs::write(dir.path().join("client-ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path().join("ldap-ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path().join("ldap-bind-password"), "example\n").unwrap();
     let sso = SigningKey::generate_es256().unwrap();
     std::fs::write(dir.path().join("sso-jwks.json"), serde_json::json!({"keys": [sso.public_jwk()]}).to_string())
         .unwrap();
@@ -398,7 +400,7 @@ fn auth_examples_pass_config_check() {
             checked += 1;
         }
     }
-    assert!(checked >= 4);
+    assert!(checked >= 5);
     // Without the files they name, the check fails and says which key.
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["config", "check"])

@@ -14,6 +14,7 @@
 //! [`Gate::challenge`]; the api layer only copies it into the header.
 
 pub mod htpasswd;
+pub mod ldap;
 pub mod mtls;
 pub mod throttle;
 pub mod token;
@@ -37,6 +38,8 @@ pub enum AuthMethod {
     Anonymous,
     /// `Authorization: Basic`, checked against the htpasswd file.
     Htpasswd,
+    /// `Authorization: Basic`, checked against the LDAP directory.
+    Ldap,
     /// `Authorization: Bearer`, a verified JWT.
     Bearer,
     /// A verified TLS client certificate.
@@ -71,6 +74,14 @@ impl Identity {
     }
 }
 
+/// Who a verified password belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verified {
+    subject: String,
+    groups: Vec<String>,
+    method: AuthMethod,
+}
+
 /// How long a verified password is remembered, so that a client sending
 /// Basic credentials on every request does not pay for a slow hash each time.
 const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
@@ -82,7 +93,7 @@ const CREDENTIAL_CACHE_MAX: usize = 10_000;
 #[derive(Debug)]
 struct CredentialCache {
     key: [u8; 32],
-    entries: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    entries: Mutex<HashMap<[u8; 32], (Verified, Instant)>>,
 }
 
 impl CredentialCache {
@@ -102,12 +113,12 @@ impl CredentialCache {
         mac.finalize().into_bytes().into()
     }
 
-    fn get(&self, tag: &[u8; 32]) -> Option<String> {
+    fn get(&self, tag: &[u8; 32]) -> Option<Verified> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(tag).filter(|(_, at)| at.elapsed() < CREDENTIAL_CACHE_TTL).map(|(user, _)| user.clone())
+        entries.get(tag).filter(|(_, at)| at.elapsed() < CREDENTIAL_CACHE_TTL).map(|(v, _)| v.clone())
     }
 
-    fn put(&self, tag: [u8; 32], user: String) {
+    fn put(&self, tag: [u8; 32], user: Verified) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= CREDENTIAL_CACHE_MAX {
             entries.retain(|_, (_, at)| at.elapsed() < CREDENTIAL_CACHE_TTL);
@@ -163,6 +174,8 @@ struct Inner {
     admins: Vec<String>,
     /// Fleet-wide failed-login counters.
     throttle: Option<throttle::Throttle>,
+    /// The LDAP directory, asked after the htpasswd file.
+    ldap: Option<Arc<ldap::LdapAuth>>,
 }
 
 impl Inner {
@@ -179,6 +192,7 @@ impl Inner {
             revocations: self.revocations.clone(),
             admins: self.admins.clone(),
             throttle: self.throttle.clone(),
+            ldap: self.ldap.clone(),
         }
     }
 }
@@ -235,8 +249,15 @@ impl Gate {
                 revocations: Arc::default(),
                 admins: Vec::new(),
                 throttle: None,
+                ldap: None,
             }),
         }
+    }
+
+    /// Also check passwords against an LDAP directory (after htpasswd).
+    pub fn with_ldap(self, ldap: ldap::LdapAuth) -> Gate {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| shared.duplicate());
+        Gate { inner: Arc::new(Inner { ldap: Some(Arc::new(ldap)), ..inner }) }
     }
 
     /// Count failed logins in shared state and slow down, then refuse,
@@ -270,7 +291,10 @@ impl Gate {
 
     /// Whether callers must authenticate.
     pub fn required(&self) -> bool {
-        self.inner.htpasswd.is_some() || !self.inner.issuers.is_empty() || self.inner.mtls.is_some()
+        self.inner.htpasswd.is_some()
+            || self.inner.ldap.is_some()
+            || !self.inner.issuers.is_empty()
+            || self.inner.mtls.is_some()
     }
 
     /// The token service, if this registry issues tokens.
@@ -412,15 +436,15 @@ impl Gate {
         origin: Option<&str>,
         ip: Option<std::net::IpAddr>,
     ) -> Result<Identity, OciError> {
-        let Some(htpasswd) = &self.inner.htpasswd else {
+        if self.inner.htpasswd.is_none() && self.inner.ldap.is_none() {
             return Err(self.unauthorized_at(origin, "password authentication is not configured"));
-        };
+        }
         // Credentials verified a moment ago cost nothing: not even the
         // shared counters, so clients that send them on every request do
         // not load Redis.
         let tag = self.inner.cache.tag(user, &password);
-        if let Some(subject) = self.inner.cache.get(&tag) {
-            return Ok(Identity::authenticated(subject, AuthMethod::Htpasswd));
+        if let Some(v) = self.inner.cache.get(&tag) {
+            return Ok(Identity { groups: v.groups, ..Identity::authenticated(v.subject, v.method) });
         }
         if let Some(t) = &self.inner.throttle {
             if let Err(retry_after) = t.check(user, ip).await {
@@ -428,21 +452,37 @@ impl Gate {
                 return Err(OciError::TooManyRequests { retry_after });
             }
         }
-        let (h, u) = (htpasswd.clone(), user.to_owned());
-        let ok = tokio::task::spawn_blocking(move || h.check(&u, &password)).await.map_err(OciError::internal)?;
-        if !ok {
-            tracing::info!(target: "berth::auth", method = "htpasswd", "authentication failed");
+        let mut verified = None;
+        if let Some(htpasswd) = &self.inner.htpasswd {
+            let (h, u, p) = (htpasswd.clone(), user.to_owned(), password.clone());
+            if tokio::task::spawn_blocking(move || h.check(&u, &p)).await.map_err(OciError::internal)? {
+                verified =
+                    Some(Verified { subject: user.to_owned(), groups: Vec::new(), method: AuthMethod::Htpasswd });
+            }
+        }
+        if let (None, Some(ldap)) = (&verified, &self.inner.ldap) {
+            match ldap.authenticate(user, &password).await {
+                Ok(Some((subject, groups))) => verified = Some(Verified { subject, groups, method: AuthMethod::Ldap }),
+                Ok(None) => {}
+                Err(e) => {
+                    // Never fall back to anonymous access.
+                    return Err(OciError::Unavailable { retry_after: Duration::from_secs(5), cause: e.to_string() });
+                }
+            }
+        }
+        let Some(verified) = verified else {
+            tracing::info!(target: "berth::auth", method = "password", "authentication failed");
             if let Some(t) = &self.inner.throttle {
                 let delay = t.failed(user, ip).await;
                 tokio::time::sleep(delay).await;
             }
             return Err(self.unauthorized_at(origin, "authentication failed"));
-        }
+        };
         if let Some(t) = &self.inner.throttle {
             t.succeeded(user).await;
         }
-        self.inner.cache.put(tag, user.to_owned());
-        Ok(Identity::authenticated(user.to_owned(), AuthMethod::Htpasswd))
+        self.inner.cache.put(tag, verified.clone());
+        Ok(Identity { groups: verified.groups, ..Identity::authenticated(verified.subject, verified.method) })
     }
 
     fn unauthorized_at(&self, origin: Option<&str>, message: &'static str) -> OciError {
@@ -691,8 +731,9 @@ mod tests {
         assert_ne!(t, c.tag("alice", "pw2"));
         assert_ne!(t, c.tag("alicep", "w"), "user and password are separated");
         assert_ne!(t, CredentialCache::new().tag("alice", "pw"), "the key is per process");
-        c.put(t, "alice".into());
-        assert_eq!(c.get(&t).as_deref(), Some("alice"));
+        let v = Verified { subject: "alice".into(), groups: vec!["g".into()], method: AuthMethod::Htpasswd };
+        c.put(t, v.clone());
+        assert_eq!(c.get(&t), Some(v));
         c.clear();
         assert_eq!(c.get(&t), None);
     }

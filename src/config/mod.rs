@@ -53,6 +53,81 @@ pub struct AuthConfig {
     pub revocation_reload: HumanDuration,
     /// Failed-login throttling, shared by the fleet.
     pub throttle: ThrottleConfig,
+    /// An LDAP directory, asked for passwords after the htpasswd file.
+    pub ldap: Option<LdapConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LdapConfig {
+    /// ldaps://host:636, or ldap://host:389 with starttls = true.
+    pub url: String,
+    pub starttls: bool,
+    /// Accept ldap:// without StartTLS (passwords in clear text).
+    pub insecure: bool,
+    /// Extra PEM CA bundle for the directory's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// The service account that searches for users.
+    pub bind_dn: String,
+    pub bind_password: Secret,
+    pub user_base: String,
+    /// {username} is replaced by the RFC 4515-escaped user name.
+    pub user_filter: String,
+    /// Attribute listing the user's group DNs (e.g. "memberOf"); unset to search groups instead.
+    pub group_attribute: Option<String>,
+    pub group_base: Option<String>,
+    /// {dn} is replaced by the escaped user DN.
+    pub group_filter: String,
+    pub group_name_attribute: String,
+    pub connect_timeout: HumanDuration,
+    pub operation_timeout: HumanDuration,
+    /// Service connections kept open per replica.
+    pub pool_size: usize,
+}
+
+impl LdapConfig {
+    /// The options of the LDAP authenticator.
+    pub fn options(&self) -> crate::auth::ldap::LdapOptions {
+        crate::auth::ldap::LdapOptions {
+            url: self.url.clone(),
+            starttls: self.starttls,
+            insecure: self.insecure,
+            ca_file: self.ca_file.clone(),
+            bind_dn: self.bind_dn.clone(),
+            bind_password: self.bind_password.expose().to_owned(),
+            user_base: self.user_base.clone(),
+            user_filter: self.user_filter.clone(),
+            group_attribute: self.group_attribute.clone(),
+            group_base: self.group_base.clone(),
+            group_filter: self.group_filter.clone(),
+            group_name_attribute: self.group_name_attribute.clone(),
+            connect_timeout: self.connect_timeout.0,
+            operation_timeout: self.operation_timeout.0,
+            pool_size: self.pool_size,
+        }
+    }
+}
+
+impl Default for LdapConfig {
+    fn default() -> Self {
+        LdapConfig {
+            url: String::new(),
+            starttls: false,
+            insecure: false,
+            ca_file: None,
+            bind_dn: String::new(),
+            bind_password: Secret::new(""),
+            user_base: String::new(),
+            user_filter: "(uid={username})".into(),
+            group_attribute: None,
+            group_base: None,
+            group_filter: "(member={dn})".into(),
+            group_name_attribute: "cn".into(),
+            connect_timeout: HumanDuration(Duration::from_secs(3)),
+            operation_timeout: HumanDuration(Duration::from_secs(5)),
+            pool_size: 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +168,7 @@ impl Default for AuthConfig {
             admins: Vec::new(),
             revocation_reload: HumanDuration(Duration::from_secs(30)),
             throttle: ThrottleConfig::default(),
+            ldap: None,
         }
     }
 }
@@ -552,7 +628,10 @@ impl Config {
     /// Whether any authentication is configured. The embedded core has none,
     /// so only loopback listeners (or `allow_anonymous`) are allowed.
     pub fn has_authentication(&self) -> bool {
-        self.auth.htpasswd.is_some() || !self.auth.issuers.is_empty() || self.auth.mtls.is_some()
+        self.auth.htpasswd.is_some()
+            || self.auth.ldap.is_some()
+            || !self.auth.issuers.is_empty()
+            || self.auth.mtls.is_some()
     }
 
     /// Refuse settings that are valid one by one but unsafe or useless together.
@@ -646,6 +725,28 @@ impl Config {
                 });
             }
         }
+        if let Some(l) = &self.auth.ldap {
+            crate::auth::ldap::LdapAuth::new(l.options())
+                .map_err(|e| ConfigError::Key { key: "auth.ldap".into(), message: e.to_string() })?;
+            if l.user_base.is_empty() || l.bind_dn.is_empty() {
+                return Err(ConfigError::Key {
+                    key: "auth.ldap.user_base".into(),
+                    message: "user_base and bind_dn are required".into(),
+                });
+            }
+            if l.group_attribute.is_none() && l.group_base.is_some() && !l.group_filter.contains("{dn}") {
+                return Err(ConfigError::Key {
+                    key: "auth.ldap.group_filter".into(),
+                    message: "must contain {dn}".into(),
+                });
+            }
+            if l.pool_size == 0 {
+                return Err(ConfigError::Key {
+                    key: "auth.ldap.pool_size".into(),
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
         let t = &self.auth.throttle;
         if t.window.0.is_zero() || t.user_lockout < 1 || t.ip_lockout < 1 || t.delay_after < 0 {
             return Err(ConfigError::Key {
@@ -700,10 +801,11 @@ impl Config {
         }
         if let Some(t) = &self.auth.token {
             let key = |k: &str| format!("auth.token.{k}");
-            if self.auth.htpasswd.is_none() {
+            if self.auth.htpasswd.is_none() && self.auth.ldap.is_none() {
                 return Err(ConfigError::Key {
                     key: key("key_file"),
-                    message: "the token service authenticates users with auth.htpasswd; configure it too".into(),
+                    message: "the token service authenticates users by password: configure auth.htpasswd or auth.ldap"
+                        .into(),
                 });
             }
             crate::auth::token::SigningKey::from_pem_file(&t.key_file)

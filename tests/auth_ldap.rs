@@ -1,0 +1,246 @@
+//! LDAP authentication against a real OpenLDAP `slapd` the test starts on
+//! loopback (users and groups loaded with `ldapadd`): good and bad
+//! passwords, unknown users, LDAP-injection attempts in the user name, an
+//! empty password (an "unauthenticated bind" must not log anyone in), LDAPS
+//! with a private CA, skopeo with directory credentials, and the directory
+//! stopped mid-run (503, never anonymous access) and started again.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::{client, Berth};
+
+const SUFFIX: &str = "dc=berth,dc=test";
+const ADMIN_PW: &str = "slapd-admin-pw";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn require(program: &str) {
+    let found =
+        Command::new("sh").arg("-c").arg(format!("command -v {program} || test -x /usr/sbin/{program}")).output();
+    assert!(
+        found.map(|o| o.status.success()).unwrap_or(false),
+        "{program} is not installed: run scripts/install-test-deps (apt-get install slapd ldap-utils)"
+    );
+}
+
+/// A slapd on two loopback ports (ldap:// and ldaps://); killed on drop.
+struct Slapd {
+    child: Option<Child>,
+    dir: PathBuf,
+    ldap_port: u16,
+    ldaps_port: u16,
+}
+
+impl Slapd {
+    fn start(dir: &Path) -> Slapd {
+        require("slapd");
+        require("ldapadd");
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        let sh = |cmd: &str| {
+            let out = Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().unwrap();
+            assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=ldap-test-ca -keyout ca.key -out ca.pem 2>/dev/null");
+        sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout srv.key -out srv.csr 2>/dev/null");
+        sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > ext.cnf && openssl x509 -req -in srv.csr -CA ca.pem \
+            -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out srv.pem 2>/dev/null");
+        let d = dir.display();
+        let conf = format!(
+            "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
+             include /etc/ldap/schema/inetorgperson.schema\ninclude /etc/ldap/schema/nis.schema\n\
+             modulepath /usr/lib/ldap\nmoduleload back_mdb\npidfile {d}/slapd.pid\n\
+             TLSCertificateFile {d}/srv.pem\nTLSCertificateKeyFile {d}/srv.key\n\
+             database mdb\nmaxsize 10485760\nsuffix \"{SUFFIX}\"\nrootdn \"cn=admin,{SUFFIX}\"\nrootpw {ADMIN_PW}\n\
+             directory {d}/db\n\
+             access to attrs=userPassword by self write by anonymous auth by * none\naccess to * by * read\n"
+        );
+        std::fs::write(dir.join("slapd.conf"), conf).unwrap();
+        let mut slapd = Slapd { child: None, dir: dir.to_owned(), ldap_port: free_port(), ldaps_port: free_port() };
+        slapd.run();
+        let ldif = format!(
+            "dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\no: berth\ndc: berth\n\n\
+             dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n\n\
+             dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups\n\n\
+             dn: uid=alice,ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: alice\ncn: Alice\nsn: A\nuserPassword: alice-ldap-pw\n\n\
+             dn: uid=bob,ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: bob\ncn: Bob\nsn: B\nuserPassword: bob-ldap-pw\n\n\
+             dn: uid=carol,ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: carol\ncn: Carol\nsn: C\nuserPassword: carol-ldap-pw\n\n\
+             dn: cn=builders,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: builders\nmember: uid=alice,ou=people,{SUFFIX}\n"
+        );
+        std::fs::write(dir.join("data.ldif"), ldif).unwrap();
+        let out = Command::new("ldapadd")
+            .args(["-x", "-H", &format!("ldap://127.0.0.1:{}", slapd.ldap_port), "-D", &format!("cn=admin,{SUFFIX}")])
+            .args(["-w", ADMIN_PW, "-f"])
+            .arg(dir.join("data.ldif"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ldapadd: {}", String::from_utf8_lossy(&out.stderr));
+        slapd
+    }
+
+    /// Start slapd (again) on its ports and wait until it answers.
+    fn run(&mut self) {
+        let urls = format!("ldap://127.0.0.1:{}/ ldaps://127.0.0.1:{}/", self.ldap_port, self.ldaps_port);
+        let slapd = if Path::new("/usr/sbin/slapd").exists() { "/usr/sbin/slapd" } else { "slapd" };
+        let child = Command::new(slapd)
+            .args(["-d", "0", "-f"])
+            .arg(self.dir.join("slapd.conf"))
+            .args(["-h", &urls])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = Command::new("ldapsearch")
+                .args(["-x", "-H", &format!("ldap://127.0.0.1:{}", self.ldap_port), "-b", "", "-s", "base"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "slapd never answered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn basic(user: &str, pw: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
+}
+
+async fn status(b: &Berth, user: &str, pw: &str) -> u16 {
+    client().get(b.url("/v2/")).header("authorization", basic(user, pw)).send().await.unwrap().status().as_u16()
+}
+
+fn berth_for(dir: &Path, url: &str, extra: &str) -> Berth {
+    std::fs::write(dir.join("bind-pw"), format!("{ADMIN_PW}\n")).unwrap();
+    let toml = format!(
+        "[auth.throttle]\nuser_lockout = 1000\ndelay_after = 1000\n\
+         [auth.ldap]\nurl = \"{url}\"\nbind_dn = \"cn=admin,{SUFFIX}\"\nbind_password = {{ file = {:?} }}\n\
+         user_base = \"ou=people,{SUFFIX}\"\ngroup_base = \"ou=groups,{SUFFIX}\"\n\
+         connect_timeout = \"1s\"\noperation_timeout = \"2s\"\n{extra}",
+        dir.join("bind-pw").display().to_string()
+    );
+    Berth::start(&toml)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_logins_injection_and_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut slapd = Slapd::start(dir.path());
+    let b = berth_for(dir.path(), &format!("ldap://127.0.0.1:{}", slapd.ldap_port), "insecure = true\n");
+
+    assert_eq!(status(&b, "alice", "alice-ldap-pw").await, 200);
+    assert_eq!(status(&b, "alice", "wrong").await, 401);
+    assert_eq!(status(&b, "mallory", "alice-ldap-pw").await, 401);
+    // An empty password would be an unauthenticated bind, which LDAP accepts.
+    assert_eq!(status(&b, "bob", "").await, 401);
+    // Filter injection: the name is escaped, so these match nobody.
+    for hostile in ["*", "alice)(uid=*", "*)(|(uid=*", "al*", "alice\\2a", "(uid=alice)", "alice\u{0}"] {
+        assert_eq!(status(&b, hostile, "alice-ldap-pw").await, 401, "{hostile:?}");
+    }
+
+    // The directory goes away: unknown credentials get 503, never access.
+    slapd.stop();
+    let resp = client().get(b.url("/v2/")).header("authorization", basic("bob", "bob-ldap-pw")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(status(&b, "carol", "nope").await, 503);
+    // Back again: logins work once the pool reconnects.
+    slapd.run();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while status(&b, "bob", "bob-ldap-pw").await != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "LDAP logins did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(&b, "bob", "wrong").await, 401);
+
+    let log = b.stderr();
+    for secret in ["alice-ldap-pw", "bob-ldap-pw", ADMIN_PW] {
+        assert!(!log.contains(secret), "a password reached the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldaps_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(dir.path());
+    let url = format!("ldaps://127.0.0.1:{}", slapd.ldaps_port);
+    let ca = dir.path().join("ca.pem").display().to_string();
+    let b = berth_for(dir.path(), &url, &format!("ca_file = {ca:?}\n"));
+    assert_eq!(status(&b, "alice", "alice-ldap-pw").await, 200);
+    assert_eq!(status(&b, "alice", "nope").await, 401);
+    drop(b);
+    // Without the CA the directory cannot be trusted: 503, not a login.
+    let untrusting = berth_for(dir.path(), &url, "");
+    assert_eq!(status(&untrusting, "alice", "alice-ldap-pw").await, 503);
+    // StartTLS on the plain port, with the CA.
+    let starttls = berth_for(
+        dir.path(),
+        &format!("ldap://127.0.0.1:{}", slapd.ldap_port),
+        &format!("starttls = true\nca_file = {ca:?}\n"),
+    );
+    assert_eq!(status(&starttls, "bob", "bob-ldap-pw").await, 200);
+}
+
+#[test]
+fn plain_ldap_must_be_asked_for_and_skopeo_logs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[auth.ldap]\nurl = \"ldap://127.0.0.1:1\"\nbind_dn = \"cn=x\"\nuser_base = \"dc=x\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["config", "check"])
+        .arg(dir.path().join("c.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("clear text"));
+
+    let slapd = Slapd::start(&dir.path().join("ldap"));
+    let b = berth_for(dir.path(), &format!("ldap://127.0.0.1:{}", slapd.ldap_port), "insecure = true\n");
+    let work = tempfile::tempdir().unwrap();
+    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/build-images.sh");
+    assert!(Command::new("bash").arg(build).arg(work.path()).status().unwrap().success());
+    let src = format!("oci:{}/oci:multi", work.path().display());
+    let dest = format!("docker://{}/team/ldap:v1", b.addr);
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "carol:carol-ldap-pw", &src, &dest])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo with LDAP credentials: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "carol:wrong", &src, &dest])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a wrong LDAP password pushed");
+}
