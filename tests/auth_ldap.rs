@@ -211,7 +211,7 @@ async fn ldaps_with_a_private_ca() {
 }
 
 #[test]
-fn plain_ldap_must_be_asked_for_and_skopeo_logs_in() {
+fn plain_ldap_must_be_asked_for_and_skopeo_and_oras_log_in() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("c.toml"),
@@ -243,4 +243,18 @@ fn plain_ldap_must_be_asked_for_and_skopeo_logs_in() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "a wrong LDAP password pushed");
+    let venv = std::env::var_os("BERTH_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/oras_referrers.py");
+    let out = Command::new(venv.join("bin/python"))
+        .arg(&script)
+        .arg(&b.addr)
+        .env("ORAS_USERNAME", "carol")
+        .env("ORAS_PASSWORD", "carol-ldap-pw")
+        .env("ORAS_AUTH_BACKEND", "basic")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "oras with LDAP credentials: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!b.stderr().contains("carol-ldap-pw"));
 }
