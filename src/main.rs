@@ -149,7 +149,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(cfg)) {
+            match runtime.block_on(serve(cfg, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("berth: {e:#}");
@@ -160,8 +160,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let server = berth::server::Server::bind(&cfg).await?;
+async fn serve(cfg: Config, config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut server = berth::server::Server::bind(&cfg).await?;
+    if let Some(path) = config_file {
+        // Access policies follow the file (and SIGHUP) without a restart.
+        server = server.watch_config(path);
+    }
     // Tests and scripts read the bound address (useful with port 0) from here.
     println!("listening on {}", server.local_addr()?);
     server.run(berth::server::shutdown_signal()).await

@@ -54,6 +54,8 @@ pub struct Server {
     auth_reload_interval: Duration,
     tls: Option<crate::tls::ReloadingTls>,
     revocation_reload: Duration,
+    /// The configuration file whose access policies are reloaded.
+    config_file: Option<std::path::PathBuf>,
 }
 
 /// Open the object store and shared state the configuration names, and the
@@ -151,6 +153,9 @@ impl Server {
                 }
             }
         }
+        if let Some(access) = &config.access {
+            gate.set_policy(Some(crate::auth::policy::AccessPolicy::new(access.clone()).map_err(anyhow::Error::msg)?));
+        }
         if let Some(l) = &config.auth.ldap {
             gate = gate.with_ldap(crate::auth::ldap::LdapAuth::new(l.options()).context("auth.ldap")?);
         }
@@ -200,7 +205,14 @@ impl Server {
             auth_reload_interval: config.auth.reload_interval.0,
             tls,
             revocation_reload: config.auth.revocation_reload.0,
+            config_file: None,
         })
+    }
+
+    /// Reload access policies from `path` when it changes or on SIGHUP.
+    pub fn watch_config(mut self, path: std::path::PathBuf) -> Server {
+        self.config_file = Some(path);
+        self
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -213,6 +225,10 @@ impl Server {
         let janitor = tokio::spawn(run_janitor(self.app.registry.clone(), self.janitor_interval));
         let auth_reloader = self.app.gate.spawn_reloader(self.auth_reload_interval);
         let tls_reloader = self.tls.as_ref().map(|t| t.spawn_reloader(self.auth_reload_interval));
+        let policy_reloader = self
+            .config_file
+            .clone()
+            .map(|path| tokio::spawn(reload_policies(self.app.gate.clone(), path, self.auth_reload_interval)));
         let revocation_sync = self.app.gate.required().then(|| {
             self.app.registry.spawn_revocation_sync(self.app.gate.revocations().clone(), self.revocation_reload)
         });
@@ -272,7 +288,7 @@ impl Server {
         tracing::info!(grace = ?self.limits.shutdown_grace, "shutting down: finishing in-flight requests");
         drop(self.listener);
         janitor.abort();
-        for r in [auth_reloader, tls_reloader, revocation_sync].into_iter().flatten() {
+        for r in [auth_reloader, tls_reloader, revocation_sync, policy_reloader].into_iter().flatten() {
             r.abort();
         }
         cache_listener.abort();
@@ -503,6 +519,45 @@ fn build_gate(c: &crate::config::AuthConfig) -> anyhow::Result<crate::auth::Gate
         );
     }
     Ok(crate::auth::Gate::new(htpasswd, c.realm.clone(), token, external))
+}
+
+/// Re-read the configuration file when it changes or on SIGHUP and install
+/// its access policy. A file that does not load or validate is refused with
+/// a log line, and the policy in force stays.
+async fn reload_policies(gate: crate::auth::Gate, path: std::path::PathBuf, every: Duration) {
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    let mut last = stamp(&path);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let by_signal = tokio::select! {
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            () = tokio::time::sleep(every) => false,
+        };
+        #[cfg(not(unix))]
+        let by_signal = {
+            tokio::time::sleep(every).await;
+            false
+        };
+        let now = stamp(&path);
+        if !by_signal && now == last {
+            continue;
+        }
+        last = now;
+        let loaded = crate::config::load(Some(&path), std::env::vars())
+            .and_then(|c| c.validate().map(|()| c))
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.access.map(crate::auth::policy::AccessPolicy::new).transpose());
+        match loaded {
+            Ok(policy) => {
+                let rules = policy.is_some();
+                gate.set_policy(policy);
+                tracing::info!(by_signal, access_policy = rules, "access policy reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "access policy not reloaded; the previous one stays in force"),
+        }
+    }
 }
 
 /// The S3 store the configuration describes.

@@ -483,7 +483,10 @@ async fn manifest_put(
     }
     let body: Bytes = buf.freeze();
     let content_type = header_str(headers, &header::CONTENT_TYPE);
-    let pushed = app.registry.manifest_put(&access, reference, content_type, body).await?;
+    // Moving an existing tag needs `update` as well; without it the push
+    // may still create tags and push by digest.
+    let may_move = app.gate.authorize::<crate::registry::Update>(id, name).ok();
+    let pushed = app.registry.manifest_put(&access, may_move.as_ref(), reference, content_type, body).await?;
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
     h.insert(header::LOCATION, hv(&format!("/v2/{name}/manifests/{}", pushed.digest)));

@@ -16,6 +16,7 @@
 pub mod htpasswd;
 pub mod ldap;
 pub mod mtls;
+pub mod policy;
 pub mod throttle;
 pub mod token;
 
@@ -176,6 +177,9 @@ struct Inner {
     throttle: Option<throttle::Throttle>,
     /// The LDAP directory, asked after the htpasswd file.
     ldap: Option<Arc<ldap::LdapAuth>>,
+    /// Access-control policies; replaced whole when the configuration is
+    /// reloaded. `None`: authenticated callers may do everything.
+    policy: Arc<std::sync::RwLock<Option<Arc<policy::AccessPolicy>>>>,
 }
 
 impl Inner {
@@ -193,6 +197,7 @@ impl Inner {
             admins: self.admins.clone(),
             throttle: self.throttle.clone(),
             ldap: self.ldap.clone(),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -250,8 +255,19 @@ impl Gate {
                 admins: Vec::new(),
                 throttle: None,
                 ldap: None,
+                policy: Arc::default(),
             }),
         }
+    }
+
+    /// Install (or replace) the access policy; requests in flight finish
+    /// under the policy they started with.
+    pub fn set_policy(&self, policy: Option<policy::AccessPolicy>) {
+        *self.inner.policy.write().unwrap_or_else(|p| p.into_inner()) = policy.map(Arc::new);
+    }
+
+    fn policy(&self) -> Option<Arc<policy::AccessPolicy>> {
+        self.inner.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Also check passwords against an LDAP directory (after htpasswd).
@@ -492,7 +508,8 @@ impl Gate {
     /// Refuse anonymous callers when authentication is configured (the
     /// `/v2/` check and the catalog).
     pub fn require_identity(&self, identity: &Identity) -> Result<(), OciError> {
-        if self.required() && identity.is_anonymous() {
+        let anonymous_welcome = self.policy().is_some_and(|p| p.anonymous_may_read_something());
+        if self.required() && identity.is_anonymous() && !anonymous_welcome {
             return Err(self.unauthorized_for(identity, None, "authentication required"));
         }
         Ok(())
@@ -501,13 +518,27 @@ impl Gate {
     /// Grant `A` on `repo` to `identity`, or refuse with a challenge for
     /// the scope that would have been needed.
     pub fn authorize<A: Action>(&self, identity: &Identity, repo: &RepoName) -> Result<Access<A>, OciError> {
-        let scope = || format!("repository:{repo}:{}", A::NAME);
-        if self.required() && identity.is_anonymous() {
-            return Err(self.unauthorized_for(identity, Some(&scope()), "authentication required"));
+        // Tokens speak pull/push/delete; moving a tag is part of push.
+        let token_action = if A::NAME == "update" { "push" } else { A::NAME };
+        let scope = || format!("repository:{repo}:{token_action}");
+        // Policy is checked on every use, tokens included, so a policy
+        // change applies at once.
+        let allowed = match self.policy() {
+            Some(policy) => policy.allows(identity, repo.as_str(), perm_of(A::NAME)),
+            None => !(self.required() && identity.is_anonymous()),
+        };
+        if !allowed {
+            if identity.is_anonymous() {
+                return Err(self.unauthorized_for(identity, Some(&scope()), "authentication required"));
+            }
+            tracing::info!(target: "berth::auth", repo = %repo, action = A::NAME, "denied by policy");
+            return Err(OciError::Denied);
         }
         if let Some(granted) = &identity.token_access {
             let allowed = granted.iter().any(|g| {
-                g.kind == "repository" && g.name == repo.as_str() && g.actions.iter().any(|a| a == A::NAME || a == "*")
+                g.kind == "repository"
+                    && g.name == repo.as_str()
+                    && g.actions.iter().any(|a| a == token_action || a == "*")
             });
             if !allowed {
                 // RFC 6750: a valid token with too little scope is 403, with
@@ -525,7 +556,11 @@ impl Gate {
 
     /// Whether `identity` may see `repo` in the catalog.
     pub fn may_list(&self, identity: &Identity, repo: &str) -> bool {
-        if self.required() && identity.is_anonymous() {
+        if let Some(policy) = self.policy() {
+            if !policy.allows(identity, repo, policy::Perm::Read) {
+                return false;
+            }
+        } else if self.required() && identity.is_anonymous() {
             return false;
         }
         match &identity.token_access {
@@ -621,14 +656,25 @@ impl Gate {
             "registry" => wanted.name == "catalog",
             _ => false,
         };
-        if known {
-            granted.actions = wanted
-                .actions
-                .iter()
-                .filter(|a| matches!(a.as_str(), "pull" | "push" | "delete" | "*"))
-                .cloned()
-                .collect();
+        if !known {
+            return granted;
         }
+        let policy = self.policy();
+        let actions: Vec<&str> = if wanted.actions.iter().any(|a| a == "*") {
+            vec!["pull", "push", "delete"]
+        } else {
+            wanted.actions.iter().map(String::as_str).filter(|a| matches!(*a, "pull" | "push" | "delete")).collect()
+        };
+        granted.actions = actions
+            .into_iter()
+            .filter(|a| match (&policy, wanted.kind.as_str()) {
+                (None, _) => true,
+                (Some(p), "repository") => p.allows(identity, &wanted.name, perm_of(a)),
+                // The catalog lists only readable repositories anyway.
+                (Some(_), _) => true,
+            })
+            .map(str::to_owned)
+            .collect();
         granted
     }
 }
@@ -657,6 +703,16 @@ pub fn external_issuer(c: &crate::config::IssuerConfig) -> Result<token::Issuer,
     let mut issuer = token::Issuer::new(c.name.clone(), c.audiences.clone(), algorithms);
     issuer.add_jwks_file(&c.jwks_file).map_err(|e| ("jwks_file", e.to_string()))?;
     Ok(issuer)
+}
+
+/// The permission an action name needs.
+fn perm_of(action: &str) -> policy::Perm {
+    match action {
+        "pull" => policy::Perm::Read,
+        "push" => policy::Perm::Create,
+        "update" => policy::Perm::Update,
+        _ => policy::Perm::Delete,
+    }
 }
 
 /// A token minted by [`Gate::issue_token`].

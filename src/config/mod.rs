@@ -27,6 +27,9 @@ pub struct Config {
     pub cache: CacheConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    /// Access-control policies; without this section an authenticated
+    /// caller may do everything.
+    pub access: Option<crate::auth::policy::AccessConfig>,
 }
 
 /// Authentication. With nothing configured every caller is anonymous, which
@@ -746,6 +749,10 @@ impl Config {
                     message: "must be at least 1".into(),
                 });
             }
+        }
+        if let Some(access) = &self.access {
+            crate::auth::policy::AccessPolicy::new(access.clone())
+                .map_err(|message| ConfigError::Key { key: "access".into(), message })?;
         }
         let t = &self.auth.throttle;
         if t.window.0.is_zero() || t.user_lockout < 1 || t.ip_lockout < 1 || t.delay_after < 0 {

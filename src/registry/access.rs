@@ -21,6 +21,9 @@ pub enum Push {}
 /// Delete manifests, tags and blob links.
 #[derive(Debug)]
 pub enum Delete {}
+/// Move an existing tag to another manifest.
+#[derive(Debug)]
+pub enum Update {}
 
 impl Action for Pull {
     const NAME: &'static str = "pull";
@@ -30,6 +33,9 @@ impl Action for Push {
 }
 impl Action for Delete {
     const NAME: &'static str = "delete";
+}
+impl Action for Update {
+    const NAME: &'static str = "update";
 }
 
 /// Proof that the caller may perform `A` on one repository.

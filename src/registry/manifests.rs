@@ -12,7 +12,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use berth_storage::{ObjectStoreExt, PutMode};
 
 use super::keys;
-use super::{Access, Delete, Pull, Push, Registry, Result};
+use super::{Access, Delete, Pull, Push, Registry, Result, Update};
 use crate::oci::manifest::{self, ManifestError, MAX_MANIFEST_SIZE};
 use crate::oci::{Descriptor, Digest, Manifest, OciError, Reference, RepoName, Tag};
 
@@ -110,10 +110,12 @@ impl Registry {
         Ok(m)
     }
 
-    /// Validate and store a manifest, tagging it when pushed by tag.
+    /// Validate and store a manifest, tagging it when pushed by tag. Moving
+    /// a tag that points at another manifest also needs `may_move`.
     pub async fn manifest_put(
         &self,
         access: &Access<Push>,
+        may_move: Option<&Access<Update>>,
         reference: &Reference,
         content_type: Option<&str>,
         body: Bytes,
@@ -131,6 +133,14 @@ impl Registry {
             Reference::Tag(_) => Digest::sha256(&body),
         };
         self.check_references(repo, &parsed).await?;
+        if let (Reference::Tag(tag), None) = (reference, may_move) {
+            match self.store.get_bytes(&keys::tag(repo, tag), 1024).await {
+                Ok(current) if current != digest.to_string().as_bytes() => return Err(OciError::Denied),
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
 
         let media_type = parsed.kind.media_type();
         self.store.put(&keys::revision(repo, &digest), encode_revision(media_type, &body), PutMode::Overwrite).await?;

@@ -18,7 +18,7 @@ use berth_storage::{ByteStream, ObjectStore, ObjectStoreExt, PutMode, StorageErr
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-pub use access::{Access, Delete, Pull, Push};
+pub use access::{Access, Delete, Pull, Push, Update};
 pub use manifests::{PushedManifest, StoredManifest};
 pub use uploads::{JanitorReport, UploadSession, UploadStatus};
 
