@@ -6,12 +6,36 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Install the global subscriber. `RUST_LOG`, when set, wins over the config.
 pub fn init(config: &LogConfig) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let main = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let main = match config.format {
+        LogFormat::Json => main.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Text => main.with_filter(filter).boxed(),
     };
+    // The audit trail, as JSON lines in a file of its own when configured.
+    let audit = config.audit_file.as_ref().and_then(|path| {
+        match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Ok(file) => Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::sync::Mutex::new(file))
+                    .with_filter(
+                        tracing_subscriber::filter::Targets::new().with_target("berth::audit", tracing::Level::INFO),
+                    )
+                    .boxed(),
+            ),
+            Err(e) => {
+                eprintln!("berth: cannot open the audit log {}: {e}", path.display());
+                None
+            }
+        }
+    });
+    let _ = tracing_subscriber::registry().with(main).with(audit).try_init();
 }

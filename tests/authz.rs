@@ -81,8 +81,9 @@ fn start() -> Setup {
         key.display().to_string()
     );
     let config = dir.path().join("extra.toml");
+    let log = format!("[log]\naudit_file = {:?}\n", dir.path().join("audit.jsonl").display().to_string());
     std::fs::write(&config, format!("{auth}{POLICY}")).unwrap();
-    let berth = Berth::start(&format!("{auth}{POLICY}"));
+    let berth = Berth::start(&format!("{log}{auth}{POLICY}"));
     Setup { _dir: dir, config, berth }
 }
 
@@ -354,6 +355,22 @@ async fn authorization_matrix() {
     let claims: serde_json::Value =
         serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
     assert_eq!(claims["access"], serde_json::json!([{"type": "repository", "name": "team/app", "actions": ["pull"]}]));
+
+    // The audit trail: JSON lines with writes, denials and failed
+    // authentications, and no credential anywhere.
+    let audit = std::fs::read_to_string(s._dir.path().join("audit.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let has = |subject: &str, outcome: &str, operation: &str| {
+        records.iter().any(|r| r["subject"] == subject && r["outcome"] == outcome && r["operation"] == operation)
+    };
+    assert!(has("writer", "ok", "manifest_put"), "no record of a write");
+    assert!(has("other", "denied", "manifest_get"), "no record of a denial");
+    assert!(has("anonymous", "unauthenticated", "blob_get"), "no record of a failed authentication");
+    assert!(records.iter().all(|r| r["target"] == "berth::audit" || r.get("target").is_none()));
+    assert!(records.iter().all(|r| r["client"].as_str().is_some_and(|c| c.starts_with("127."))));
+    for secret in ["reader-password", "writer-password", "admin-password", "other-password", token.as_str()] {
+        assert!(!audit.contains(secret), "a credential reached the audit log");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

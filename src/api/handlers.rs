@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http::header::{self, HeaderName};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt as _;
 use serde_json::json;
 use std::time::Duration;
@@ -55,16 +55,23 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         }
         Err(ParseError::Invalid(e)) => return error_response(&e),
     };
+    let peer = parts.extensions.get::<super::PeerAddr>().map(|p| p.0.ip());
+    let (operation, repo) = (endpoint.operation(), endpoint.repo().map(|r| r.to_string()));
+    let write = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
     let identity = match app.gate.authenticate(&parts).await {
         Ok(id) => id,
-        Err(e) => return error_response(&e),
+        Err(e) => {
+            let resp = error_response(&e);
+            audit(None, peer, repo.as_deref(), operation, resp.status());
+            return resp;
+        }
     };
     let upload_id = match &endpoint {
         Endpoint::UploadPatch { name, id } | Endpoint::UploadPut { name, id } => Some((name.clone(), id.clone())),
         _ => None,
     };
     let result = handle(&app, &identity, endpoint, parts, body).await;
-    match (result, upload_id) {
+    let resp = match (result, upload_id) {
         (Ok(resp), _) => resp,
         (Err(OciError::UploadOffsetMismatch { offset }), Some((name, id))) => {
             // Tell the client where the upload stands so it can resume.
@@ -73,7 +80,45 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
             resp
         }
         (Err(e), _) => error_response(&e),
+    };
+    let status = resp.status();
+    if write || matches!(status.as_u16(), 401 | 403 | 429) {
+        audit(Some(&identity), peer, repo.as_deref(), operation, status);
     }
+    resp
+}
+
+/// One audit record (target `berth::audit`): every write and delete, every
+/// denial and failed authentication. Identity, address, repository,
+/// operation and outcome; never a credential.
+fn audit(
+    identity: Option<&Identity>,
+    peer: Option<std::net::IpAddr>,
+    repo: Option<&str>,
+    operation: &str,
+    status: StatusCode,
+) {
+    let subject = identity.and_then(|i| i.subject.as_deref()).unwrap_or("anonymous");
+    let method = identity.map(|i| format!("{:?}", i.method).to_lowercase()).unwrap_or_else(|| "failed".into());
+    let outcome = match status.as_u16() {
+        200..=299 => "ok",
+        401 => "unauthenticated",
+        403 => "denied",
+        429 => "throttled",
+        400..=499 => "refused",
+        _ => "error",
+    };
+    tracing::info!(
+        target: "berth::audit",
+        subject,
+        auth = %method,
+        client = %peer.map(|p| p.to_string()).unwrap_or_default(),
+        repository = repo.unwrap_or(""),
+        operation,
+        status = status.as_u16(),
+        outcome,
+        "audit"
+    );
 }
 
 async fn handle(app: &App, id: &Identity, endpoint: Endpoint, parts: Parts, body: DrainOnDrop) -> HandlerResult {

@@ -553,13 +553,15 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
+    /// Also write the audit trail (target `berth::audit`) as JSON lines here.
+    pub audit_file: Option<PathBuf>,
     /// A tracing filter directive, e.g. `info` or `berth=debug,info`.
     pub level: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".into() }
+        LogConfig { format: LogFormat::Text, audit_file: None, level: "info".into() }
     }
 }
 
