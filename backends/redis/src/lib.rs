@@ -74,6 +74,7 @@ struct Scripts {
     extend: Script,
     unlock: Script,
     incr: Script,
+    rate_limit: Script,
 }
 
 impl Scripts {
@@ -113,6 +114,21 @@ impl Scripts {
                 r"local v = redis.call('INCRBY', KEYS[1], ARGV[1])
                   if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
                   return v",
+            ),
+            // GCRA. KEYS: the theoretical arrival time. ARGV: interval ms,
+            // burst. Returns 0 to admit, or the ms to wait. Redis's own
+            // clock, so every replica agrees.
+            rate_limit: Script::new(
+                r"local t = redis.call('TIME')
+                  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                  local interval = tonumber(ARGV[1])
+                  local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+                  if tat < now then tat = now end
+                  local new_tat = tat + interval
+                  local allow_at = new_tat - interval * tonumber(ARGV[2])
+                  if now < allow_at then return allow_at - now end
+                  redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, new_tat - now))
+                  return 0",
             ),
         }
     }
@@ -269,6 +285,20 @@ impl SharedState for RedisState {
     async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
         let mut c = self.conn.clone();
         self.scripts.incr.key(self.key(key)).arg(by).arg(ms(ttl)).invoke_async(&mut c).await.map_err(map_err)
+    }
+
+    async fn rate_limit(&self, key: &str, interval: Duration, burst: u32) -> Result<Option<Duration>> {
+        let mut c = self.conn.clone();
+        let wait: i64 = self
+            .scripts
+            .rate_limit
+            .key(self.key(key))
+            .arg(ms(interval))
+            .arg(burst)
+            .invoke_async(&mut c)
+            .await
+            .map_err(map_err)?;
+        Ok((wait > 0).then(|| Duration::from_millis(wait as u64)))
     }
 
     async fn schedule(&self, queue: &str, member: &str, due: SystemTime) -> Result<()> {

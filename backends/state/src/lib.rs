@@ -80,6 +80,12 @@ pub trait SharedState: Send + Sync + fmt::Debug + 'static {
     /// counter expires `ttl` after its creation.
     async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64>;
 
+    /// One request against a rate limit (GCRA): a request costs `interval`,
+    /// and up to `burst` may come at once. `Ok(None)` admits it;
+    /// `Ok(Some(wait))` refuses it, and one will be admitted after `wait`.
+    /// Atomic, one round trip.
+    async fn rate_limit(&self, key: &str, interval: Duration, burst: u32) -> Result<Option<Duration>>;
+
     /// Schedule `member` in `queue` at time `due` (replacing an earlier time).
     async fn schedule(&self, queue: &str, member: &str, due: SystemTime) -> Result<()>;
     /// Remove `member` from `queue`.

@@ -39,6 +39,8 @@ struct Queue {
 struct Tables {
     values: HashMap<String, Expiring<Bytes>>,
     counters: HashMap<String, Expiring<i64>>,
+    /// Rate limits: theoretical arrival time per key.
+    tats: HashMap<String, Instant>,
     locks: HashMap<String, Expiring<u64>>,
     /// Last fencing token issued. One counter for all locks keeps every
     /// name's tokens increasing without remembering each name forever.
@@ -167,6 +169,22 @@ impl SharedState for MemoryState {
         }
         entry.value = entry.value.saturating_add(by);
         Ok(entry.value)
+    }
+
+    async fn rate_limit(&self, key: &str, interval: Duration, burst: u32) -> Result<Option<Duration>> {
+        let now = Instant::now();
+        let mut t = self.tables();
+        let tat = t.tats.get(key).copied().filter(|tat| *tat > now).unwrap_or(now);
+        let new_tat = tat + interval;
+        let allow_at = new_tat.checked_sub(interval * burst).unwrap_or(now);
+        if now < allow_at {
+            return Ok(Some(allow_at - now));
+        }
+        t.tats.insert(key.to_owned(), new_tat);
+        if t.tats.len() > 100_000 {
+            t.tats.retain(|_, tat| *tat > now);
+        }
+        Ok(None)
     }
 
     async fn schedule(&self, queue: &str, member: &str, due: SystemTime) -> Result<()> {

@@ -35,8 +35,36 @@ pub async fn run_all(state: Arc<dyn SharedState>) {
     values_and_expiry(state.as_ref()).await;
     locks_and_fencing(state.as_ref()).await;
     counters(state.clone()).await;
+    rate_limits(state.clone()).await;
     schedules(state.as_ref()).await;
     pubsub(state.as_ref()).await;
+}
+
+/// GCRA: a burst is admitted, the next is refused with the wait until one
+/// more is, concurrent callers share one budget, keys are independent.
+pub async fn rate_limits(s: Arc<dyn SharedState>) {
+    let interval = Duration::from_millis(200);
+    for i in 0..3 {
+        assert_eq!(s.rate_limit("conf:rl:a", interval, 3).await.unwrap(), None, "request {i} of the burst");
+    }
+    let wait = s.rate_limit("conf:rl:a", interval, 3).await.unwrap().expect("over the burst");
+    assert!(wait <= interval && !wait.is_zero(), "{wait:?}");
+    assert_eq!(s.rate_limit("conf:rl:other", interval, 3).await.unwrap(), None);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let s = s.clone();
+            async move { s.rate_limit("conf:rl:a", interval, 3).await.unwrap().is_none() }
+        })
+        .await,
+        "the budget never refilled"
+    );
+    // Many concurrent callers: no more than the burst get through at once.
+    let tries = (0..20).map(|_| {
+        let s = s.clone();
+        async move { s.rate_limit("conf:rl:b", Duration::from_secs(60), 5).await.unwrap().is_none() }
+    });
+    let admitted = futures::future::join_all(tries).await.into_iter().filter(|a| *a).count();
+    assert_eq!(admitted, 5);
 }
 
 pub async fn values_and_expiry(s: &dyn SharedState) {
