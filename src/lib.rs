@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod oci;
+pub mod ratelimit;
 pub mod registry;
 pub mod server;
 pub mod telemetry;

@@ -187,7 +187,18 @@ impl Server {
             ),
             None => None,
         };
-        let app = Arc::new(App::new(registry, gate, body_idle));
+        let mut app = App::new(registry, gate, body_idle);
+        if config.rate_limit.enabled {
+            app.limiter = Some(crate::ratelimit::RateLimiter::new(app.registry.state(), config.rate_limit.clone()));
+        }
+        app.trusted_proxies = config
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|p| p.parse().map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()
+            .context("server.trusted_proxies")?;
+        let app = Arc::new(app);
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -55,7 +55,7 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         }
         Err(ParseError::Invalid(e)) => return error_response(&e),
     };
-    let peer = parts.extensions.get::<super::PeerAddr>().map(|p| p.0.ip());
+    let peer = app.client_address(&parts);
     let (operation, repo) = (endpoint.operation(), endpoint.repo().map(|r| r.to_string()));
     let write = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
     let identity = match app.gate.authenticate(&parts).await {
@@ -70,7 +70,11 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         Endpoint::UploadPatch { name, id } | Endpoint::UploadPut { name, id } => Some((name.clone(), id.clone())),
         _ => None,
     };
-    let result = handle(&app, &identity, endpoint, parts, body).await;
+    let class = if write { crate::ratelimit::Class::Write } else { crate::ratelimit::Class::Read };
+    let result = match app.admit(class, &identity, peer, repo.as_deref()).await {
+        Ok(()) => handle(&app, &identity, endpoint, parts, body).await,
+        Err(e) => Err(e),
+    };
     let resp = match (result, upload_id) {
         (Ok(resp), _) => resp,
         (Err(OciError::UploadOffsetMismatch { offset }), Some((name, id))) => {

@@ -36,11 +36,51 @@ pub struct App {
     pub body_idle_timeout: Duration,
     /// Set when shutdown starts: readiness turns 503 so traffic moves away.
     draining: AtomicBool,
+    /// Request budgets shared by the fleet.
+    pub limiter: Option<crate::ratelimit::RateLimiter>,
+    /// Peers whose X-Forwarded-For / Forwarded headers are believed.
+    pub trusted_proxies: Vec<crate::ratelimit::Cidr>,
 }
 
 impl App {
     pub fn new(registry: Registry, gate: Gate, body_idle_timeout: Duration) -> App {
-        App { registry, gate, body_idle_timeout, draining: AtomicBool::new(false) }
+        App {
+            registry,
+            gate,
+            body_idle_timeout,
+            draining: AtomicBool::new(false),
+            limiter: None,
+            trusted_proxies: Vec::new(),
+        }
+    }
+
+    /// The client's address: the peer, or what a trusted proxy says.
+    pub fn client_address(&self, parts: &http::request::Parts) -> Option<std::net::IpAddr> {
+        let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
+        crate::ratelimit::client_address(peer, &parts.headers, &self.trusted_proxies)
+    }
+
+    /// Count a request against its budget.
+    pub async fn admit(
+        &self,
+        class: crate::ratelimit::Class,
+        identity: &crate::auth::Identity,
+        client: Option<std::net::IpAddr>,
+        repo: Option<&str>,
+    ) -> Result<(), crate::oci::OciError> {
+        use crate::ratelimit::Verdict;
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        match limiter.check(class, identity, client, repo).await {
+            Verdict::Allow => Ok(()),
+            Verdict::Limited(wait) => {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                Err(crate::oci::OciError::TooManyRequests { retry_after: Duration::from_secs(secs.max(1)) })
+            }
+            Verdict::Unavailable => Err(crate::oci::OciError::Unavailable {
+                retry_after: Duration::from_secs(5),
+                cause: "rate limiter unavailable and configured to fail closed".into(),
+            }),
+        }
     }
 
     pub fn set_draining(&self) {

@@ -68,6 +68,10 @@ fn token_json(issued: &IssuedToken, oauth: bool) -> Response {
 /// refresh token.
 pub async fn token_get(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
+    let client = app.client_address(&parts);
+    if let Err(e) = app.admit(crate::ratelimit::Class::Auth, &Identity::anonymous(), client, None).await {
+        return error_response(&e);
+    }
     let params = params(parts.uri.query().unwrap_or("").as_bytes());
     if let Err(e) = check_service(&app, &params) {
         return error_response(&e);
@@ -96,6 +100,10 @@ pub async fn token_get(State(app): State<Arc<App>>, req: Request) -> Response {
 /// `password`) or `grant_type=refresh_token` (with `refresh_token`).
 pub async fn token_post(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    let client = app.client_address(&parts);
+    if let Err(e) = app.admit(crate::ratelimit::Class::Auth, &Identity::anonymous(), client, None).await {
+        return error_response(&e);
+    }
     let form = match read_form(body).await {
         Ok(f) => f,
         Err(e) => return error_response(&e),
@@ -110,8 +118,7 @@ pub async fn token_post(State(app): State<Arc<App>>, req: Request) -> Response {
                     "grant_type=password needs username and password".into(),
                 ));
             };
-            let ip = parts.extensions.get::<super::PeerAddr>().map(|p| p.0.ip());
-            match app.gate.check_password(user, password.to_owned(), None, ip).await {
+            match app.gate.check_password(user, password.to_owned(), None, client).await {
                 Ok(id) => id,
                 Err(OciError::Unauthorized { message, .. }) => return unauthorized(&app, message),
                 Err(e) => return error_response(&e),

@@ -30,6 +30,8 @@ pub struct Config {
     /// Access-control policies; without this section an authenticated
     /// caller may do everything.
     pub access: Option<crate::auth::policy::AccessConfig>,
+    /// Request budgets shared by the fleet.
+    pub rate_limit: crate::ratelimit::RateLimitConfig,
 }
 
 /// Authentication. With nothing configured every caller is anonymous, which
@@ -264,6 +266,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// TLS on the listener; plain HTTP when absent.
     pub tls: Option<TlsConfig>,
+    /// Proxies (addresses or CIDR ranges) whose X-Forwarded-For and
+    /// Forwarded headers name the client; anyone else's are ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Whether clients present certificates.
@@ -330,6 +335,7 @@ impl Default for ServerConfig {
             connection_idle_timeout: HumanDuration(Duration::from_secs(300)),
             max_connections: 16_384,
             tls: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -751,6 +757,11 @@ impl Config {
                     message: "must be at least 1".into(),
                 });
             }
+        }
+        self.rate_limit.validate().map_err(|message| ConfigError::Key { key: "rate_limit".into(), message })?;
+        for p in &self.server.trusted_proxies {
+            p.parse::<crate::ratelimit::Cidr>()
+                .map_err(|message| ConfigError::Key { key: "server.trusted_proxies".into(), message })?;
         }
         if let Some(access) = &self.access {
             crate::auth::policy::AccessPolicy::new(access.clone())
