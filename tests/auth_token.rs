@@ -238,6 +238,7 @@ fn claims(iss: &str, aud: &str, exp_in: i64, nbf_in: i64) -> Claims {
             name: "team/app".into(),
             actions: vec!["pull".into()],
         }],
+        groups: Vec::new(),
     }
 }
 

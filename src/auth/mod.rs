@@ -177,6 +177,10 @@ struct Inner {
     throttle: Option<throttle::Throttle>,
     /// The LDAP directory, asked after the htpasswd file.
     ldap: Option<Arc<ldap::LdapAuth>>,
+    /// Tokens whose signature and claims were verified, by SHA-256 of the
+    /// token: a client presenting the same token again costs a hash, not a
+    /// signature check. Expiry and revocation are checked on every use.
+    tokens: Arc<Mutex<VerifiedTokens>>,
     /// Access-control policies; replaced whole when the configuration is
     /// reloaded. `None`: authenticated callers may do everything.
     policy: Arc<std::sync::RwLock<Option<Arc<policy::AccessPolicy>>>>,
@@ -197,10 +201,18 @@ impl Inner {
             admins: self.admins.clone(),
             throttle: self.throttle.clone(),
             ldap: self.ldap.clone(),
+            tokens: Arc::default(),
             policy: self.policy.clone(),
         }
     }
 }
+
+/// Verified tokens by SHA-256, with when they were verified.
+type VerifiedTokens = HashMap<[u8; 32], (Arc<token::Claims>, Instant)>;
+
+/// How long a verified token is remembered (its `exp` is still checked).
+const VERIFIED_TOKEN_TTL: Duration = Duration::from_secs(300);
+const VERIFIED_TOKEN_MAX: usize = 20_000;
 
 /// Clock skew allowed when checking `exp` and `nbf`.
 const TOKEN_LEEWAY: Duration = Duration::from_secs(30);
@@ -255,6 +267,7 @@ impl Gate {
                 admins: Vec::new(),
                 throttle: None,
                 ldap: None,
+                tokens: Arc::default(),
                 policy: Arc::default(),
             }),
         }
@@ -418,7 +431,7 @@ impl Gate {
                 });
             }
             let raw = std::str::from_utf8(&bytes[6..]).map_err(|_| self.unauthorized("malformed token"))?.trim();
-            let verified = token::verify(raw, &self.inner.issuers, TOKEN_LEEWAY).and_then(|claims| {
+            let verified = self.verify_token(raw).and_then(|claims| {
                 if self.inner.revocations.is_revoked(&claims.jti, &claims.sub, claims.iat) {
                     Err(token::TokenError::Revoked)
                 } else {
@@ -428,6 +441,7 @@ impl Gate {
             return match verified {
                 Ok(claims) => Ok(Identity {
                     token_access: Some(claims.access),
+                    groups: claims.groups,
                     ..Identity::authenticated(claims.sub, AuthMethod::Bearer)
                 }),
                 Err(e) => {
@@ -441,6 +455,35 @@ impl Gate {
             parse_basic(bytes).ok_or_else(|| self.unauthorized_at(origin, "malformed credentials"))?;
         let ip = request.extensions.get::<crate::api::PeerAddr>().map(|p| p.0.ip());
         self.check_password(&user, password, origin, ip).await
+    }
+
+    /// Verify a bearer token, from the cache of verified tokens when it was
+    /// seen within `VERIFIED_TOKEN_TTL`.
+    fn verify_token(&self, raw: &str) -> Result<token::Claims, token::TokenError> {
+        use sha2::Digest as _;
+        let key: [u8; 32] = sha2::Sha256::digest(raw.as_bytes()).into();
+        let now = token::now();
+        {
+            let cache = self.inner.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((claims, at)) = cache.get(&key) {
+                if at.elapsed() < VERIFIED_TOKEN_TTL {
+                    if claims.exp + TOKEN_LEEWAY.as_secs() <= now {
+                        return Err(token::TokenError::Expired);
+                    }
+                    return Ok(claims.as_ref().clone());
+                }
+            }
+        }
+        let claims = token::verify(raw, &self.inner.issuers, TOKEN_LEEWAY)?;
+        let mut cache = self.inner.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_TOKEN_MAX {
+            cache.retain(|_, (_, at)| at.elapsed() < VERIFIED_TOKEN_TTL);
+            if cache.len() >= VERIFIED_TOKEN_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (Arc::new(claims.clone()), Instant::now()));
+        Ok(claims)
     }
 
     /// Check a user name and password (htpasswd). A failure is a 401
@@ -606,6 +649,7 @@ impl Gate {
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
             access,
+            groups: Vec::new(),
         };
         let signed = t.key.sign(&claims).map_err(OciError::internal)?;
         let refresh = if offline && identity.method != AuthMethod::Bearer {

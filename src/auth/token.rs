@@ -39,6 +39,9 @@ pub struct Claims {
     pub jti: String,
     #[serde(default)]
     pub access: Vec<ResourceActions>,
+    /// Groups the issuer vouches for (external issuers; used by policies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// Why a key file was refused.
@@ -343,6 +346,7 @@ mod tests {
                 name: "a/b".into(),
                 actions: vec!["pull".into()],
             }],
+            groups: Vec::new(),
         }
     }
 
