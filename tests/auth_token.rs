@@ -401,7 +401,7 @@ fn auth_examples_pass_config_check() {
             checked += 1;
         }
     }
-    assert!(checked >= 6);
+    assert!(checked >= 7);
     // Without the files they name, the check fails and says which key.
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["config", "check"])
