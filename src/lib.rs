@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod oci;
 pub mod ratelimit;
 pub mod registry;

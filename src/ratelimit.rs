@@ -179,9 +179,22 @@ impl RateLimiter {
             }
             Ok(Some(wait)) => {
                 self.recovered();
+                let m = crate::metrics::get();
+                crate::metrics::inc(match class {
+                    Class::Read => &m.rate_limited_read,
+                    Class::Write => &m.rate_limited_write,
+                    Class::Auth => &m.rate_limited_auth,
+                });
                 Verdict::Limited(wait)
             }
             Err(e) => {
+                let m = crate::metrics::get();
+                m.rate_limit_backend_down.store(1, Ordering::Relaxed);
+                crate::metrics::inc(if self.config.fail_open {
+                    &m.rate_limit_failed_open
+                } else {
+                    &m.rate_limit_failed_closed
+                });
                 if !self.warned.swap(true, Ordering::Relaxed) {
                     tracing::error!(
                         error = %e,
@@ -202,6 +215,7 @@ impl RateLimiter {
     /// After a successful round trip: the next outage is logged again.
     fn recovered(&self) {
         if self.warned.swap(false, Ordering::Relaxed) {
+            crate::metrics::get().rate_limit_backend_down.store(0, Ordering::Relaxed);
             tracing::info!("rate limiter reaches shared state again");
         }
     }

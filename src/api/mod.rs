@@ -109,12 +109,17 @@ pub fn router(app: Arc<App>) -> Router {
     let mut router = Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/admin/revocations", axum::routing::post(admin::revoke));
     if let Some(t) = app.gate.token_service() {
         router =
             router.route(&t.path, get(token::token_get).post(token::token_post)).route(JWKS_PATH, get(token::jwks));
     }
     router.fallback(handlers::dispatch).layer(middleware::from_fn(log_and_stamp)).with_state(app)
+}
+
+async fn metrics() -> impl IntoResponse {
+    (StatusCode::OK, [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
 }
 
 async fn livez() -> impl IntoResponse {
