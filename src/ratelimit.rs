@@ -95,8 +95,10 @@ impl RateLimitConfig {
             .chain(self.overrides.iter().flat_map(|o| [o.reads, o.writes, o.auth]))
             .flatten();
         for b in budgets {
-            if !(b.per_second > 0.0 && b.per_second.is_finite()) || b.burst == 0 {
-                return Err("every budget needs per_second > 0 and burst >= 1".into());
+            // Bounded so the per-request interval (1 / per_second) and
+            // interval x burst stay well inside Duration.
+            if !(0.001..=1e9).contains(&b.per_second) || b.burst == 0 {
+                return Err("every budget needs per_second between 0.001 and 1e9, and burst >= 1".into());
             }
         }
         Ok(())

@@ -467,7 +467,7 @@ impl Gate {
             let cache = self.inner.tokens.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((claims, at)) = cache.get(&key) {
                 if at.elapsed() < VERIFIED_TOKEN_TTL {
-                    if claims.exp + TOKEN_LEEWAY.as_secs() <= now {
+                    if claims.exp.saturating_add(TOKEN_LEEWAY.as_secs()) <= now {
                         return Err(token::TokenError::Expired);
                     }
                     return Ok(claims.as_ref().clone());
@@ -561,6 +561,16 @@ impl Gate {
     /// Grant `A` on `repo` to `identity`, or refuse with a challenge for
     /// the scope that would have been needed.
     pub fn authorize<A: Action>(&self, identity: &Identity, repo: &RepoName) -> Result<Access<A>, OciError> {
+        self.check::<A>(identity, repo, true)
+    }
+
+    /// `A` on `repo` if `identity` holds it, without logging a refusal: for
+    /// optional extra rights, such as moving a tag during a push.
+    pub fn optional<A: Action>(&self, identity: &Identity, repo: &RepoName) -> Option<Access<A>> {
+        self.check::<A>(identity, repo, false).ok()
+    }
+
+    fn check<A: Action>(&self, identity: &Identity, repo: &RepoName, log: bool) -> Result<Access<A>, OciError> {
         // Tokens speak pull/push/delete; moving a tag is part of push.
         let token_action = if A::NAME == "update" { "push" } else { A::NAME };
         let scope = || format!("repository:{repo}:{token_action}");
@@ -574,7 +584,9 @@ impl Gate {
             if identity.is_anonymous() {
                 return Err(self.unauthorized_for(identity, Some(&scope()), "authentication required"));
             }
-            tracing::info!(target: "berth::auth", repo = %repo, action = A::NAME, "denied by policy");
+            if log {
+                tracing::info!(target: "berth::auth", repo = %repo, action = A::NAME, "denied by policy");
+            }
             return Err(OciError::Denied);
         }
         if let Some(granted) = &identity.token_access {
