@@ -161,30 +161,13 @@ impl Server {
         }
         if let Some(m) = &config.auth.mtls {
             gate = gate.with_mtls(crate::auth::mtls::MtlsRules {
-                subject: match m.subject {
-                    crate::config::CertSubject::Cn => crate::auth::mtls::SubjectField::Cn,
-                    crate::config::CertSubject::Dns => crate::auth::mtls::SubjectField::Dns,
-                    crate::config::CertSubject::Uri => crate::auth::mtls::SubjectField::Uri,
-                    crate::config::CertSubject::Email => crate::auth::mtls::SubjectField::Email,
-                },
+                subject: m.subject,
                 uri_prefix: m.uri_prefix.clone(),
                 groups_from_ou: m.groups_from_ou,
             });
         }
         let tls = match &config.server.tls {
-            Some(t) => Some(
-                crate::tls::ReloadingTls::load(crate::tls::TlsFiles {
-                    cert_file: t.cert_file.clone(),
-                    key_file: t.key_file.clone(),
-                    client_ca_file: t.client_ca_file.clone(),
-                    client_auth: match t.client_auth {
-                        crate::config::ClientAuthMode::None => crate::tls::ClientAuth::None,
-                        crate::config::ClientAuthMode::Optional => crate::tls::ClientAuth::Optional,
-                        crate::config::ClientAuthMode::Required => crate::tls::ClientAuth::Required,
-                    },
-                })
-                .context("server.tls")?,
-            ),
+            Some(t) => Some(crate::tls::ReloadingTls::load(t.files()).context("server.tls")?),
             None => None,
         };
         let mut app = App::new(registry, gate, body_idle);

@@ -271,15 +271,6 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
 }
 
-/// Whether clients present certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-pub enum ClientAuthMode {
-    None,
-    Optional,
-    Required,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -292,21 +283,23 @@ pub struct TlsConfig {
     pub client_ca_file: Option<PathBuf>,
     /// "none", "optional" or "required".
     #[serde(default = "client_auth_none")]
-    pub client_auth: ClientAuthMode,
+    pub client_auth: crate::tls::ClientAuth,
 }
 
-fn client_auth_none() -> ClientAuthMode {
-    ClientAuthMode::None
+fn client_auth_none() -> crate::tls::ClientAuth {
+    crate::tls::ClientAuth::None
 }
 
-/// Which certificate field names the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-pub enum CertSubject {
-    Cn,
-    Dns,
-    Uri,
-    Email,
+impl TlsConfig {
+    /// The files the TLS layer reads.
+    pub fn files(&self) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            client_ca_file: self.client_ca_file.clone(),
+            client_auth: self.client_auth,
+        }
+    }
 }
 
 /// Authentication by verified client certificate.
@@ -314,7 +307,7 @@ pub enum CertSubject {
 #[serde(deny_unknown_fields)]
 pub struct MtlsConfig {
     /// "cn", "dns", "uri" (e.g. SPIFFE IDs) or "email".
-    pub subject: CertSubject,
+    pub subject: crate::auth::mtls::SubjectField,
     /// With subject = "uri": only URIs starting with this name a caller.
     #[serde(default)]
     pub uri_prefix: Option<String>,
@@ -784,17 +777,8 @@ impl Config {
             return Err(ConfigError::Key { key: "auth.reload_interval".into(), message: "must be positive".into() });
         }
         if let Some(tls) = &self.server.tls {
-            let files = crate::tls::TlsFiles {
-                cert_file: tls.cert_file.clone(),
-                key_file: tls.key_file.clone(),
-                client_ca_file: tls.client_ca_file.clone(),
-                client_auth: match tls.client_auth {
-                    ClientAuthMode::None => crate::tls::ClientAuth::None,
-                    ClientAuthMode::Optional => crate::tls::ClientAuth::Optional,
-                    ClientAuthMode::Required => crate::tls::ClientAuth::Required,
-                },
-            };
-            if tls.client_auth != ClientAuthMode::None && tls.client_ca_file.is_none() {
+            let files = tls.files();
+            if tls.client_auth != crate::tls::ClientAuth::None && tls.client_ca_file.is_none() {
                 return Err(ConfigError::Key {
                     key: "server.tls.client_ca_file".into(),
                     message: "client certificates need the CA that signs them".into(),
@@ -804,7 +788,7 @@ impl Config {
                 .map_err(|e| ConfigError::Key { key: "server.tls".into(), message: e.to_string() })?;
         }
         if let Some(m) = &self.auth.mtls {
-            let asks_certs = self.server.tls.as_ref().is_some_and(|t| t.client_auth != ClientAuthMode::None);
+            let asks_certs = self.server.tls.as_ref().is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None);
             if !asks_certs {
                 return Err(ConfigError::Key {
                     key: "auth.mtls".into(),
@@ -812,7 +796,7 @@ impl Config {
                         .into(),
                 });
             }
-            if m.uri_prefix.is_some() && m.subject != CertSubject::Uri {
+            if m.uri_prefix.is_some() && m.subject != crate::auth::mtls::SubjectField::Uri {
                 return Err(ConfigError::Key {
                     key: "auth.mtls.uri_prefix".into(),
                     message: "only used with subject = \"uri\"".into(),
