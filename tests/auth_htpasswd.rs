@@ -8,30 +8,18 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine as _;
-use common::{client, sha256, Berth};
+use common::{basic, client, sha256, Berth};
 
 const ALICE_PW: &str = "correct-horse-7Qx";
 const BOB_PW: &str = "b0b-s3cret-Zr";
 
 /// `berth user hash NAME` with the password on stdin.
 fn user_hash(name: &str, password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["user", "hash", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let line = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let line = common::user_hash(name, password);
     assert!(line.starts_with(&format!("{name}:$argon2id$")), "{line}");
     // (Only meaningful for passwords too long to turn up in random base64 by chance.)
     if password.len() >= 12 {
@@ -59,9 +47,6 @@ fn start_with(dir: &Path, extra: &str) -> (Berth, PathBuf) {
         file.display().to_string()
     );
     (Berth::start(&toml), file)
-}
-fn basic(user: &str, pw: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
 }
 
 async fn status_of(b: &Berth, path: &str, auth: Option<String>) -> (u16, Option<String>, String) {
@@ -207,11 +192,8 @@ fn skopeo_and_oras_with_credentials() {
         skopeo(&["copy", "--quiet", "--src-tls-verify=false", "--src-creds", &format!("bob:{BOB_PW}"), &dest, &back]);
     assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
 
-    let venv = std::env::var_os("BERTH_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/oras_referrers.py");
-    let out = Command::new(venv.join("bin/python"))
+    let out = Command::new(common::venv_python())
         .arg(&script)
         .arg(&b.addr)
         .env("ORAS_USERNAME", "alice")

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::{client, Berth};
 
 const SUFFIX: &str = "dc=berth,dc=test";
@@ -131,12 +130,8 @@ impl Drop for Slapd {
     }
 }
 
-fn basic(user: &str, pw: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
-}
-
 async fn status(b: &Berth, user: &str, pw: &str) -> u16 {
-    client().get(b.url("/v2/")).header("authorization", basic(user, pw)).send().await.unwrap().status().as_u16()
+    client().get(b.url("/v2/")).header("authorization", common::basic(user, pw)).send().await.unwrap().status().as_u16()
 }
 
 fn berth_for(dir: &Path, url: &str, extra: &str) -> Berth {
@@ -169,7 +164,8 @@ async fn ldap_logins_injection_and_outage() {
 
     // The directory goes away: unknown credentials get 503, never access.
     slapd.stop();
-    let resp = client().get(b.url("/v2/")).header("authorization", basic("bob", "bob-ldap-pw")).send().await.unwrap();
+    let resp =
+        client().get(b.url("/v2/")).header("authorization", common::basic("bob", "bob-ldap-pw")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
     assert_eq!(status(&b, "carol", "nope").await, 503);
@@ -243,11 +239,8 @@ fn plain_ldap_must_be_asked_for_and_skopeo_and_oras_log_in() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "a wrong LDAP password pushed");
-    let venv = std::env::var_os("BERTH_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/oras_referrers.py");
-    let out = Command::new(venv.join("bin/python"))
+    let out = Command::new(common::venv_python())
         .arg(&script)
         .arg(&b.addr)
         .env("ORAS_USERNAME", "carol")

@@ -9,26 +9,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use base64::Engine as _;
 use berth::auth::token::{now, Claims, ResourceActions, SigningKey};
 use common::{client, sha256, Berth};
 
 const PW: &str = "t0ken-flow-pw-9";
-
-fn user_hash(name: &str, password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["user", "hash", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap().trim().to_owned()
-}
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -46,7 +34,7 @@ fn start() -> Setup {
         .unwrap();
     assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
     let htpasswd = dir.path().join("users");
-    std::fs::write(&htpasswd, format!("{}\n", user_hash("alice", PW))).unwrap();
+    std::fs::write(&htpasswd, format!("{}\n", common::user_hash("alice", PW))).unwrap();
     let toml = format!(
         "[auth]\nhtpasswd = {:?}\n[auth.token]\nkey_file = {:?}\nissuer = \"berth-test\"\nservice = \"berth-registry\"\n",
         htpasswd.display().to_string(),
@@ -54,10 +42,6 @@ fn start() -> Setup {
     );
     let berth = Berth::start(&toml);
     Setup { _dir: dir, key_file, berth }
-}
-
-fn basic(user: &str, pw: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
 }
 
 async fn get_token(b: &Berth, scopes: &[&str], auth: Option<String>) -> (u16, serde_json::Value) {
@@ -109,11 +93,12 @@ async fn token_flow_challenges_scopes_and_refresh() {
     // The token endpoint wants a password: none, or a wrong one, is a Basic challenge.
     let (status, _) = get_token(b, &["repository:team/app:pull"], None).await;
     assert_eq!(status, 401);
-    let (status, _) = get_token(b, &["repository:team/app:pull"], Some(basic("alice", "wrong"))).await;
+    let (status, _) = get_token(b, &["repository:team/app:pull"], Some(common::basic("alice", "wrong"))).await;
     assert_eq!(status, 401);
 
     let (status, body) =
-        get_token(b, &["repository:team/app:pull,push", "repository:bad name:pull"], Some(basic("alice", PW))).await;
+        get_token(b, &["repository:team/app:pull,push", "repository:bad name:pull"], Some(common::basic("alice", PW)))
+            .await;
     assert_eq!(status, 200, "{body}");
     let token = body["token"].as_str().unwrap().to_owned();
     assert_eq!(body["access_token"], body["token"]);
@@ -139,7 +124,7 @@ async fn token_flow_challenges_scopes_and_refresh() {
             && challenge.contains("error=\"insufficient_scope\""),
         "{challenge}"
     );
-    let (_, pull_only) = get_token(b, &["repository:team/app:pull"], Some(basic("alice", PW))).await;
+    let (_, pull_only) = get_token(b, &["repository:team/app:pull"], Some(common::basic("alice", PW))).await;
     let pull_token = pull_only["token"].as_str().unwrap();
     assert_eq!(push_with(b, "team/app", pull_token, b"more").await.status(), 403);
     let pulled = client()
@@ -198,7 +183,7 @@ async fn token_flow_challenges_scopes_and_refresh() {
     assert_eq!(resp.status(), 400);
     let resp = client()
         .get(b.url("/v2/token?service=someone-else"))
-        .header("authorization", basic("alice", PW))
+        .header("authorization", common::basic("alice", PW))
         .send()
         .await
         .unwrap();
@@ -314,11 +299,8 @@ fn skopeo_and_oras_run_the_token_flow() {
         .output()
         .unwrap();
     assert!(out.status.success(), "skopeo pull: {}", String::from_utf8_lossy(&out.stderr));
-    let venv = std::env::var_os("BERTH_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/oras_referrers.py");
-    let out = Command::new(venv.join("bin/python"))
+    let out = Command::new(common::venv_python())
         .arg(&script)
         .arg(&b.addr)
         .env("ORAS_USERNAME", "alice")
@@ -365,7 +347,7 @@ async fn tokens_of_an_external_issuer_are_accepted() {
 fn auth_examples_pass_config_check() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("users.htpasswd"), format!("{}\n", user_hash("alice", PW))).unwrap();
+    std::fs::write(dir.path().join("users.htpasswd"), format!("{}\n", common::user_hash("alice", PW))).unwrap();
     let key = dir.path().join("token-key.pem");
     let out = Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&key).output().unwrap();
     assert!(out.status.success());

@@ -11,8 +11,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -20,19 +19,8 @@ use common::{client, sha256, Berth};
 
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 
-fn user_hash(name: &str, password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["user", "hash", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap().trim().to_owned()
-}
-
 fn basic(user: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{user}-password")))
+    common::basic(user, &format!("{user}-password"))
 }
 
 const POLICY: &str = r#"
@@ -64,7 +52,7 @@ fn start() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let users: Vec<String> = ["reader", "creator", "writer", "admin", "other"]
         .iter()
-        .map(|u| user_hash(u, &format!("{u}-password")))
+        .map(|u| common::user_hash(u, &format!("{u}-password")))
         .collect();
     std::fs::write(dir.path().join("users"), users.join("\n") + "\n").unwrap();
     let key = dir.path().join("token.pem");

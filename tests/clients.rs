@@ -27,18 +27,6 @@ fn require(program: &str) {
     assert!(found, "{program} is not installed: run scripts/install-test-deps (or apt-get install {program})");
 }
 
-fn venv_python() -> PathBuf {
-    let venv =
-        std::env::var_os("BERTH_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/test-venv"));
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/install-test-deps to create the test venv with oras",
-        python.display()
-    );
-    python
-}
-
 fn run(cmd: &mut Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -73,7 +61,7 @@ fn skopeo_roundtrip_oci_and_docker_images() {
 
 #[test]
 fn oras_artifact_with_subject_and_referrers() {
-    let python = venv_python();
+    let python = common::venv_python();
     let b = Berth::start("");
     let script = repo_root().join("tests/clients/oras_referrers.py");
     run(Command::new(python).arg(&script).arg(&b.addr), "oras_referrers.py");

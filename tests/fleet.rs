@@ -24,12 +24,6 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn venv_python() -> PathBuf {
-    let venv =
-        std::env::var_os("BERTH_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/test-venv"));
-    venv.join("bin/python")
-}
-
 async fn push_blob(base: &str, repo: &str, data: &[u8]) -> String {
     let digest = sha256(data);
     let resp = client()
@@ -89,7 +83,7 @@ fn real_clients_through_the_load_balancer() {
     let out = Command::new("bash").arg(script).arg(fleet.lb_hostport()).arg(work.path()).output().unwrap();
     assert!(out.status.success(), "skopeo through the fleet:\n{}", String::from_utf8_lossy(&out.stderr));
     let script = repo_root().join("tests/clients/oras_referrers.py");
-    let out = Command::new(venv_python()).arg(script).arg(fleet.lb_hostport()).output().unwrap();
+    let out = Command::new(common::venv_python()).arg(script).arg(fleet.lb_hostport()).output().unwrap();
     assert!(out.status.success(), "oras through the fleet:\n{}", String::from_utf8_lossy(&out.stderr));
     // Round-robin spread the work: every replica served uploads.
     for n in 1..=3 {
@@ -362,27 +356,10 @@ async fn redirect_delivery_hands_out_presigned_urls_after_authorization() {
     fleet.assert_no_server_errors();
 }
 
-fn hash_line(name: &str, password: &str) -> String {
-    use std::io::Write as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["user", "hash", name])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap().trim().to_owned()
-}
-
-fn basic(user: &str, pw: &str) -> String {
-    use base64::Engine as _;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
-}
-
 async fn token_for(base: &str, user: &str, pw: &str) -> String {
     let resp = client()
         .get(format!("{base}/v2/token?service=berth&scope=repository:fleet/rev:pull,push"))
-        .header("authorization", basic(user, pw))
+        .header("authorization", common::basic(user, pw))
         .send()
         .await
         .unwrap();
@@ -427,7 +404,11 @@ async fn a_revoked_token_is_refused_by_every_replica_within_a_second() {
         .unwrap();
     assert!(out.status.success());
     let users = dir.path().join("users");
-    std::fs::write(&users, format!("{}\n{}\n", hash_line("alice", "alice-pw"), hash_line("root", "root-pw"))).unwrap();
+    std::fs::write(
+        &users,
+        format!("{}\n{}\n", common::user_hash("alice", "alice-pw"), common::user_hash("root", "root-pw")),
+    )
+    .unwrap();
     let (users_s, key_s) = (users.display().to_string(), key.display().to_string());
     let fleet = LocalFleet::up(
         3,
@@ -457,11 +438,20 @@ async fn a_revoked_token_is_refused_by_every_replica_within_a_second() {
     };
     // Only admins may revoke.
     assert_eq!(revoke(None, serde_json::json!({"jti": jti})).await.unwrap().status(), 401);
-    assert_eq!(revoke(Some(basic("alice", "alice-pw")), serde_json::json!({"jti": jti})).await.unwrap().status(), 403);
-    assert_eq!(revoke(Some(basic("root", "root-pw")), serde_json::json!({"jti": "../x"})).await.unwrap().status(), 400);
-    assert_eq!(revoke(Some(basic("root", "root-pw")), serde_json::json!({"nope": 1})).await.unwrap().status(), 400);
+    assert_eq!(
+        revoke(Some(common::basic("alice", "alice-pw")), serde_json::json!({"jti": jti})).await.unwrap().status(),
+        403
+    );
+    assert_eq!(
+        revoke(Some(common::basic("root", "root-pw")), serde_json::json!({"jti": "../x"})).await.unwrap().status(),
+        400
+    );
+    assert_eq!(
+        revoke(Some(common::basic("root", "root-pw")), serde_json::json!({"nope": 1})).await.unwrap().status(),
+        400
+    );
 
-    let resp = revoke(Some(basic("root", "root-pw")), serde_json::json!({"jti": jti})).await.unwrap();
+    let resp = revoke(Some(common::basic("root", "root-pw")), serde_json::json!({"jti": jti})).await.unwrap();
     assert_eq!(resp.status(), 201);
     let slowest = refused_everywhere(&fleet, 3, &token).await;
     println!("jti revocation refused by all 3 replicas after {slowest:?}");

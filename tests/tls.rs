@@ -10,8 +10,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -68,17 +67,6 @@ fn client(ca_pem: &str, identity: Option<&(String, String)>) -> reqwest::Client 
     b.build().unwrap()
 }
 
-fn user_hash(name: &str, password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["user", "hash", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap().trim().to_owned()
-}
-
 struct Setup {
     dir: tempfile::TempDir,
     server_ca: Ca,
@@ -100,7 +88,7 @@ fn start() -> Setup {
     std::fs::write(dir.path().join("server.pem"), cert).unwrap();
     std::fs::write(dir.path().join("server.key"), key).unwrap();
     std::fs::write(dir.path().join("client-ca.pem"), client_ca.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("users"), format!("{}\n", user_hash("carol", "carol-pw"))).unwrap();
+    std::fs::write(dir.path().join("users"), format!("{}\n", common::user_hash("carol", "carol-pw"))).unwrap();
     let p = |f: &str| dir.path().join(f).display().to_string();
     let toml = format!(
         "[server.tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\nclient_auth = \"optional\"\n\

@@ -534,7 +534,7 @@ async fn manifest_put(
     let content_type = header_str(headers, &header::CONTENT_TYPE);
     // Moving an existing tag needs `update` as well; without it the push
     // may still create tags and push by digest.
-    let may_move = app.gate.authorize::<crate::registry::Update>(id, name).ok();
+    let may_move = app.gate.optional::<crate::registry::Update>(id, name);
     let pushed = app.registry.manifest_put(&access, may_move.as_ref(), reference, content_type, body).await?;
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
