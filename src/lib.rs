@@ -8,6 +8,9 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+#[cfg(any(feature = "metrics", feature = "otel"))]
+pub mod ext;
+pub mod flavor;
 pub mod metrics;
 pub mod oci;
 pub mod ratelimit;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use berth::config::{self, Config};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about = "An OCI Distribution Specification v1.1 container registry")]
@@ -88,7 +88,12 @@ fn load(file: Option<&std::path::Path>) -> Result<Config, config::ConfigError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--version` names the flavor and the extensions compiled in.
+    let version: &'static str = Box::leak(berth::flavor::version_line().into_boxed_str());
+    let cli = match Cli::from_arg_matches(&Cli::command().version(version).get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::User { command: UserCommand::Hash { name } } => user_hash(&name),
         Command::Token { command: TokenCommand::Revoke { config, jti, exp, subject, before } } => {
@@ -141,7 +146,13 @@ fn main() -> ExitCode {
                 eprintln!("berth: refusing to start: {e}");
                 return ExitCode::from(2);
             }
-            berth::telemetry::init(&cfg.log);
+            let telemetry = match berth::telemetry::init(&cfg.log, &cfg.telemetry) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("berth: cannot start telemetry: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -149,7 +160,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(cfg, config)) {
+            let result = runtime.block_on(serve(cfg, config));
+            // Spans still queued are exported before the process ends.
+            telemetry.shutdown();
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("berth: {e:#}");

@@ -1,8 +1,7 @@
-//! Process metrics in the Prometheus text format, served at `/metrics`.
-//! Counters are plain atomics; this is the start of the registry's
-//! metrics, with what the rate limiter and authentication report.
+//! The core's counters: plain atomics, kept in every flavor (they cost an
+//! atomic add). The `metrics` extension exposes them, with request counts
+//! and latencies, at `/metrics`; the minimal flavor has no such endpoint.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Every metric of the process.
@@ -17,6 +16,8 @@ pub struct Metrics {
     pub rate_limit_failed_open: AtomicU64,
     /// Requests refused because the limiter failed closed.
     pub rate_limit_failed_closed: AtomicU64,
+    /// Requests whose handler panicked and were answered 500.
+    pub panics: AtomicU64,
 }
 
 static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
@@ -30,29 +31,11 @@ pub fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The metrics as Prometheus text exposition.
-pub fn render() -> String {
-    let m = get();
-    let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let mut out = String::new();
-    let _ = writeln!(out, "# HELP berth_rate_limited_requests_total Requests refused for being over budget.");
-    let _ = writeln!(out, "# TYPE berth_rate_limited_requests_total counter");
-    for (class, c) in [("read", &m.rate_limited_read), ("write", &m.rate_limited_write), ("auth", &m.rate_limited_auth)]
-    {
-        let _ = writeln!(out, "berth_rate_limited_requests_total{{class=\"{class}\"}} {}", v(c));
-    }
-    let _ =
-        writeln!(out, "# HELP berth_rate_limit_backend_down 1 while the rate limiter cannot reach the shared state.");
-    let _ = writeln!(out, "# TYPE berth_rate_limit_backend_down gauge");
-    let _ = writeln!(out, "berth_rate_limit_backend_down {}", v(&m.rate_limit_backend_down));
-    let _ = writeln!(out, "# HELP berth_rate_limit_unchecked_requests_total Requests decided by the fail mode while the limiter was down.");
-    let _ = writeln!(out, "# TYPE berth_rate_limit_unchecked_requests_total counter");
-    let _ =
-        writeln!(out, "berth_rate_limit_unchecked_requests_total{{mode=\"open\"}} {}", v(&m.rate_limit_failed_open));
-    let _ = writeln!(
-        out,
-        "berth_rate_limit_unchecked_requests_total{{mode=\"closed\"}} {}",
-        v(&m.rate_limit_failed_closed)
-    );
-    out
+/// Count one answered request. Recorded by the `metrics` extension; a
+/// no-op in builds without it.
+pub fn observe_request(method: &http::Method, operation: &'static str, status: u16, elapsed: std::time::Duration) {
+    #[cfg(feature = "metrics")]
+    crate::ext::prometheus::observe(method, operation, status, elapsed);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (method, operation, status, elapsed);
 }

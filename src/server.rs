@@ -48,6 +48,8 @@ struct Limits {
 #[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
+    /// Plain HTTP for probes and metrics (`server.health_listen`).
+    health_listener: Option<TcpListener>,
     app: Arc<App>,
     limits: Limits,
     janitor_interval: Duration,
@@ -185,8 +187,17 @@ impl Server {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let health_listener = match config.server.health_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (server.health_listen)"))?,
+            ),
+            None => None,
+        };
         Ok(Server {
             listener,
+            health_listener,
             app,
             limits: Limits {
                 header_read_timeout: config.server.header_read_timeout.0,
@@ -213,6 +224,11 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The health listener's address, when one is configured.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serve until `shutdown` resolves, then drain.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let router: Router = api::router(self.app.clone());
@@ -227,6 +243,16 @@ impl Server {
             self.app.registry.spawn_revocation_sync(self.app.gate.revocations().clone(), self.revocation_reload)
         });
         let cache_listener = self.app.registry.spawn_cache_listener();
+        let health = self.health_listener.map(|listener| {
+            let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(%addr, "health listener (/livez, /readyz, /metrics) on plain HTTP");
+            let router = api::health_router(self.app.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "health listener failed");
+                }
+            })
+        });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).header_read_timeout(self.limits.header_read_timeout).keep_alive(true);
         builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
@@ -289,6 +315,10 @@ impl Server {
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),
             () = tokio::time::sleep(self.limits.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
+        }
+        // Probes keep their answers (503: draining) until the very end.
+        if let Some(h) = health {
+            h.abort();
         }
         Ok(())
     }

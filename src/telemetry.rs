@@ -1,11 +1,30 @@
-//! Logging: structured `tracing` output as text or JSON lines.
+//! Logging: structured `tracing` output as text or JSON lines; with the
+//! `otel` extension, request spans exported over OTLP as well.
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, TelemetryConfig};
+
+/// What must outlive the server: the span exporter, flushed on shutdown.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    #[cfg(feature = "otel")]
+    otel: Option<crate::ext::otel::Exporter>,
+}
+
+impl Telemetry {
+    /// Send what is still queued; called once the server has stopped.
+    pub fn shutdown(self) {
+        #[cfg(feature = "otel")]
+        if let Some(exporter) = self.otel {
+            exporter.shutdown();
+        }
+    }
+}
 
 /// Install the global subscriber. `RUST_LOG`, when set, wins over the config.
-pub fn init(config: &LogConfig) {
+/// Fails only when the configured exporter cannot be built.
+pub fn init(config: &LogConfig, telemetry: &TelemetryConfig) -> Result<Telemetry, String> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
@@ -37,5 +56,21 @@ pub fn init(config: &LogConfig) {
             }
         }
     });
-    let _ = tracing_subscriber::registry().with(main).with(audit).try_init();
+    #[cfg(feature = "otel")]
+    {
+        let exporter = match &telemetry.otlp {
+            Some(otlp) => Some(crate::ext::otel::Exporter::new(otlp)?),
+            None => None,
+        };
+        let layer = exporter.as_ref().map(|e| e.layer());
+        let _ = tracing_subscriber::registry().with(main).with(audit).with(layer).try_init();
+        Ok(Telemetry { otel: exporter })
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        // Config validation refuses `[telemetry.otlp]` in builds without it.
+        let _ = telemetry;
+        let _ = tracing_subscriber::registry().with(main).with(audit).try_init();
+        Ok(Telemetry::default())
+    }
 }

@@ -23,7 +23,14 @@ fn example_configs_pass_config_check() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = berth(&["config", "check", path.to_str().unwrap()]);
+            // The image's configuration names a file the deployment mounts.
+            let htpasswd = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(htpasswd.path(), format!("{}\n", common::user_hash("ci", "a test password"))).unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+                .args(["config", "check", path.to_str().unwrap()])
+                .env("BERTH__AUTH__HTPASSWD", htpasswd.path())
+                .output()
+                .unwrap();
             assert!(out.status.success(), "{path:?}: {}", String::from_utf8_lossy(&out.stderr));
             let printed = String::from_utf8_lossy(&out.stdout);
             assert!(printed.contains("[server]") && printed.contains("listen"), "{printed}");
@@ -140,6 +147,52 @@ fn graceful_shutdown_finishes_in_flight_requests() {
 
 /// With a shutdown delay, SIGTERM first turns readiness to 503 while the
 /// listener still accepts, then the process exits cleanly.
+/// The plain-HTTP health listener serves probes (and metrics) only, and
+/// follows the main listener's readiness through shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_listener_serves_probes_and_nothing_else() {
+    // A free loopback port: bind, read it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut b = Berth::start(&format!("health_listen = \"127.0.0.1:{port}\"\nshutdown_delay = \"3s\""));
+    let health = format!("http://127.0.0.1:{port}");
+    let c = client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.get(format!("{health}/livez")).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the health listener never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.get(format!("{health}/livez")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{health}/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(b.url("/v2/")).send().await.unwrap().status(), 200);
+    let metrics = c.get(format!("{health}/metrics")).send().await.unwrap();
+    if cfg!(feature = "metrics") {
+        assert_eq!(metrics.status(), 200);
+        let text = metrics.text().await.unwrap();
+        assert!(text.contains(r#"berth_http_requests_total{method="GET",operation="base",status="200"} 1"#), "{text}");
+    } else {
+        assert_eq!(metrics.status(), 404);
+    }
+    // The registry API is not there.
+    for path in ["/v2/", "/v2/_catalog", "/admin/revocations"] {
+        assert_eq!(c.get(format!("{health}{path}")).send().await.unwrap().status(), 404, "{path}");
+    }
+    assert_eq!(c.get(b.url("/v2/")).send().await.unwrap().status(), 200);
+    // Draining shows on the health port too.
+    let _ = Command::new("kill").arg("-TERM").arg(b.pid().to_string()).status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let code = c.get(format!("{health}/readyz")).send().await.unwrap().status();
+        if code == 503 {
+            break;
+        }
+        assert_eq!(code, 200);
+        assert!(std::time::Instant::now() < deadline, "readiness never turned 503 on the health port");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || b.terminate()).await.unwrap().expect("berth exited");
+    assert!(status.success());
+}
+
 #[test]
 fn shutdown_delay_turns_readiness_off_first() {
     let mut b = Berth::start("shutdown_delay = \"3s\"");

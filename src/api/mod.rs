@@ -109,17 +109,51 @@ pub fn router(app: Arc<App>) -> Router {
     let mut router = Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/admin/revocations", axum::routing::post(admin::revoke));
+    #[cfg(feature = "metrics")]
+    {
+        router = router.route("/metrics", get(metrics));
+    }
     if let Some(t) = app.gate.token_service() {
         router =
             router.route(&t.path, get(token::token_get).post(token::token_post)).route(JWKS_PATH, get(token::jwks));
     }
-    router.fallback(handlers::dispatch).layer(middleware::from_fn(log_and_stamp)).with_state(app)
+    router
+        .fallback(handlers::dispatch)
+        .layer(middleware::from_fn(contain_panics))
+        .layer(middleware::from_fn_with_state(app.clone(), log_and_stamp))
+        .with_state(app)
 }
 
+/// The health listener's router: probes and metrics, nothing else.
+pub fn health_router(app: Arc<App>) -> Router {
+    let router = Router::new().route("/livez", get(livez)).route("/readyz", get(readyz));
+    #[cfg(feature = "metrics")]
+    let router = router.route("/metrics", get(metrics));
+    router.with_state(app)
+}
+
+#[cfg(feature = "metrics")]
 async fn metrics() -> impl IntoResponse {
-    (StatusCode::OK, [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, crate::ext::prometheus::CONTENT_TYPE)],
+        crate::ext::prometheus::render(),
+    )
+}
+
+/// The operation of a request the parser never saw: the fixed routes by
+/// path, anything else `unknown` (never the raw path: it is client input).
+fn fixed_operation(app: &App, path: &str) -> &'static str {
+    match path {
+        "/livez" => "livez",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        "/admin/revocations" => "admin_revocations",
+        JWKS_PATH => "jwks",
+        _ if app.gate.token_service().is_some_and(|t| t.path == path) => "token",
+        _ => "unknown",
+    }
 }
 
 async fn livez() -> impl IntoResponse {
@@ -140,20 +174,95 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-/// One log line per request, and the API version header on every response.
-async fn log_and_stamp(req: Request<Body>, next: Next) -> Response {
+/// A panicking handler is answered 500 (and counted) while the process and
+/// every other request go on. Panics are bugs: none should be reachable.
+async fn contain_panics(req: Request<Body>, next: Next) -> Response {
+    use futures::FutureExt as _;
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(panic) => {
+            crate::metrics::inc(&crate::metrics::get().panics);
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%method, %path, panic = %what, "a request handler panicked; answered 500");
+            errors::error_response(&crate::oci::OciError::Internal("request handler panicked".into()))
+        }
+    }
+}
+
+/// Around every request: a span (exported by the `otel` extension), the API
+/// version header, metrics, and one access log line.
+async fn log_and_stamp(State(app): State<Arc<App>>, req: Request<Body>, next: Next) -> Response {
+    use tracing::Instrument as _;
+
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.to_string()).unwrap_or_default();
-    let mut resp = next.run(req).await;
+    // The operation names the span and labels the metrics. Parsing the path
+    // is pure and takes well under a microsecond; the handler parses again.
+    let operation = match endpoint::parse(&method, &path) {
+        Ok(endpoint) => endpoint.operation(),
+        Err(_) => fixed_operation(&app, &path),
+    };
+    let span = tracing::info_span!(
+        target: "berth::request",
+        "request",
+        otel.name = %format_args!("{method} {operation}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = operation,
+        url.path = %path,
+        http.response.status_code = tracing::field::Empty,
+    );
+    #[cfg(feature = "otel")]
+    crate::ext::otel::continue_trace(&span, req.headers());
+    let mut resp = next.run(req).instrument(span.clone()).await;
     resp.headers_mut().insert(handlers::API_VERSION, HeaderValue::from_static("registry/2.0"));
     let status = resp.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    span.record("http.response.status_code", status);
+    crate::metrics::observe_request(&method, operation, status, elapsed);
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
     if status >= 500 {
         tracing::warn!(target: "berth::access", %method, %path, status, latency_ms, %peer, "request");
     } else {
         tracing::info!(target: "berth::access", %method, %path, status, latency_ms, %peer, "request");
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_and_the_service_goes_on() {
+        async fn boom() -> &'static str {
+            panic!("a bug in a handler")
+        }
+        let router: Router = Router::new()
+            .route("/boom", get(boom))
+            .route("/fine", get(livez))
+            .layer(middleware::from_fn(contain_panics));
+        let before = crate::metrics::get().panics.load(Ordering::Relaxed);
+        let req = || Request::builder().uri("/boom").body(Body::empty()).unwrap();
+        let resp = router.clone().oneshot(req()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("\"UNKNOWN\""), "{text}");
+        assert!(!text.contains("a bug in a handler"), "the panic message must not reach the client: {text}");
+        // The same service keeps answering.
+        let ok = router.clone().oneshot(Request::builder().uri("/fine").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        let again = router.oneshot(req()).await.unwrap();
+        assert_eq!(again.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(crate::metrics::get().panics.load(Ordering::Relaxed) >= before + 2);
+    }
 }

@@ -32,6 +32,8 @@ pub struct Config {
     pub access: Option<crate::auth::policy::AccessConfig>,
     /// Request budgets shared by the fleet.
     pub rate_limit: crate::ratelimit::RateLimitConfig,
+    /// Trace export (the `otel` extension).
+    pub telemetry: TelemetryConfig,
 }
 
 /// Authentication. With nothing configured every caller is anonymous, which
@@ -266,6 +268,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// TLS on the listener; plain HTTP when absent.
     pub tls: Option<TlsConfig>,
+    /// A second, plain-HTTP listener serving only `/livez`, `/readyz` and
+    /// (with the `metrics` extension) `/metrics`: for kubelet probes and
+    /// Prometheus when the main listener demands client certificates. Keep
+    /// it off the public network (a pod-local or cluster-internal port).
+    pub health_listen: Option<SocketAddr>,
     /// Proxies (addresses or CIDR ranges) whose X-Forwarded-For and
     /// Forwarded headers name the client; anyone else's are ignored.
     pub trusted_proxies: Vec<String>,
@@ -328,6 +335,7 @@ impl Default for ServerConfig {
             connection_idle_timeout: HumanDuration(Duration::from_secs(300)),
             max_connections: 16_384,
             tls: None,
+            health_listen: None,
             trusted_proxies: Vec::new(),
         }
     }
@@ -564,6 +572,44 @@ impl Default for LogConfig {
     }
 }
 
+/// Telemetry beyond logs. Only builds with the `otel` extension accept an
+/// `[telemetry.otlp]` section; others refuse it rather than ignore it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Export a span per request to an OpenTelemetry collector.
+    pub otlp: Option<OtlpConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    /// Plain HTTP: run the collector beside the replica (same pod or host).
+    pub endpoint: String,
+    /// `service.name` on every span.
+    pub service_name: String,
+    /// Fraction of new traces recorded (0.0 to 1.0); a request carrying a
+    /// sampled `traceparent` follows its caller's decision.
+    pub sample_ratio: f64,
+    /// How long finished spans wait to be sent in one batch.
+    pub export_interval: HumanDuration,
+    /// Give up on one export after this long.
+    pub timeout: HumanDuration,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            endpoint: "http://127.0.0.1:4318/v1/traces".into(),
+            service_name: "berth".into(),
+            sample_ratio: 1.0,
+            export_interval: HumanDuration(Duration::from_secs(5)),
+            timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -640,6 +686,37 @@ impl Config {
 
     /// Refuse settings that are valid one by one but unsafe or useless together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(otlp) = &self.telemetry.otlp {
+            if !cfg!(feature = "otel") {
+                return Err(ConfigError::Key {
+                    key: "telemetry.otlp".into(),
+                    message: format!(
+                        "this build has no `otel` extension (berth {}); remove the section or run a build with it",
+                        crate::flavor::version_line()
+                    ),
+                });
+            }
+            if !otlp.endpoint.starts_with("http://") {
+                return Err(ConfigError::Key {
+                    key: "telemetry.otlp.endpoint".into(),
+                    message: "must be an http:// URL of a collector beside the replica, \
+                              e.g. \"http://127.0.0.1:4318/v1/traces\""
+                        .into(),
+                });
+            }
+            if !(0.0..=1.0).contains(&otlp.sample_ratio) {
+                return Err(ConfigError::Key {
+                    key: "telemetry.otlp.sample_ratio".into(),
+                    message: "must be between 0.0 and 1.0".into(),
+                });
+            }
+            if otlp.export_interval.0.is_zero() || otlp.timeout.0.is_zero() {
+                return Err(ConfigError::Key {
+                    key: "telemetry.otlp".into(),
+                    message: "export_interval and timeout must be positive, e.g. \"5s\"".into(),
+                });
+            }
+        }
         if !self.server.listen.ip().is_loopback() && !self.has_authentication() && !self.server.allow_anonymous {
             return Err(ConfigError::Key {
                 key: "server.listen".into(),

@@ -1,0 +1,9 @@
+//! Extensions: each is a Cargo feature with its own dependencies, absent
+//! from the minimal flavor (`--no-default-features`). The core reaches them
+//! only through the few `cfg`-gated calls in `telemetry`, `metrics` and the
+//! API's request middleware.
+
+#[cfg(feature = "otel")]
+pub mod otel;
+#[cfg(feature = "metrics")]
+pub mod prometheus;

@@ -1,0 +1,174 @@
+//! The `metrics` extension: `/metrics` in the OpenMetrics text format, with
+//! request counts and latencies by method, operation and status, plus the
+//! core's own counters (rate limits, panics), read from their atomics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Latency buckets, in seconds: a manifest from cache is well under a
+/// millisecond, a large blob upload can take minutes.
+const BUCKETS: [f64; 16] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Answered {
+    method: &'static str,
+    operation: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Timed {
+    method: &'static str,
+    operation: &'static str,
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+#[derive(Debug)]
+struct Http {
+    requests: Family<Answered, Counter>,
+    duration: Family<Timed, Histogram, fn() -> Histogram>,
+}
+
+fn http() -> &'static Http {
+    static HTTP: OnceLock<Http> = OnceLock::new();
+    HTTP.get_or_init(|| Http {
+        requests: Family::default(),
+        duration: Family::new_with_constructor(histogram as fn() -> Histogram),
+    })
+}
+
+/// The method as a label: the registry's own methods by name, anything else
+/// as `other`, so clients cannot grow the label set.
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Count one answered request and its latency.
+pub fn observe(method: &http::Method, operation: &'static str, status: u16, elapsed: Duration) {
+    let method = method_label(method);
+    let h = http();
+    h.requests.get_or_create(&Answered { method, operation, status }).inc();
+    h.duration.get_or_create(&Timed { method, operation }).observe(elapsed.as_secs_f64());
+}
+
+/// The core's counters, read at scrape time.
+#[derive(Debug)]
+struct Core;
+
+impl Collector for Core {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let m = crate::metrics::get();
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_rate_limited_requests",
+                "Requests refused for being over budget.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (class, c) in
+                [("read", &m.rate_limited_read), ("write", &m.rate_limited_write), ("auth", &m.rate_limited_auth)]
+            {
+                ConstCounter::new(v(c)).encode(family.encode_family(&[("class", class)])?)?;
+            }
+        }
+        ConstGauge::new(v(&m.rate_limit_backend_down) as i64).encode(encoder.encode_descriptor(
+            "berth_rate_limit_backend_down",
+            "1 while the rate limiter cannot reach the shared state.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_rate_limit_unchecked_requests",
+                "Requests decided by the fail mode while the limiter was down.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (mode, c) in [("open", &m.rate_limit_failed_open), ("closed", &m.rate_limit_failed_closed)] {
+                ConstCounter::new(v(c)).encode(family.encode_family(&[("mode", mode)])?)?;
+            }
+        }
+        ConstCounter::new(v(&m.panics)).encode(encoder.encode_descriptor(
+            "berth_panics",
+            "Requests whose handler panicked (answered 500).",
+            None,
+            MetricType::Counter,
+        )?)?;
+        Ok(())
+    }
+}
+
+/// Every metric, as OpenMetrics text.
+pub fn render() -> String {
+    let h = http();
+    let mut registry = Registry::default();
+    registry.register("berth_http_requests", "Requests answered, by method, operation and status.", h.requests.clone());
+    registry.register(
+        "berth_http_request_duration_seconds",
+        "Time from the request's arrival to its response headers, by method and operation.",
+        h.duration.clone(),
+    );
+    registry.register_collector(Box::new(Core));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_core_counters_are_exposed() {
+        observe(&http::Method::GET, "manifest_get", 200, Duration::from_millis(3));
+        observe(&http::Method::from_bytes(b"BREW").unwrap(), "unknown", 405, Duration::from_micros(10));
+        let text = render();
+        assert!(
+            text.contains(r#"berth_http_requests_total{method="GET",operation="manifest_get",status="200"}"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"method="other",operation="unknown",status="405""#), "{text}");
+        assert!(
+            text.contains(
+                r#"berth_http_request_duration_seconds_bucket{le="0.005",method="GET",operation="manifest_get"}"#
+            ) || text.contains(
+                r#"berth_http_request_duration_seconds_bucket{method="GET",operation="manifest_get",le="0.005"}"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE berth_rate_limited_requests counter"), "{text}");
+        assert!(text.contains(r#"berth_rate_limited_requests_total{class="read"}"#), "{text}");
+        assert!(text.contains("berth_rate_limit_backend_down "), "{text}");
+        assert!(text.contains("berth_panics_total "), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,121 @@
+//! Build flavors: the minimal build's dependency graph holds none of the
+//! extensions' crates, each extension alone brings only its own, and the
+//! binary names its flavor.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+fn cargo(args: &[&str]) -> String {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo");
+    assert!(out.status.success(), "cargo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The crates in the berth package's normal (non-dev, non-build) graph.
+fn tree(features: &[&str]) -> BTreeSet<String> {
+    let mut args =
+        vec!["tree", "--offline", "--locked", "-p", "berth", "-e", "normal", "--prefix", "none", "--format", "{p}"];
+    args.extend_from_slice(features);
+    cargo(&args)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "berth")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The optional dependencies of the berth package, by the feature enabling them.
+fn extension_dependencies() -> Vec<(String, Vec<String>)> {
+    let meta: serde_json::Value =
+        serde_json::from_str(&cargo(&["metadata", "--offline", "--locked", "--no-deps", "--format-version", "1"]))
+            .unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let berth = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "berth" && Path::new(p["manifest_path"].as_str().unwrap()) == manifest)
+        .unwrap();
+    let features = berth["features"].as_object().unwrap();
+    let mut out = Vec::new();
+    for (feature, enables) in features {
+        if feature == "default" {
+            continue;
+        }
+        let deps: Vec<String> = enables
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.as_str()?.strip_prefix("dep:").map(str::to_owned))
+            .collect();
+        out.push((feature.clone(), deps));
+    }
+    out
+}
+
+#[test]
+fn every_extension_is_a_feature_of_the_default_build_listed_by_the_binary() {
+    let extensions = extension_dependencies();
+    let names: Vec<&str> = extensions.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(names, berth::flavor::EXTENSIONS, "Cargo.toml features and berth::flavor::EXTENSIONS disagree");
+    for (feature, deps) in &extensions {
+        assert!(!deps.is_empty(), "extension {feature} brings no dependency of its own");
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&cargo(&["metadata", "--offline", "--locked", "--no-deps", "--format-version", "1"]))
+            .unwrap();
+    let berth = meta["packages"].as_array().unwrap().iter().find(|p| p["name"] == "berth").unwrap();
+    let default: Vec<&str> =
+        berth["features"]["default"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(default, names, "the default build must have every extension");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_berth")).arg("--version").output().unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(line.starts_with(&format!("berth {}", env!("CARGO_PKG_VERSION"))), "{line}");
+    assert!(line.contains(&format!("flavor: {}", berth::flavor::flavor())), "{line}");
+    for f in berth::flavor::features() {
+        assert!(line.contains(f), "{line}");
+    }
+}
+
+#[test]
+fn the_minimal_tree_has_none_of_the_extensions_crates() {
+    let minimal = tree(&["--no-default-features"]);
+    let full = tree(&["--all-features"]);
+    let extensions = extension_dependencies();
+    // The core the minimal flavor must keep.
+    for core in ["axum", "tokio", "rustls", "aws-sdk-s3", "redis", "ldap3", "jsonwebtoken", "argon2", "sha2"] {
+        assert!(minimal.contains(core), "{core} missing from the minimal build");
+    }
+    for (feature, deps) in &extensions {
+        for dep in deps {
+            assert!(full.contains(dep), "{dep} ({feature}) missing from the full build");
+            assert!(!minimal.contains(dep), "{dep} ({feature}) is in the minimal build");
+        }
+    }
+    // Everything only the full build has came with an extension: no crate
+    // outside the extensions' own graphs changes between flavors.
+    let extra: BTreeSet<&String> = full.difference(&minimal).collect();
+    assert!(!extra.is_empty());
+    let mut explained = BTreeSet::new();
+    for (feature, deps) in &extensions {
+        let alone = tree(&["--no-default-features", "--features", feature]);
+        // An extension alone brings its own crates and none of another's.
+        for (other, other_deps) in &extensions {
+            for dep in other_deps {
+                assert_eq!(alone.contains(dep), other == feature, "{dep} of {other} with only {feature}");
+            }
+        }
+        assert!(deps.iter().all(|d| alone.contains(d)));
+        explained.extend(alone.difference(&minimal).cloned());
+    }
+    let unexplained: Vec<_> = extra.iter().filter(|c| !explained.contains(c.as_str())).collect();
+    assert!(unexplained.is_empty(), "in the full build but in no extension alone: {unexplained:?}");
+}

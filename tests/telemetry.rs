@@ -1,0 +1,150 @@
+//! Trace export (the `otel` extension) against a stand-in OTLP/HTTP
+//! collector on loopback, and its refusal in builds without the extension.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+#[cfg(feature = "otel")]
+mod otel {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::routing::post;
+    use axum::Router;
+
+    use super::common::{client, Berth};
+
+    type Received = Arc<Mutex<Vec<Bytes>>>;
+
+    /// A collector that keeps every body POSTed to /v1/traces.
+    async fn collector() -> (String, Received, tokio::task::JoinHandle<()>) {
+        async fn traces(State(received): State<Received>, body: Bytes) -> ([(&'static str, &'static str); 1], Vec<u8>) {
+            received.lock().unwrap().push(body);
+            // An empty ExportTraceServiceResponse is zero bytes of protobuf.
+            ([("content-type", "application/x-protobuf")], Vec::new())
+        }
+        let received = Received::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let app = Router::new().route("/v1/traces", post(traces)).with_state(received.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (url, received, task)
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// Wait (bounded) until some exported batch holds every needle.
+    async fn wait_for(received: &Received, needles: &[&[u8]]) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if received.lock().unwrap().iter().any(|b| needles.iter().all(|n| contains(b, n))) {
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+    const PARENT_ID: &str = "b7ad6b7169203331";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn request_spans_reach_the_collector_and_continue_the_callers_trace() {
+        let (url, received, _task) = collector().await;
+        let b = Berth::start(&format!(
+            "[telemetry.otlp]\nendpoint = \"{url}\"\nservice_name = \"berth-under-test\"\nexport_interval = \"100ms\"\n"
+        ));
+        let resp = client()
+            .get(b.url("/v2/"))
+            .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let trace = hex::decode(TRACE_ID).unwrap();
+        let parent = hex::decode(PARENT_ID).unwrap();
+        assert!(
+            wait_for(&received, &[&trace, &parent, b"berth-under-test", b"GET base"]).await,
+            "no span with the caller's trace id, parent, service name and operation reached the collector; got {} batches",
+            received.lock().unwrap().len()
+        );
+        // A request without trace context starts a trace of its own.
+        let before = received.lock().unwrap().len();
+        assert_eq!(client().get(b.url("/v2/_catalog")).send().await.unwrap().status(), 200);
+        assert!(wait_for(&received, &[b"GET catalog"]).await);
+        assert!(received.lock().unwrap().len() > before);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_still_queued_are_sent_at_shutdown() {
+        let (url, received, _task) = collector().await;
+        // Batches would wait an hour: only the shutdown flush can send it.
+        let mut b = Berth::start(&format!("[telemetry.otlp]\nendpoint = \"{url}\"\nexport_interval = \"1h\"\n"));
+        assert_eq!(client().get(b.url("/v2/")).send().await.unwrap().status(), 200);
+        assert!(received.lock().unwrap().is_empty());
+        let status = tokio::task::spawn_blocking(move || {
+            let s = b.terminate();
+            (s, b)
+        })
+        .await
+        .unwrap();
+        assert!(status.0.is_some_and(|s| s.success()), "{:?}: {}", status.0, status.1.stderr());
+        assert!(wait_for(&received, &[b"GET base"]).await, "the queued span was lost at shutdown");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_collector_costs_spans_not_requests() {
+        // A port that was free a moment ago: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let b = Berth::start(&format!(
+            "[telemetry.otlp]\nendpoint = \"http://127.0.0.1:{port}/v1/traces\"\nexport_interval = \"50ms\"\ntimeout = \"1s\"\n"
+        ));
+        for i in 0..40 {
+            assert_eq!(client().get(b.url("/v2/")).send().await.unwrap().status(), 200, "request {i}");
+        }
+        assert_eq!(client().get(b.url("/readyz")).send().await.unwrap().status(), 200);
+        assert!(!b.stderr().contains("panicked"), "{}", b.stderr());
+    }
+}
+
+fn config_check(toml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.toml");
+    std::fs::write(&path, toml).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_berth")).args(["config", "check"]).arg(&path).output().unwrap()
+}
+
+#[test]
+fn the_otlp_section_is_checked_and_refused_by_builds_without_the_extension() {
+    let out = config_check("[telemetry.otlp]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if cfg!(feature = "otel") {
+        assert!(out.status.success(), "{stderr}");
+        for (bad, key) in [
+            ("endpoint = \"https://collector.example:4318/v1/traces\"", "telemetry.otlp.endpoint"),
+            ("sample_ratio = 1.5", "telemetry.otlp.sample_ratio"),
+            ("export_interval = \"0s\"", "telemetry.otlp"),
+            ("colour = \"blue\"", "colour"),
+        ] {
+            let out = config_check(&format!("[telemetry.otlp]\n{bad}\n"));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+            assert!(stderr.contains(key), "{bad}: {stderr}");
+        }
+    } else {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("telemetry.otlp") && stderr.contains("otel"), "{stderr}");
+        assert!(stderr.contains("flavor: "), "{stderr}");
+    }
+}
