@@ -38,12 +38,19 @@ impl Berth {
         );
         std::fs::write(&config, text).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.arg("serve").arg("--config").arg(&config).stdout(Stdio::piped()).stderr(stderr).stdin(Stdio::null());
+        cmd.arg("serve").arg("--config").arg(&config);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Berth::launch(cmd, dir, stderr_path)
+    }
+
+    /// Run `cmd` (a berth, possibly behind a wrapper that execs it) with
+    /// stdout piped and stderr to `stderr_path`; wait for its address.
+    pub fn launch(mut cmd: Command, dir: tempfile::TempDir, stderr_path: PathBuf) -> Berth {
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        cmd.stdout(Stdio::piped()).stderr(stderr).stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn berth");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
@@ -60,6 +67,7 @@ impl Berth {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
                 panic!("berth did not report its address within 60s; stderr:\n{log}");
             }
