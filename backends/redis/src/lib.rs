@@ -394,6 +394,32 @@ mod tests {
         berth_state::testing::run_all(Arc::new(state)).await;
     }
 
+    /// The suite against the server in `BERTH_TEST_REDIS_URL` (CI's Redis
+    /// service container), under a key prefix of its own; without the
+    /// variable, against a local redis-server reached the same way, by URL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_against_the_configured_server() {
+        let local;
+        let url = match std::env::var("BERTH_TEST_REDIS_URL") {
+            Ok(url) => url,
+            Err(_) => {
+                local = start_redis();
+                format!("redis://127.0.0.1:{}/", local.port)
+            }
+        };
+        let mut options = RedisOptions::new(url.clone());
+        options.key_prefix = format!("berth-test-{}:", std::process::id());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let state = loop {
+            match RedisState::connect(&options).await {
+                Ok(s) if s.get("ping").await.is_ok() => break s,
+                _ if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                other => panic!("redis at {url} never became ready: {:?}", other.err()),
+            }
+        };
+        berth_state::testing::run_all(Arc::new(state)).await;
+    }
+
     /// An ACL user whose password comes from the options (in berth, a secret
     /// file), not the URL; a wrong password is refused with an error.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
