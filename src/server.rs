@@ -183,6 +183,7 @@ impl Server {
             .map(|p| p.parse().map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<_>>()
             .context("server.trusted_proxies")?;
+        app.metrics_on_main = config.server.health_listen.is_none();
         let app = Arc::new(app);
         let listener = TcpListener::bind(config.server.listen)
             .await

@@ -172,6 +172,8 @@ async fn the_health_listener_serves_probes_and_nothing_else() {
     } else {
         assert_eq!(metrics.status(), 404);
     }
+    // Metrics moved off the main listener.
+    assert_eq!(c.get(b.url("/metrics")).send().await.unwrap().status(), 404);
     // The registry API is not there.
     for path in ["/v2/", "/v2/_catalog", "/admin/revocations"] {
         assert_eq!(c.get(format!("{health}{path}")).send().await.unwrap().status(), 404, "{path}");

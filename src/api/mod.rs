@@ -40,6 +40,9 @@ pub struct App {
     pub limiter: Option<crate::ratelimit::RateLimiter>,
     /// Peers whose X-Forwarded-For / Forwarded headers are believed.
     pub trusted_proxies: Vec<crate::ratelimit::Cidr>,
+    /// Serve `/metrics` on the main listener too; off when a health
+    /// listener (`server.health_listen`) carries it.
+    pub metrics_on_main: bool,
 }
 
 impl App {
@@ -51,6 +54,7 @@ impl App {
             draining: AtomicBool::new(false),
             limiter: None,
             trusted_proxies: Vec::new(),
+            metrics_on_main: true,
         }
     }
 
@@ -111,7 +115,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/admin/revocations", axum::routing::post(admin::revoke));
     #[cfg(feature = "metrics")]
-    {
+    if app.metrics_on_main {
         router = router.route("/metrics", get(metrics));
     }
     if let Some(t) = app.gate.token_service() {

@@ -272,6 +272,7 @@ pub struct ServerConfig {
     /// (with the `metrics` extension) `/metrics`: for kubelet probes and
     /// Prometheus when the main listener demands client certificates. Keep
     /// it off the public network (a pod-local or cluster-internal port).
+    /// With it set, the main listener no longer serves `/metrics`.
     pub health_listen: Option<SocketAddr>,
     /// Proxies (addresses or CIDR ranges) whose X-Forwarded-For and
     /// Forwarded headers name the client; anyone else's are ignored.
