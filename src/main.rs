@@ -161,7 +161,9 @@ fn main() -> ExitCode {
                 }
             };
             let result = runtime.block_on(serve(cfg, config));
-            // Spans still queued are exported before the process ends.
+            // Connections the grace period left open end (and close their
+            // spans) with the runtime; then queued spans are exported.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             telemetry.shutdown();
             match result {
                 Ok(()) => ExitCode::SUCCESS,

@@ -39,3 +39,19 @@ pub fn observe_request(method: &http::Method, operation: &'static str, status: u
     #[cfg(not(feature = "metrics"))]
     let _ = (method, operation, status, elapsed);
 }
+
+/// The method as a label or span name: the registry's own methods by name,
+/// anything else `_OTHER` (OpenTelemetry's convention), so clients cannot
+/// grow the set.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "_OTHER",
+    }
+}

@@ -184,6 +184,7 @@ impl Server {
             .collect::<anyhow::Result<_>>()
             .context("server.trusted_proxies")?;
         app.metrics_on_main = config.server.health_listen.is_none();
+        app.trust_trace_context = config.telemetry.otlp.as_ref().is_some_and(|o| o.trust_trace_context);
         let app = Arc::new(app);
         let listener = TcpListener::bind(config.server.listen)
             .await

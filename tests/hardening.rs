@@ -2,8 +2,8 @@
 //! it: as uid/gid 65532, from a directory tree it cannot write, with one
 //! writable data directory.
 //!
-//! The binary under test is `BERTH_RELEASE_BIN`, or `target/release/berth`;
-//! `scripts/test` builds it first with `cargo auditable build --release`.
+//! The binary under test is `BERTH_RELEASE_BIN`; `scripts/test` builds it
+//! first with `cargo auditable build --release`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -114,15 +114,14 @@ fn problems(f: &Findings) -> Vec<String> {
 }
 
 fn release_binary() -> PathBuf {
-    let path = std::env::var_os("BERTH_RELEASE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/berth"));
-    assert!(
-        path.is_file(),
-        "{} does not exist: build it with `cargo auditable build --release --locked` \
-         (scripts/test does) or point BERTH_RELEASE_BIN at it",
-        path.display()
-    );
+    // Never a fallback path: an old binary would pass for a new one.
+    let path = std::env::var_os("BERTH_RELEASE_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        panic!(
+            "BERTH_RELEASE_BIN is not set: build with `cargo auditable build --release --locked` and point it at \
+             target/release/berth (scripts/test does both)"
+        )
+    });
+    assert!(path.is_file(), "BERTH_RELEASE_BIN={} does not exist", path.display());
     path
 }
 
@@ -270,6 +269,16 @@ fn require_root() {
     );
 }
 
+/// A child process killed when dropped, also when the test fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn is_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
@@ -387,10 +396,27 @@ async fn the_binary_serves_as_an_unprivileged_user_from_a_read_only_tree() {
 fn an_unwritable_data_directory_is_a_clear_start_up_error() {
     require_root();
     let tree = ImageTree::new(&release_binary(), 0);
-    let out = tree.command().output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started with an unwritable data directory: {stderr}");
+    let logs = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    let mut child = Killed(
+        tree.command()
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // Bounded: a regression that starts anyway is killed, not waited on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running after 30 s with an unwritable data directory");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    assert!(!status.success(), "started with an unwritable data directory: {stderr}");
     assert!(stderr.contains("var/lib/berth"), "the message does not name the directory: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "it reported a listening address");
+    assert!(std::fs::read_to_string(&out_path).unwrap().is_empty(), "it reported a listening address");
 }

@@ -63,7 +63,8 @@ mod otel {
     async fn request_spans_reach_the_collector_and_continue_the_callers_trace() {
         let (url, received, _task) = collector().await;
         let b = Berth::start(&format!(
-            "[telemetry.otlp]\nendpoint = \"{url}\"\nservice_name = \"berth-under-test\"\nexport_interval = \"100ms\"\n"
+            "[telemetry.otlp]\nendpoint = \"{url}\"\nservice_name = \"berth-under-test\"\nexport_interval = \"100ms\"\n\
+             trust_trace_context = true\n"
         ));
         let resp = client()
             .get(b.url("/v2/"))
@@ -86,6 +87,38 @@ mod otel {
         assert!(received.lock().unwrap().len() > before);
     }
 
+    /// By default only trusted proxies' trace context is continued: a
+    /// direct client's `traceparent` neither joins its trace nor forces
+    /// sampling; behind a trusted proxy it does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trace_context_is_believed_only_from_trusted_proxies() {
+        let (url, received, _task) = collector().await;
+        let trace = hex::decode(TRACE_ID).unwrap();
+        let config = format!("[telemetry.otlp]\nendpoint = \"{url}\"\nexport_interval = \"100ms\"\n");
+        let direct = Berth::start(&config);
+        let resp = client()
+            .get(direct.url("/v2/"))
+            .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(wait_for(&received, &[b"GET base"]).await, "the request's span was not exported");
+        assert!(
+            !received.lock().unwrap().iter().any(|b| contains(b, &trace)),
+            "an untrusted caller's trace id was adopted"
+        );
+        let proxied = Berth::start(&format!("trusted_proxies = [\"127.0.0.1\"]\n{config}"));
+        let resp = client()
+            .get(proxied.url("/v2/_catalog"))
+            .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(wait_for(&received, &[&trace, b"GET catalog"]).await, "a trusted proxy's trace context was ignored");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spans_still_queued_are_sent_at_shutdown() {
         let (url, received, _task) = collector().await;
@@ -103,15 +136,31 @@ mod otel {
         assert!(wait_for(&received, &[b"GET base"]).await, "the queued span was lost at shutdown");
     }
 
+    /// A collector that accepts connections and never answers: exports
+    /// time out on the exporter's thread while requests go on answering.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_unreachable_collector_costs_spans_not_requests() {
-        // A port that was free a moment ago: nothing listens there.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    async fn a_hung_collector_costs_spans_not_requests() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let keep = held.clone();
+        let _task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                keep.lock().unwrap().push(conn);
+            }
+        });
         let b = Berth::start(&format!(
-            "[telemetry.otlp]\nendpoint = \"http://127.0.0.1:{port}/v1/traces\"\nexport_interval = \"50ms\"\ntimeout = \"1s\"\n"
+            "[telemetry.otlp]\nendpoint = \"http://{addr}/v1/traces\"\nexport_interval = \"50ms\"\ntimeout = \"1s\"\n"
         ));
-        for i in 0..40 {
-            assert_eq!(client().get(b.url("/v2/")).send().await.unwrap().status(), 200, "request {i}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut answered = 0;
+        // Requests keep flowing while exports hang: at least until the
+        // exporter has connected, and well past its first timeout.
+        while answered < 40 || held.lock().unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the exporter never connected");
+            assert_eq!(client().get(b.url("/v2/")).send().await.unwrap().status(), 200, "request {answered}");
+            answered += 1;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
         assert_eq!(client().get(b.url("/readyz")).send().await.unwrap().status(), 200);
         assert!(!b.stderr().contains("panicked"), "{}", b.stderr());

@@ -43,6 +43,8 @@ pub struct App {
     /// Serve `/metrics` on the main listener too; off when a health
     /// listener (`server.health_listen`) carries it.
     pub metrics_on_main: bool,
+    /// Continue any caller's W3C trace context, not only trusted proxies'.
+    pub trust_trace_context: bool,
 }
 
 impl App {
@@ -55,6 +57,7 @@ impl App {
             limiter: None,
             trusted_proxies: Vec::new(),
             metrics_on_main: true,
+            trust_trace_context: false,
         }
     }
 
@@ -126,6 +129,9 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(handlers::dispatch)
         .layer(middleware::from_fn(contain_panics))
         .layer(middleware::from_fn_with_state(app.clone(), log_and_stamp))
+        // Outermost as well: a panic in the logging middleware itself is
+        // contained too (the inner layer keeps such 500s measured).
+        .layer(middleware::from_fn(contain_panics))
         .with_state(app)
 }
 
@@ -134,7 +140,7 @@ pub fn health_router(app: Arc<App>) -> Router {
     let router = Router::new().route("/livez", get(livez)).route("/readyz", get(readyz));
     #[cfg(feature = "metrics")]
     let router = router.route("/metrics", get(metrics));
-    router.with_state(app)
+    router.layer(middleware::from_fn(contain_panics)).with_state(app)
 }
 
 #[cfg(feature = "metrics")]
@@ -213,18 +219,30 @@ async fn log_and_stamp(State(app): State<Arc<App>>, req: Request<Body>, next: Ne
         Ok(endpoint) => endpoint.operation(),
         Err(_) => fixed_operation(&app, &path),
     };
+    // A closed set of method names: clients cannot mint span names.
+    let method_name = crate::metrics::method_label(&method);
     let span = tracing::info_span!(
         target: "berth::request",
         "request",
-        otel.name = %format_args!("{method} {operation}"),
+        otel.name = %format_args!("{method_name} {operation}"),
         otel.kind = "server",
-        http.request.method = %method,
+        http.request.method = method_name,
         http.route = operation,
         url.path = %path,
         http.response.status_code = tracing::field::Empty,
     );
+    // Trace context is believed from trusted proxies, or from anyone when
+    // configured: otherwise a client could force sampling of its requests.
     #[cfg(feature = "otel")]
-    crate::ext::otel::continue_trace(&span, req.headers());
+    {
+        let from_proxy = req
+            .extensions()
+            .get::<PeerAddr>()
+            .is_some_and(|p| app.trusted_proxies.iter().any(|c| c.contains(p.0.ip())));
+        if from_proxy || app.trust_trace_context {
+            crate::ext::otel::continue_trace(&span, req.headers());
+        }
+    }
     let mut resp = next.run(req).instrument(span.clone()).await;
     resp.headers_mut().insert(handlers::API_VERSION, HeaderValue::from_static("registry/2.0"));
     let status = resp.status().as_u16();

@@ -597,6 +597,11 @@ pub struct OtlpConfig {
     pub export_interval: HumanDuration,
     /// Give up on one export after this long.
     pub timeout: HumanDuration,
+    /// Continue the W3C trace context (`traceparent`) of any caller. Off,
+    /// only requests arriving through `server.trusted_proxies` continue
+    /// their caller's trace, so clients cannot force sampling or inject
+    /// trace ids.
+    pub trust_trace_context: bool,
 }
 
 impl Default for OtlpConfig {
@@ -607,6 +612,7 @@ impl Default for OtlpConfig {
             sample_ratio: 1.0,
             export_interval: HumanDuration(Duration::from_secs(5)),
             timeout: HumanDuration(Duration::from_secs(10)),
+            trust_trace_context: false,
         }
     }
 }
@@ -697,7 +703,8 @@ impl Config {
                     ),
                 });
             }
-            if !otlp.endpoint.starts_with("http://") {
+            let uri: Option<http::Uri> = otlp.endpoint.parse().ok();
+            if !uri.is_some_and(|u| u.scheme_str() == Some("http") && u.host().is_some_and(|h| !h.is_empty())) {
                 return Err(ConfigError::Key {
                     key: "telemetry.otlp.endpoint".into(),
                     message: "must be an http:// URL of a collector beside the replica, \

@@ -23,7 +23,8 @@ pub struct Exporter {
 
 impl Exporter {
     /// Build the exporter. Nothing is sent until spans end; an unreachable
-    /// collector costs dropped spans and a log line, never a failed request.
+    /// or hung collector costs dropped spans and a warning from the SDK,
+    /// never a failed or slower request (export runs on its own thread).
     pub fn new(config: &OtlpConfig) -> Result<Exporter, String> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()

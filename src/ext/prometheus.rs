@@ -54,24 +54,9 @@ fn http() -> &'static Http {
     })
 }
 
-/// The method as a label: the registry's own methods by name, anything else
-/// as `other`, so clients cannot grow the label set.
-fn method_label(method: &http::Method) -> &'static str {
-    match *method {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::PATCH => "PATCH",
-        http::Method::DELETE => "DELETE",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
-}
-
 /// Count one answered request and its latency.
 pub fn observe(method: &http::Method, operation: &'static str, status: u16, elapsed: Duration) {
-    let method = method_label(method);
+    let method = crate::metrics::method_label(method);
     let h = http();
     h.requests.get_or_create(&Answered { method, operation, status }).inc();
     h.duration.get_or_create(&Timed { method, operation }).observe(elapsed.as_secs_f64());
@@ -156,7 +141,7 @@ mod tests {
             text.contains(r#"berth_http_requests_total{method="GET",operation="manifest_get",status="200"}"#),
             "{text}"
         );
-        assert!(text.contains(r#"method="other",operation="unknown",status="405""#), "{text}");
+        assert!(text.contains(r#"method="_OTHER",operation="unknown",status="405""#), "{text}");
         assert!(
             text.contains(
                 r#"berth_http_request_duration_seconds_bucket{le="0.005",method="GET",operation="manifest_get"}"#
