@@ -36,7 +36,7 @@ type HandlerResult = Result<Response, OciError>;
 
 /// Entry point for every `/v2` request.
 pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     // Wrapped first, so a request refused at any step below still has its
     // body read off the connection.
     let expects_continue = parts
@@ -45,7 +45,13 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     let body = DrainOnDrop { body: Some(body), idle: app.body_idle_timeout, expects_continue };
-    let endpoint = match endpoint::parse(&parts.method, parts.uri.path()) {
+    // Parsed by the request middleware; parsed here when it did not run or
+    // the path is not an API endpoint (the error responses are built here).
+    let parsed = match parts.extensions.remove::<super::Parsed>() {
+        Some(super::Parsed(e)) => Ok(e),
+        None => endpoint::parse(&parts.method, parts.uri.path()),
+    };
+    let endpoint = match parsed {
         Ok(e) => e,
         Err(ParseError::NotFound) => return envelope(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "no such API endpoint"),
         Err(ParseError::MethodNotAllowed(allow)) => {

@@ -152,6 +152,10 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
+/// A request's endpoint, parsed once by `log_and_stamp` for the handler.
+#[derive(Debug, Clone)]
+pub(crate) struct Parsed(pub(crate) Endpoint);
+
 /// The operation of a request the parser never saw: the fixed routes by
 /// path, anything else `unknown` (never the raw path: it is client input).
 fn fixed_operation(app: &App, path: &str) -> &'static str {
@@ -206,17 +210,21 @@ async fn contain_panics(req: Request<Body>, next: Next) -> Response {
 
 /// Around every request: a span (exported by the `otel` extension), the API
 /// version header, metrics, and one access log line.
-async fn log_and_stamp(State(app): State<Arc<App>>, req: Request<Body>, next: Next) -> Response {
+async fn log_and_stamp(State(app): State<Arc<App>>, mut req: Request<Body>, next: Next) -> Response {
     use tracing::Instrument as _;
 
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.to_string()).unwrap_or_default();
-    // The operation names the span and labels the metrics. Parsing the path
-    // is pure and takes well under a microsecond; the handler parses again.
+    // The operation names the span and labels the metrics. The parsed
+    // endpoint travels with the request, so the handler does not parse again.
     let operation = match endpoint::parse(&method, &path) {
-        Ok(endpoint) => endpoint.operation(),
+        Ok(endpoint) => {
+            let operation = endpoint.operation();
+            req.extensions_mut().insert(Parsed(endpoint));
+            operation
+        }
         Err(_) => fixed_operation(&app, &path),
     };
     // A closed set of method names: clients cannot mint span names.
