@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod conn;
 #[cfg(any(feature = "metrics", feature = "otel"))]
 pub mod ext;
 pub mod flavor;

@@ -117,7 +117,12 @@ fn main() -> ExitCode {
             revoke(&cfg, revocation)
         }
         Command::Config { command: ConfigCommand::Check { file } } => {
-            match load(Some(&file)).and_then(|c| c.validate().map(|()| c)) {
+            // The same checks and the same builders as `serve`, short of
+            // opening the backends and the listener.
+            let checked = load(Some(&file))
+                .and_then(|c| c.validate().map(|()| c))
+                .and_then(|c| berth::server::Components::load(&c).map(|_| c));
+            match checked {
                 Ok(c) => {
                     print!("{}", c.to_redacted_toml());
                     ExitCode::SUCCESS
@@ -142,10 +147,13 @@ fn main() -> ExitCode {
             if let Some(dir) = data_dir {
                 cfg.storage.fs.root = dir;
             }
-            if let Err(e) = cfg.validate() {
-                eprintln!("berth: refusing to start: {e}");
-                return ExitCode::from(2);
-            }
+            let components = match cfg.validate().and_then(|()| berth::server::Components::load(&cfg)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("berth: refusing to start: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let telemetry = match berth::telemetry::init(&cfg.log, &cfg.telemetry) {
                 Ok(t) => t,
                 Err(e) => {
@@ -160,7 +168,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let result = runtime.block_on(serve(cfg, config));
+            let result = runtime.block_on(serve(cfg, components, config));
             // Connections the grace period left open end (and close their
             // spans) with the runtime; then queued spans are exported.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -176,8 +184,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(cfg: Config, config_file: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut server = berth::server::Server::bind(&cfg).await?;
+async fn serve(cfg: Config, components: berth::server::Components, config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut server = berth::server::Server::bind(&cfg, components).await?;
     if let Some(path) = config_file {
         // Access policies follow the file (and SIGHUP) without a restart.
         server = server.watch_config(path);

@@ -30,9 +30,53 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
-use crate::api::{self, App, PeerAddr};
-use crate::config::{Config, StateBackend, StorageBackend};
+use crate::api::{self, App};
+use crate::config::{Config, ConfigError, StateBackend, StorageBackend};
+use crate::conn::{ClientInfo, Connection, TrustedProxies};
 use crate::registry::{Registry, RegistryOptions};
+
+/// Everything the configuration's files make: built once, by
+/// [`Components::load`], which `config check` and `serve` both call, so
+/// they cannot disagree and no file is read twice.
+#[derive(Debug)]
+pub struct Components {
+    pub gate: crate::auth::Gate,
+    pub tls: Option<crate::tls::ReloadingTls>,
+    pub trusted_proxies: TrustedProxies,
+    pub rate_limits: Option<crate::ratelimit::RateLimits>,
+    pub metrics_access: Option<api::MetricsAccess>,
+}
+
+impl Components {
+    /// Read the files the configuration names (htpasswd, token key, JWKS,
+    /// LDAP CA, TLS certificate and key) and check every name in policies,
+    /// admins, rate-limit overrides and `[metrics]`. Connects to nothing.
+    pub fn load(config: &Config) -> Result<Components, ConfigError> {
+        let key = |key: &str, message: String| ConfigError::Key { key: key.into(), message };
+        let gate = crate::auth::Gate::from_config(&config.auth, config.access.as_ref())?;
+        let tls = match &config.server.tls {
+            Some(t) => Some(
+                crate::tls::ReloadingTls::load(crate::tls::TlsFiles::from_config(t))
+                    .map_err(|e| key("server.tls", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let trusted_proxies =
+            TrustedProxies::parse(&config.server.trusted_proxies).map_err(|m| key("server.trusted_proxies", m))?;
+        let ids = gate.issuer_ids();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let rate_limits = if config.rate_limit.enabled {
+            Some(crate::ratelimit::RateLimits::new(&config.rate_limit, &ids).map_err(|m| key("rate_limit", m))?)
+        } else {
+            None
+        };
+        let metrics_access = match &config.metrics {
+            Some(m) => Some(api::MetricsAccess::from_config(m, &ids).map_err(|e| key("metrics", e))?),
+            None => None,
+        };
+        Ok(Components { gate, tls, trusted_proxies, rate_limits, metrics_access })
+    }
+}
 
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
@@ -86,16 +130,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
                 ),
                 None => None,
             };
-            let options = berth_state_redis::RedisOptions {
-                url: r.url.expose().to_owned(),
-                key_prefix: r.key_prefix.clone(),
-                connect_timeout: r.connect_timeout.0,
-                response_timeout: r.response_timeout.0,
-                tls_ca_pem,
-                username: r.username.clone(),
-                password: r.password.as_ref().map(|p| p.expose().to_owned()),
-            };
-            let state = berth_state_redis::RedisState::connect(&options)
+            let state = berth_state_redis::RedisState::connect(&redis_options(r, tls_ca_pem))
                 .await
                 .context("cannot connect to redis (state.redis.url)")?;
             Arc::new(state)
@@ -119,8 +154,10 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
 }
 
 impl Server {
-    /// Open the backends and bind the listener.
-    pub async fn bind(config: &Config) -> anyhow::Result<Server> {
+    /// Open the backends and bind the listener, with the components built
+    /// from the configuration's files.
+    pub async fn bind(config: &Config, components: Components) -> anyhow::Result<Server> {
+        let Components { gate, tls, trusted_proxies, rate_limits, metrics_access } = components;
         let registry = open_registry(config).await?;
         let body_idle = config.server.body_idle_timeout.0;
         if matches!(config.state.backend, StateBackend::Memory) {
@@ -133,18 +170,16 @@ impl Server {
             }
         }
         let t = &config.auth.throttle;
-        let mut gate = build_gate(&config.auth)?.with_admins(config.auth.admins.clone()).with_throttle(
-            crate::auth::throttle::Throttle::new(
-                registry.state(),
-                crate::auth::throttle::ThrottleOptions {
-                    window: t.window.0,
-                    user_lockout: t.user_lockout,
-                    ip_lockout: t.ip_lockout,
-                    delay_after: t.delay_after,
-                    max_delay: t.max_delay.0,
-                },
-            ),
-        );
+        gate.set_throttle(crate::auth::throttle::Throttle::new(
+            registry.state(),
+            crate::auth::throttle::ThrottleOptions {
+                window: t.window.0,
+                user_lockout: t.user_lockout,
+                ip_lockout: t.ip_lockout,
+                delay_after: t.delay_after,
+                max_delay: t.max_delay.0,
+            },
+        ));
         if gate.required() {
             // Known before the first request; if the store cannot be read
             // now, bearer tokens get 503 until the sync task manages to.
@@ -155,35 +190,13 @@ impl Server {
                 }
             }
         }
-        if let Some(access) = &config.access {
-            gate.set_policy(Some(crate::auth::policy::AccessPolicy::new(access.clone()).map_err(anyhow::Error::msg)?));
-        }
-        if let Some(l) = &config.auth.ldap {
-            gate = gate.with_ldap(crate::auth::ldap::LdapAuth::new(l.options()).context("auth.ldap")?);
-        }
-        if let Some(m) = &config.auth.mtls {
-            gate = gate.with_mtls(crate::auth::mtls::MtlsRules {
-                subject: m.subject,
-                uri_prefix: m.uri_prefix.clone(),
-                groups_from_ou: m.groups_from_ou,
-            });
-        }
-        let tls = match &config.server.tls {
-            Some(t) => Some(crate::tls::ReloadingTls::load(t.files()).context("server.tls")?),
-            None => None,
-        };
         let mut app = App::new(registry, gate, body_idle);
-        if config.rate_limit.enabled {
-            app.limiter = Some(crate::ratelimit::RateLimiter::new(app.registry.state(), config.rate_limit.clone()));
+        if let Some(limits) = rate_limits {
+            app.limiter = Some(crate::ratelimit::RateLimiter::new(app.registry.state(), limits));
         }
-        app.trusted_proxies = config
-            .server
-            .trusted_proxies
-            .iter()
-            .map(|p| p.parse().map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<_>>()
-            .context("server.trusted_proxies")?;
+        app.trusted_proxies = trusted_proxies;
         app.metrics_on_main = config.server.health_listen.is_none();
+        app.metrics_access = metrics_access;
         app.trust_trace_context = config.telemetry.otlp.as_ref().is_some_and(|o| o.trust_trace_context);
         let app = Arc::new(app);
         let listener = TcpListener::bind(config.server.listen)
@@ -302,8 +315,9 @@ impl Server {
             let limits = self.limits;
             let watcher = graceful.watcher();
             let tls = self.tls.as_ref().map(crate::tls::ReloadingTls::config);
+            let app = self.app.clone();
             tokio::spawn(async move {
-                serve_connection(stream, peer, router, &builder, watcher, limits, tls).await;
+                serve_connection(stream, peer, router, &builder, watcher, limits, tls, app).await;
                 drop(permit);
             });
         }
@@ -326,6 +340,7 @@ impl Server {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -334,6 +349,7 @@ async fn serve_connection(
     watcher: hyper_util::server::graceful::Watcher,
     limits: Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
+    app: Arc<App>,
 ) {
     let _ = stream.set_nodelay(true);
     // Dead peers (a node that vanished mid-pull) are noticed by the kernel.
@@ -347,7 +363,8 @@ async fn serve_connection(
         _ => return,
     }
     let Some(config) = tls else {
-        return serve_io(stream, peer, ConnectionInfo::default(), router, builder, watcher, limits).await;
+        let connection = Connection { peer, tls: false, client_certificate: None };
+        return serve_io(stream, connection, router, builder, watcher, limits, app).await;
     };
     // The handshake shares the header deadline: a client that stalls in it
     // holds a connection slot no longer than one that stalls in its headers.
@@ -363,38 +380,29 @@ async fn serve_connection(
     };
     let client_certificate =
         stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).map(|c| Arc::new(c.to_vec()));
-    let info = ConnectionInfo { tls: true, client_certificate };
-    serve_io(stream, peer, info, router, builder, watcher, limits).await;
-}
-
-/// What the connection tells each request on it.
-#[derive(Debug, Clone, Default)]
-struct ConnectionInfo {
-    tls: bool,
-    client_certificate: Option<Arc<Vec<u8>>>,
+    let connection = Connection { peer, tls: true, client_certificate };
+    serve_io(stream, connection, router, builder, watcher, limits, app).await;
 }
 
 async fn serve_io<S>(
     stream: S,
-    peer: SocketAddr,
-    info: ConnectionInfo,
+    connection: Connection,
     router: Router,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     limits: Limits,
+    app: Arc<App>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TrackedIo::new(stream);
     let activity = io.activity.clone();
+    let peer = connection.peer;
+    // Who each request comes from is resolved here, once, from the
+    // connection and the request's forwarding headers.
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(PeerAddr(peer));
-        if info.tls {
-            req.extensions_mut().insert(crate::api::Tls);
-        }
-        if let Some(cert) = &info.client_certificate {
-            req.extensions_mut().insert(crate::api::ClientCertificate(cert.clone()));
-        }
+        let client = ClientInfo::resolve(&connection, req.headers(), &app.trusted_proxies);
+        req.extensions_mut().insert(client);
         router.clone().oneshot(req)
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -520,33 +528,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
     }
 }
 
-/// Authentication as configured: htpasswd, the token service, external issuers.
-fn build_gate(c: &crate::config::AuthConfig) -> anyhow::Result<crate::auth::Gate> {
-    let htpasswd = match &c.htpasswd {
-        Some(path) => Some(crate::auth::Htpasswd::load(path).context("auth.htpasswd")?),
-        None => None,
-    };
-    let token = match &c.token {
-        Some(t) => Some(crate::auth::TokenService {
-            key: crate::auth::token::SigningKey::from_pem_file(&t.key_file).context("auth.token.key_file")?,
-            issuer: t.issuer.clone(),
-            service: t.service.clone(),
-            ttl: t.ttl.0,
-            refresh_ttl: t.refresh_ttl.0,
-            path: t.path.clone(),
-            realm: t.realm.clone(),
-        }),
-        None => None,
-    };
-    let mut external = Vec::new();
-    for (i, issuer) in c.issuers.iter().enumerate() {
-        external.push(
-            crate::auth::external_issuer(issuer).map_err(|(k, m)| anyhow::anyhow!("auth.issuers[{i}].{k}: {m}"))?,
-        );
-    }
-    Ok(crate::auth::Gate::new(htpasswd, c.realm.clone(), token, external))
-}
-
 /// Re-read the configuration file when it changes or on SIGHUP and install
 /// its access policy. A file that does not load or validate is refused with
 /// a log line, and the policy in force stays.
@@ -571,10 +552,12 @@ async fn reload_policies(gate: crate::auth::Gate, path: std::path::PathBuf, ever
             continue;
         }
         last = now;
+        let ids = gate.issuer_ids();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let loaded = crate::config::load(Some(&path), std::env::vars())
             .and_then(|c| c.validate().map(|()| c))
             .map_err(|e| e.to_string())
-            .and_then(|c| c.access.map(crate::auth::policy::AccessPolicy::new).transpose());
+            .and_then(|c| c.access.map(|a| crate::auth::policy::AccessPolicy::new(&a, &ids)).transpose());
         match loaded {
             Ok(policy) => {
                 let rules = policy.is_some();
@@ -586,8 +569,26 @@ async fn reload_policies(gate: crate::auth::Gate, path: std::path::PathBuf, ever
     }
 }
 
+/// The Redis options `[state.redis]` describes.
+fn redis_options(r: &crate::config::RedisConfig, tls_ca_pem: Option<Vec<u8>>) -> berth_state_redis::RedisOptions {
+    berth_state_redis::RedisOptions {
+        url: r.url.expose().to_owned(),
+        key_prefix: r.key_prefix.clone(),
+        connect_timeout: r.connect_timeout.0,
+        response_timeout: r.response_timeout.0,
+        tls_ca_pem,
+        username: r.username.clone(),
+        password: r.password.as_ref().map(|p| p.expose().to_owned()),
+    }
+}
+
 /// The S3 store the configuration describes.
 async fn open_s3(c: &crate::config::S3Config) -> anyhow::Result<berth_storage_s3::S3Store> {
+    berth_storage_s3::S3Store::connect(s3_options(c)).await.context("cannot set up the S3 client (storage.s3)")
+}
+
+/// The S3 options `[storage.s3]` describes.
+fn s3_options(c: &crate::config::S3Config) -> berth_storage_s3::S3Options {
     use berth_storage_s3::{Encryption, S3Options, StaticCredentials};
     let mut o = S3Options::new(c.bucket.clone());
     o.region = c.region.clone();
@@ -614,7 +615,7 @@ async fn open_s3(c: &crate::config::S3Config) -> anyhow::Result<berth_storage_s3
     o.transfer_timeout = c.transfer_timeout.0;
     o.part_size = c.part_size;
     o.ca_file = c.ca_file.clone();
-    berth_storage_s3::S3Store::connect(o).await.context("cannot set up the S3 client (storage.s3)")
+    o
 }
 
 /// Periodically abort abandoned uploads. Every replica runs this loop; the
@@ -656,5 +657,54 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every configuration and option type that can hold a secret, formatted
+    /// with `{:?}` (and the configuration as `config check` prints it):
+    /// the secret never shows.
+    #[test]
+    fn no_configuration_or_option_type_prints_a_secret() {
+        let secret = "Sup3r-S3cret-Value";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[state]\nbackend = \"redis\"\n\
+                 [state.redis]\nurl = \"rediss://berth:{secret}@redis.example:6380/0\"\npassword = \"{secret}\"\n\
+                 [storage]\nbackend = \"s3\"\n\
+                 [storage.s3]\nbucket = \"b\"\naccess_key_id = \"AKIAEXAMPLE\"\nsecret_access_key = \"{secret}\"\n\
+                 session_token = \"{secret}\"\n\
+                 [auth.ldap]\nurl = \"ldaps://ldap.example\"\nbind_dn = \"cn=svc\"\nbind_password = \"{secret}\"\n\
+                 user_base = \"dc=example\"\n\
+                 [metrics]\nbearer_token = \"{secret}-scrape\"\n"
+            ),
+        )
+        .unwrap();
+        let config = crate::config::load(Some(&file), Vec::new()).unwrap();
+        config.validate().unwrap();
+        let components = Components::load(&config).unwrap();
+        let ldap = crate::auth::ldap::LdapOptions::from_config(config.auth.ldap.as_ref().unwrap());
+        let shown = [
+            format!("{config:?}"),
+            config.to_redacted_toml(),
+            format!("{:?}", config.state.redis),
+            format!("{:?}", config.storage.s3),
+            format!("{:?}", config.auth),
+            format!("{:?}", config.metrics),
+            format!("{:?}", redis_options(&config.state.redis, Some(b"ca".to_vec()))),
+            format!("{:?}", s3_options(&config.storage.s3)),
+            format!("{ldap:?}"),
+            format!("{:?}", crate::auth::ldap::LdapAuth::new(ldap.clone()).unwrap()),
+            format!("{components:?}"),
+        ];
+        for text in shown {
+            assert!(!text.contains(secret), "a secret is printed: {text}");
+        }
     }
 }

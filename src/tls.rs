@@ -12,17 +12,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// Whether clients present certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientAuth {
-    /// Never asked for.
-    None,
-    /// Asked for; a client without one is served (and authenticates otherwise).
-    Optional,
-    /// Required: the handshake fails without a trusted certificate.
-    Required,
-}
+pub use crate::config::ClientAuth;
 
 /// Where the TLS material lives.
 #[derive(Debug, Clone)]
@@ -31,6 +21,18 @@ pub struct TlsFiles {
     pub key_file: PathBuf,
     pub client_ca_file: Option<PathBuf>,
     pub client_auth: ClientAuth,
+}
+
+impl TlsFiles {
+    /// The files `[server.tls]` names.
+    pub fn from_config(c: &crate::config::TlsConfig) -> TlsFiles {
+        TlsFiles {
+            cert_file: c.cert_file.clone(),
+            key_file: c.key_file.clone(),
+            client_ca_file: c.client_ca_file.clone(),
+            client_auth: c.client_auth,
+        }
+    }
 }
 
 /// Why TLS could not be set up.

@@ -30,7 +30,8 @@ struct RevokeRequest {
 
 pub async fn revoke(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let identity = match app.gate.authenticate(&parts).await {
+    let client = super::client_of(&parts.extensions);
+    let identity = match app.gate.authenticate(&parts.headers, &client).await {
         Ok(id) => id,
         Err(e) => return error_response(&e),
     };
@@ -67,7 +68,7 @@ pub async fn revoke(State(app): State<Arc<App>>, req: Request) -> Response {
     };
     match app.registry.revoke(revocation.clone(), app.gate.revocations()).await {
         Ok(()) => {
-            tracing::info!(target: "berth::auth", by = identity.subject.as_deref().unwrap_or(""), ?revocation, "revoked");
+            tracing::info!(target: "berth::auth", by = identity.qualified_subject().unwrap_or_default(), ?revocation, "revoked");
             let body = serde_json::to_string(&revocation).unwrap_or_default();
             (StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }

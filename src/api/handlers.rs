@@ -61,14 +61,14 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         }
         Err(ParseError::Invalid(e)) => return error_response(&e),
     };
-    let peer = app.client_address(&parts);
+    let client = super::client_of(&parts.extensions);
     let (operation, repo) = (endpoint.operation(), endpoint.repo().map(|r| r.to_string()));
     let write = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
-    let identity = match app.gate.authenticate(&parts).await {
+    let identity = match app.gate.authenticate(&parts.headers, &client).await {
         Ok(id) => id,
         Err(e) => {
             let resp = error_response(&e);
-            audit(None, peer, repo.as_deref(), operation, resp.status());
+            audit(None, client.address, repo.as_deref(), operation, resp.status());
             return resp;
         }
     };
@@ -77,7 +77,7 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
         _ => None,
     };
     let class = if write { crate::ratelimit::Class::Write } else { crate::ratelimit::Class::Read };
-    let result = match app.admit(class, &identity, peer, repo.as_deref()).await {
+    let result = match app.admit(class, &identity, client.address, repo.as_deref()).await {
         Ok(()) => handle(&app, &identity, endpoint, parts, body).await,
         Err(e) => Err(e),
     };
@@ -93,7 +93,7 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     };
     let status = resp.status();
     if write || matches!(status.as_u16(), 401 | 403 | 429) {
-        audit(Some(&identity), peer, repo.as_deref(), operation, status);
+        audit(Some(&identity), client.address, repo.as_deref(), operation, status);
     }
     resp
 }
@@ -101,15 +101,15 @@ pub async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
 /// One audit record (target `berth::audit`): every write and delete, every
 /// denial and failed authentication. Identity, address, repository,
 /// operation and outcome; never a credential.
-fn audit(
+pub(super) fn audit(
     identity: Option<&Identity>,
-    peer: Option<std::net::IpAddr>,
+    client: std::net::IpAddr,
     repo: Option<&str>,
     operation: &str,
     status: StatusCode,
 ) {
-    let subject = identity.and_then(|i| i.subject.as_deref()).unwrap_or("anonymous");
-    let method = identity.map(|i| format!("{:?}", i.method).to_lowercase()).unwrap_or_else(|| "failed".into());
+    let subject = identity.and_then(Identity::qualified_subject).unwrap_or_else(|| "anonymous".into());
+    let method = identity.map(|i| i.method().name()).unwrap_or("failed");
     let outcome = match status.as_u16() {
         200..=299 => "ok",
         401 => "unauthenticated",
@@ -120,9 +120,9 @@ fn audit(
     };
     tracing::info!(
         target: "berth::audit",
-        subject,
-        auth = %method,
-        client = %peer.map(|p| p.to_string()).unwrap_or_default(),
+        subject = %subject,
+        auth = method,
+        client = %client,
         repository = repo.unwrap_or(""),
         operation,
         status = status.as_u16(),
@@ -196,11 +196,25 @@ async fn handle(app: &App, id: &Identity, endpoint: Endpoint, parts: Parts, body
         Endpoint::Referrers { name, digest } => {
             let access = app.gate.authorize(id, &name)?;
             let filter = query.get("artifactType").filter(|t| !t.is_empty());
-            let manifests = app.registry.referrers(&access, &digest, filter).await?;
-            let body = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
+            let (after, n) = (query.digest("last")?, query.page_size()?);
+            let page = app.registry.referrers(&access, &digest, filter, after.as_ref(), n).await?;
+            let body = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": page.manifests });
             let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, OCI_INDEX)], body.to_string()).into_response();
             if filter.is_some() {
                 resp.headers_mut().insert(OCI_FILTERS_APPLIED, HeaderValue::from_static("artifactType"));
+            }
+            if let Some(next) = page.next {
+                // The spec: a Link to the rest when one index cannot hold them all.
+                let mut q = form_urlencoded::Serializer::new(String::new());
+                if let Some(n) = n {
+                    q.append_pair("n", &n.to_string());
+                }
+                if let Some(t) = filter {
+                    q.append_pair("artifactType", t);
+                }
+                q.append_pair("last", &next.to_string());
+                let link = format!("</v2/{name}/referrers/{digest}?{}>; rel=\"next\"", q.finish());
+                resp.headers_mut().insert(header::LINK, hv(&link));
             }
             Ok(resp)
         }
@@ -563,13 +577,15 @@ async fn catalog(app: &App, id: &Identity, query: &Query) -> HandlerResult {
 /// A JSON listing with a `Link` to the next page when there is one.
 fn listing(path: String, n: Option<usize>, page: &Page, body: serde_json::Value) -> Response {
     let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
-    if page.more {
-        if let Some(last) = page.items.last() {
-            let mut q = form_urlencoded::Serializer::new(String::new());
-            q.append_pair("n", &n.unwrap_or(page.items.len()).to_string());
-            q.append_pair("last", last);
-            resp.headers_mut().insert(header::LINK, hv(&format!("<{path}?{}>; rel=\"next\"", q.finish())));
+    if let Some(last) = &page.next {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if let Some(n) = n {
+            q.append_pair("n", &n.to_string());
+        } else if !page.items.is_empty() {
+            q.append_pair("n", &page.items.len().to_string());
         }
+        q.append_pair("last", last);
+        resp.headers_mut().insert(header::LINK, hv(&format!("<{path}?{}>; rel=\"next\"", q.finish())));
     }
     resp
 }

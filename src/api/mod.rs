@@ -9,7 +9,6 @@ mod handlers;
 pub mod ranges;
 mod token;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +23,8 @@ use http::{HeaderValue, StatusCode};
 
 pub use endpoint::Endpoint;
 
-use crate::auth::Gate;
+use crate::auth::{Gate, NameRef};
+use crate::conn::{ClientInfo, TrustedProxies};
 use crate::registry::Registry;
 
 /// Everything a request handler needs.
@@ -39,10 +39,13 @@ pub struct App {
     /// Request budgets shared by the fleet.
     pub limiter: Option<crate::ratelimit::RateLimiter>,
     /// Peers whose X-Forwarded-For / Forwarded headers are believed.
-    pub trusted_proxies: Vec<crate::ratelimit::Cidr>,
+    pub trusted_proxies: TrustedProxies,
     /// Serve `/metrics` on the main listener too; off when a health
     /// listener (`server.health_listen`) carries it.
     pub metrics_on_main: bool,
+    /// Who may read `/metrics` on the main listener (`[metrics]`); open
+    /// when unset.
+    pub metrics_access: Option<MetricsAccess>,
     /// Continue any caller's W3C trace context, not only trusted proxies'.
     pub trust_trace_context: bool,
 }
@@ -55,16 +58,11 @@ impl App {
             body_idle_timeout,
             draining: AtomicBool::new(false),
             limiter: None,
-            trusted_proxies: Vec::new(),
+            trusted_proxies: TrustedProxies::default(),
             metrics_on_main: true,
+            metrics_access: None,
             trust_trace_context: false,
         }
-    }
-
-    /// The client's address: the peer, or what a trusted proxy says.
-    pub fn client_address(&self, parts: &http::request::Parts) -> Option<std::net::IpAddr> {
-        let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
-        crate::ratelimit::client_address(peer, &parts.headers, &self.trusted_proxies)
     }
 
     /// Count a request against its budget.
@@ -72,7 +70,7 @@ impl App {
         &self,
         class: crate::ratelimit::Class,
         identity: &crate::auth::Identity,
-        client: Option<std::net::IpAddr>,
+        client: std::net::IpAddr,
         repo: Option<&str>,
     ) -> Result<(), crate::oci::OciError> {
         use crate::ratelimit::Verdict;
@@ -95,17 +93,60 @@ impl App {
     }
 }
 
-/// The peer address of the connection, put on each request by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+/// The request's connection facts, as the server resolved them; a request
+/// that came through no listener (in-process tests) is from nowhere known.
+pub(crate) fn client_of(extensions: &http::Extensions) -> ClientInfo {
+    extensions.get::<ClientInfo>().cloned().unwrap_or_else(ClientInfo::unknown)
+}
 
-/// Marks a request that arrived over TLS (set by the server).
-#[derive(Debug, Clone, Copy)]
-pub struct Tls;
-
-/// The verified leaf certificate (DER) the client presented, if any.
+/// Who may scrape `/metrics` on the main listener. (Builds without the
+/// `metrics` extension refuse `[metrics]`, so never read it.)
 #[derive(Debug, Clone)]
-pub struct ClientCertificate(pub Arc<Vec<u8>>);
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub struct MetricsAccess {
+    /// SHA-256 of the bearer token: compared by digest, so the comparison
+    /// reveals nothing about the token.
+    token_digest: Option<[u8; 32]>,
+    allow: Vec<NameRef>,
+}
+
+impl MetricsAccess {
+    /// From `[metrics]`; names are checked like those of access policies.
+    pub fn from_config(c: &crate::config::MetricsConfig, issuers: &[&str]) -> Result<MetricsAccess, String> {
+        use sha2::Digest as _;
+        let allow = c
+            .allow
+            .iter()
+            .map(|n| NameRef::parse(n, crate::auth::NameKind::User, issuers).map_err(|e| format!("allow: {e}")))
+            .collect::<Result<_, _>>()?;
+        let token_digest = c.bearer_token.as_ref().map(|t| sha2::Sha256::digest(t.expose().as_bytes()).into());
+        Ok(MetricsAccess { token_digest, allow })
+    }
+
+    #[cfg(feature = "metrics")]
+    async fn admits(&self, gate: &Gate, headers: &http::HeaderMap, client: &ClientInfo) -> bool {
+        use sha2::Digest as _;
+        if let Some(want) = &self.token_digest {
+            let presented = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+            if let Some(token) = presented {
+                let got: [u8; 32] = sha2::Sha256::digest(token.trim().as_bytes()).into();
+                if &got == want {
+                    return true;
+                }
+            }
+        }
+        if self.allow.is_empty() {
+            return false;
+        }
+        match gate.authenticate(headers, client).await {
+            Ok(identity) => self.allow.iter().any(|n| n.is_subject_of(&identity)),
+            Err(_) => false,
+        }
+    }
+}
 
 /// Where the token service's public keys are published.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -119,7 +160,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/revocations", axum::routing::post(admin::revoke));
     #[cfg(feature = "metrics")]
     if app.metrics_on_main {
-        router = router.route("/metrics", get(metrics));
+        router = router.route("/metrics", get(metrics_guarded));
     }
     if let Some(t) = app.gate.token_service() {
         router =
@@ -143,13 +184,32 @@ pub fn health_router(app: Arc<App>) -> Router {
     router.layer(middleware::from_fn(contain_panics)).with_state(app)
 }
 
+/// `/metrics` of the health listener: open (keep that port internal).
 #[cfg(feature = "metrics")]
-async fn metrics() -> impl IntoResponse {
+async fn metrics() -> Response {
     (
         StatusCode::OK,
         [(http::header::CONTENT_TYPE, crate::ext::prometheus::CONTENT_TYPE)],
         crate::ext::prometheus::render(),
     )
+        .into_response()
+}
+
+/// `/metrics` of the main listener: behind `[metrics]` when configured.
+#[cfg(feature = "metrics")]
+async fn metrics_guarded(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
+    if let Some(access) = &app.metrics_access {
+        let client = client_of(req.extensions());
+        if !access.admits(&app.gate, req.headers(), &client).await {
+            let mut resp = errors::error_response(&crate::oci::OciError::Unauthorized {
+                challenge: "Bearer realm=\"metrics\"".into(),
+                message: "scraping /metrics needs the metrics bearer token or an allowed identity",
+            });
+            resp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return resp;
+        }
+    }
+    metrics().await
 }
 
 /// A request's endpoint, parsed once by `log_and_stamp` for the handler.
@@ -216,7 +276,7 @@ async fn log_and_stamp(State(app): State<Arc<App>>, mut req: Request<Body>, next
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.to_string()).unwrap_or_default();
+    let client = client_of(req.extensions());
     // The operation names the span and labels the metrics. The parsed
     // endpoint travels with the request, so the handler does not parse again.
     let operation = match endpoint::parse(&method, &path) {
@@ -237,17 +297,14 @@ async fn log_and_stamp(State(app): State<Arc<App>>, mut req: Request<Body>, next
         http.request.method = method_name,
         http.route = operation,
         url.path = %path,
+        client.address = %client.address,
         http.response.status_code = tracing::field::Empty,
     );
     // Trace context is believed from trusted proxies, or from anyone when
     // configured: otherwise a client could force sampling of its requests.
     #[cfg(feature = "otel")]
     {
-        let from_proxy = req
-            .extensions()
-            .get::<PeerAddr>()
-            .is_some_and(|p| app.trusted_proxies.iter().any(|c| c.contains(p.0.ip())));
-        if from_proxy || app.trust_trace_context {
+        if client.peer_is_trusted(&app.trusted_proxies) || app.trust_trace_context {
             crate::ext::otel::continue_trace(&span, req.headers());
         }
     }
@@ -258,10 +315,11 @@ async fn log_and_stamp(State(app): State<Arc<App>>, mut req: Request<Body>, next
     span.record("http.response.status_code", status);
     crate::metrics::observe_request(&method, operation, status, elapsed);
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    let (peer, client) = (client.peer, client.address);
     if status >= 500 {
-        tracing::warn!(target: "berth::access", %method, %path, status, latency_ms, %peer, "request");
+        tracing::warn!(target: "berth::access", %method, %path, status, latency_ms, %client, %peer, "request");
     } else {
-        tracing::info!(target: "berth::access", %method, %path, status, latency_ms, %peer, "request");
+        tracing::info!(target: "berth::access", %method, %path, status, latency_ms, %client, %peer, "request");
     }
     resp
 }

@@ -32,6 +32,16 @@ fn one<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
     params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
+/// An error answer of the token endpoint; refusals (429) are audited like
+/// the registry's own.
+fn refused(e: &OciError, client: std::net::IpAddr) -> Response {
+    let resp = error_response(e);
+    if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+        super::handlers::audit(None, client, None, "token", resp.status());
+    }
+    resp
+}
+
 fn unauthorized(app: &App, message: &'static str) -> Response {
     error_response(&OciError::Unauthorized { challenge: app.gate.challenge_basic(), message })
 }
@@ -68,20 +78,23 @@ fn token_json(issued: &IssuedToken, oauth: bool) -> Response {
 /// refresh token.
 pub async fn token_get(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
-    let client = app.client_address(&parts);
-    if let Err(e) = app.admit(crate::ratelimit::Class::Auth, &Identity::anonymous(), client, None).await {
-        return error_response(&e);
+    let client = super::client_of(&parts.extensions);
+    if let Err(e) = app.admit(crate::ratelimit::Class::Auth, &Identity::anonymous(), client.address, None).await {
+        return refused(&e, client.address);
     }
     let params = params(parts.uri.query().unwrap_or("").as_bytes());
     if let Err(e) = check_service(&app, &params) {
         return error_response(&e);
     }
-    let identity = match app.gate.authenticate(&parts).await {
+    let identity = match app.gate.authenticate(&parts.headers, &client).await {
         Ok(id) => id,
-        Err(OciError::Unauthorized { message, .. }) => return unauthorized(&app, message),
-        Err(e) => return error_response(&e),
+        Err(OciError::Unauthorized { message, .. }) => {
+            super::handlers::audit(None, client.address, None, "token", StatusCode::UNAUTHORIZED);
+            return unauthorized(&app, message);
+        }
+        Err(e) => return refused(&e, client.address),
     };
-    if identity.method == AuthMethod::Bearer {
+    if identity.method() == AuthMethod::Bearer {
         // A token cannot be traded for another, possibly broader, one.
         return unauthorized(&app, "present a password, not a token, to the token service");
     }
@@ -100,9 +113,9 @@ pub async fn token_get(State(app): State<Arc<App>>, req: Request) -> Response {
 /// `password`) or `grant_type=refresh_token` (with `refresh_token`).
 pub async fn token_post(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let client = app.client_address(&parts);
-    if let Err(e) = app.admit(crate::ratelimit::Class::Auth, &Identity::anonymous(), client, None).await {
-        return error_response(&e);
+    let client = super::client_of(&parts.extensions);
+    if let Err(e) = app.admit(crate::ratelimit::Class::Auth, &Identity::anonymous(), client.address, None).await {
+        return refused(&e, client.address);
     }
     let form = match read_form(body).await {
         Ok(f) => f,
@@ -118,10 +131,13 @@ pub async fn token_post(State(app): State<Arc<App>>, req: Request) -> Response {
                     "grant_type=password needs username and password".into(),
                 ));
             };
-            match app.gate.check_password(user, password.to_owned(), None, client).await {
+            match app.gate.check_password(user, password.to_owned(), None, client.address).await {
                 Ok(id) => id,
-                Err(OciError::Unauthorized { message, .. }) => return unauthorized(&app, message),
-                Err(e) => return error_response(&e),
+                Err(OciError::Unauthorized { message, .. }) => {
+                    super::handlers::audit(None, client.address, None, "token", StatusCode::UNAUTHORIZED);
+                    return unauthorized(&app, message);
+                }
+                Err(e) => return refused(&e, client.address),
             }
         }
         Some("refresh_token") => {

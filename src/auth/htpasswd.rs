@@ -103,9 +103,43 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The part of a hash that fixes its cost: the scheme and its parameters,
+/// without salt and digest (`$2b$12$`, `$argon2id$v=19$m=19456,t=2,p=1$`,
+/// `$6$rounds=5000$`).
+fn cost_of(entry: &Entry) -> &str {
+    let fields = match entry.scheme {
+        Scheme::Bcrypt => 2,
+        Scheme::Argon2id => 3,
+        Scheme::Sha256Crypt | Scheme::Sha512Crypt if entry.hash.get(3..).is_some_and(|r| r.starts_with("rounds=")) => 2,
+        Scheme::Sha256Crypt | Scheme::Sha512Crypt => 1,
+    };
+    let end = entry.hash.match_indices('$').nth(fields).map(|(i, _)| i + 1).unwrap_or(entry.hash.len());
+    &entry.hash[..end]
+}
+
+/// What an unknown user's password is checked against: an entry of the
+/// file with its most common scheme and cost, so that a name that does not
+/// exist costs what one that does costs. (The result is thrown away.) An
+/// empty file gets an argon2id hash at the default cost.
+fn decoy_for(users: &HashMap<String, Entry>) -> Entry {
+    let mut costs: HashMap<&str, (usize, &Entry)> = HashMap::new();
+    for entry in users.values() {
+        costs.entry(cost_of(entry)).or_insert((0, entry)).0 += 1;
+    }
+    // Ties go to the lexically first cost, so the choice does not depend
+    // on the map's order.
+    let common = costs.into_iter().max_by(|a, b| a.1 .0.cmp(&b.1 .0).then_with(|| b.0.cmp(a.0)));
+    match common {
+        Some((_, (_, entry))) => entry.clone(),
+        None => Entry { hash: hash_password("berth-decoy-password").unwrap_or_default(), scheme: Scheme::Argon2id },
+    }
+}
+
 #[derive(Debug)]
 struct Loaded {
     users: HashMap<String, Entry>,
+    /// Verified against when the user is unknown.
+    decoy: Entry,
     modified: Option<SystemTime>,
     len: u64,
 }
@@ -115,20 +149,22 @@ struct Loaded {
 pub struct Htpasswd {
     path: PathBuf,
     loaded: Arc<RwLock<Loaded>>,
-    /// Verified against when the user is unknown, so that an unknown user
-    /// costs the same time as a wrong password.
-    decoy: Entry,
+    /// The file's modification time and length at the last check.
+    seen: Arc<std::sync::Mutex<Option<FileStamp>>>,
 }
+
+/// A file's modification time and length.
+type FileStamp = (Option<SystemTime>, u64);
 
 impl Htpasswd {
     /// Load the file, refusing it if any line is malformed or weak.
     pub fn load(path: &Path) -> Result<Htpasswd, HtpasswdError> {
         let (users, modified, len) = read(path)?;
-        let decoy_hash = hash_password("berth-decoy-password").unwrap_or_default();
+        let decoy = decoy_for(&users);
         Ok(Htpasswd {
             path: path.to_owned(),
-            loaded: Arc::new(RwLock::new(Loaded { users, modified, len })),
-            decoy: Entry { hash: decoy_hash, scheme: Scheme::Argon2id },
+            loaded: Arc::new(RwLock::new(Loaded { users, decoy, modified, len })),
+            seen: Arc::default(),
         })
     }
 
@@ -136,35 +172,49 @@ impl Htpasswd {
         &self.path
     }
 
-    /// Re-read the file if it changed on disk. Returns whether new contents
-    /// took effect; a broken file is reported and the old contents stay.
+    /// Re-read the file if it changed on disk and has stayed the same since
+    /// the previous call: a file caught half-written (an editor that
+    /// truncates, then writes) is never loaded, since it changes again
+    /// before the next call. Returns whether new contents took effect; a
+    /// broken file is reported and the old contents stay.
     pub fn reload_if_changed(&self) -> Result<bool, HtpasswdError> {
         let meta =
             std::fs::metadata(&self.path).map_err(|source| HtpasswdError::Read { path: self.path.clone(), source })?;
-        let (modified, len) = (meta.modified().ok(), meta.len());
+        let stamp = (meta.modified().ok(), meta.len());
         {
             let current = self.loaded.read().unwrap_or_else(|p| p.into_inner());
-            if current.modified == modified && current.len == len {
+            if (current.modified, current.len) == stamp {
                 return Ok(false);
             }
         }
+        let settled = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let settled = *seen == Some(stamp);
+            *seen = Some(stamp);
+            settled
+        };
+        if !settled {
+            return Ok(false);
+        }
         let (users, modified, len) = read(&self.path)?;
-        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Loaded { users, modified, len };
+        let decoy = decoy_for(&users);
+        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Loaded { users, decoy, modified, len };
         Ok(true)
     }
 
-    /// Check a user's password. Takes about the same time whether or not
-    /// the user exists. Blocking (hashes are slow on purpose): call it off
-    /// the async runtime.
+    /// Check a user's password. Takes the same path and about the same
+    /// time whether or not the user exists. Blocking (hashes are slow on
+    /// purpose): call it on the hashing pool.
     pub fn check(&self, user: &str, password: &str) -> bool {
-        let entry = self.loaded.read().unwrap_or_else(|p| p.into_inner()).users.get(user).cloned();
-        match entry {
-            Some(entry) => verify(&entry, password),
-            None => {
-                let _ = verify(&self.decoy, password);
-                false
+        let (entry, known) = {
+            let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
+            match loaded.users.get(user) {
+                Some(entry) => (entry.clone(), true),
+                None => (loaded.decoy.clone(), false),
             }
-        }
+        };
+        let matched = verify(&entry, password);
+        known && matched
     }
 }
 
@@ -228,6 +278,28 @@ mod tests {
     }
 
     #[test]
+    fn the_decoy_has_the_files_most_common_scheme_and_cost() {
+        let b5 = |pw: &str| bcrypt::hash(pw, 5).unwrap();
+        let text = format!("a:{}\nb:{}\nc:{}\n", b5("x"), b5("y"), hash_password("z").unwrap());
+        let users = parse(&text, p()).unwrap();
+        let decoy = decoy_for(&users);
+        assert_eq!(decoy.scheme, Scheme::Bcrypt);
+        assert!(decoy.hash.starts_with("$2b$05$"), "{}", decoy.hash);
+        assert_eq!(cost_of(&users["c"]), "$argon2id$v=19$m=19456,t=2,p=1$");
+        let sha = Entry { hash: "$6$rounds=9000$salt$abc".into(), scheme: Scheme::Sha512Crypt };
+        assert_eq!(cost_of(&sha), "$6$rounds=9000$");
+        let sha = Entry { hash: "$5$salt$abc".into(), scheme: Scheme::Sha256Crypt };
+        assert_eq!(cost_of(&sha), "$5$");
+        assert_eq!(decoy_for(&HashMap::new()).scheme, Scheme::Argon2id);
+        // A user whose password happens to be the decoy's is still unknown.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h");
+        std::fs::write(&path, format!("a:{}\n", b5("x"))).unwrap();
+        let h = Htpasswd::load(&path).unwrap();
+        assert!(h.check("a", "x") && !h.check("nobody", "x"));
+    }
+
+    #[test]
     fn unknown_users_fail_and_reload_picks_up_changes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h");
@@ -237,15 +309,22 @@ mod tests {
         assert!(!h.check("alice", "two"));
         assert!(!h.check("bob", "one"));
         assert!(!h.reload_if_changed().unwrap());
+        // Caught half-written (truncated, nothing yet): not loaded, and the
+        // finished file is loaded once it stayed the same between checks.
+        std::fs::write(&path, "").unwrap();
+        assert!(!h.reload_if_changed().unwrap());
         std::fs::write(
             &path,
             format!("alice:{}\nbob:{}\n", hash_password("two").unwrap(), hash_password("b").unwrap()),
         )
         .unwrap();
+        assert!(!h.reload_if_changed().unwrap(), "changed since the last check: not settled yet");
+        assert!(h.check("alice", "one"), "the old contents stay until then");
         assert!(h.reload_if_changed().unwrap());
         assert!(h.check("alice", "two") && h.check("bob", "b") && !h.check("alice", "one"));
         // A broken edit keeps the last good contents.
         std::fs::write(&path, "alice:plaintext\n").unwrap();
+        assert!(!h.reload_if_changed().unwrap());
         assert!(h.reload_if_changed().is_err());
         assert!(h.check("alice", "two"));
     }

@@ -24,7 +24,8 @@ pub struct LdapOptions {
     /// Extra PEM CA bundle for the directory's certificate.
     pub ca_file: Option<PathBuf>,
     pub bind_dn: String,
-    pub bind_password: String,
+    /// Prints as `***`.
+    pub bind_password: crate::config::Secret,
     /// Where users are searched (subtree).
     pub user_base: String,
     /// With `{username}` replaced by the escaped user name, e.g. `(uid={username})`.
@@ -41,6 +42,29 @@ pub struct LdapOptions {
     pub operation_timeout: Duration,
     /// Service connections kept open.
     pub pool_size: usize,
+}
+
+impl LdapOptions {
+    /// The options `[auth.ldap]` describes.
+    pub fn from_config(c: &crate::config::LdapConfig) -> LdapOptions {
+        LdapOptions {
+            url: c.url.clone(),
+            starttls: c.starttls,
+            insecure: c.insecure,
+            ca_file: c.ca_file.clone(),
+            bind_dn: c.bind_dn.clone(),
+            bind_password: c.bind_password.clone(),
+            user_base: c.user_base.clone(),
+            user_filter: c.user_filter.clone(),
+            group_attribute: c.group_attribute.clone(),
+            group_base: c.group_base.clone(),
+            group_filter: c.group_filter.clone(),
+            group_name_attribute: c.group_name_attribute.clone(),
+            connect_timeout: c.connect_timeout.0,
+            operation_timeout: c.operation_timeout.0,
+            pool_size: c.pool_size,
+        }
+    }
 }
 
 /// The directory could not be asked.
@@ -122,7 +146,7 @@ impl LdapAuth {
         }
         let mut ldap = self.connect().await?;
         let bound = ldap
-            .simple_bind(&self.options.bind_dn, &self.options.bind_password)
+            .simple_bind(&self.options.bind_dn, self.options.bind_password.expose())
             .await
             .map_err(|e| LdapUnavailable(e.to_string()))?;
         bound.success().map_err(|e| LdapUnavailable(format!("service bind refused: {e}")))?;

@@ -1,19 +1,25 @@
 //! Who is asking, and what they may do.
 //!
-//! Authentication turns a request into an [`Identity`]: `Authorization:
-//! Bearer` (a JWT from the registry's own token service or a trusted
-//! external issuer), then `Authorization: Basic` checked against an htpasswd
-//! file; with nothing configured everyone is anonymous. Authorization turns
-//! identity + repository + action into an [`Access`] value; this is the only
-//! place that mints them. Until access policies exist, a caller
-//! authenticated by password may do everything, one holding a token what
-//! the token grants, and (once authentication is configured) an anonymous
-//! one nothing.
+//! Authentication turns a request's headers and its [`ClientInfo`] into an
+//! [`Identity`]: a verified client certificate (mTLS), then
+//! `Authorization: Bearer` (a JWT of this registry's token service or of a
+//! trusted external issuer), then `Authorization: Basic` (the htpasswd
+//! file, then LDAP); with nothing configured everyone is anonymous. Every
+//! identity carries its [`Source`], so subjects of different sources never
+//! pass for each other. Authorization turns identity + repository + action
+//! into an [`Access`] value; this is the only place that mints them.
+//!
+//! Password checks are bounded before they cost anything: remembered
+//! credentials skip them, the failed-login throttle is asked first,
+//! identical credentials arriving together share one check, and the hash
+//! itself runs on a fixed pool with a bounded queue ([`hashing`]).
 //!
 //! The `WWW-Authenticate` challenge of every 401 is built here, in
 //! [`Gate::challenge`]; the api layer only copies it into the header.
 
+pub mod hashing;
 pub mod htpasswd;
+pub mod identity;
 pub mod ldap;
 pub mod mtls;
 pub mod policy;
@@ -21,66 +27,34 @@ pub mod throttle;
 pub mod token;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use futures::future::{BoxFuture, FutureExt as _, Shared};
 use hmac::Mac as _;
-use http::request::Parts;
 
+use crate::config::{AuthConfig, ConfigError};
+use crate::conn::ClientInfo;
 use crate::oci::{OciError, RepoName};
 use crate::registry::access::{Access, Action};
 
 pub use htpasswd::Htpasswd;
-
-/// How a request was authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    Anonymous,
-    /// `Authorization: Basic`, checked against the htpasswd file.
-    Htpasswd,
-    /// `Authorization: Basic`, checked against the LDAP directory.
-    Ldap,
-    /// `Authorization: Bearer`, a verified JWT.
-    Bearer,
-    /// A verified TLS client certificate.
-    Mtls,
-}
-
-/// The caller, as established by authentication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// Stable subject name; `None` for anonymous callers.
-    pub subject: Option<String>,
-    pub groups: Vec<String>,
-    pub method: AuthMethod,
-    /// For token holders: what the token grants (nothing beyond it).
-    pub token_access: Option<Vec<token::ResourceActions>>,
-    /// `scheme://host` the request was sent to, for token realms derived
-    /// from the request when none is configured.
-    pub origin: Option<String>,
-}
-
-impl Identity {
-    pub fn anonymous() -> Identity {
-        Identity { subject: None, groups: Vec::new(), method: AuthMethod::Anonymous, token_access: None, origin: None }
-    }
-
-    fn authenticated(subject: String, method: AuthMethod) -> Identity {
-        Identity { subject: Some(subject), method, ..Identity::anonymous() }
-    }
-
-    pub fn is_anonymous(&self) -> bool {
-        self.subject.is_none()
-    }
-}
+pub use identity::{AuthMethod, Identity, NameKind, NameRef, Source, Subject};
 
 /// Who a verified password belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Verified {
-    subject: String,
+    subject: Subject,
     groups: Vec<String>,
     method: AuthMethod,
+}
+
+impl Verified {
+    fn identity(self) -> Identity {
+        Identity::authenticated(self.subject, self.groups, self.method)
+    }
 }
 
 /// How long a verified password is remembered, so that a client sending
@@ -91,10 +65,16 @@ const CREDENTIAL_CACHE_MAX: usize = 10_000;
 /// Verified credentials, keyed by an HMAC of user and password under a key
 /// that lives only in this process: the cache never holds a password or an
 /// offline-checkable hash of one.
-#[derive(Debug)]
 struct CredentialCache {
     key: [u8; 32],
     entries: Mutex<HashMap<[u8; 32], (Verified, Instant)>>,
+}
+
+impl std::fmt::Debug for CredentialCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.entries.lock().map(|e| e.len()).unwrap_or(0);
+        f.debug_struct("CredentialCache").field("entries", &n).finish_non_exhaustive()
+    }
 }
 
 impl CredentialCache {
@@ -141,6 +121,29 @@ fn unreachable_key() -> hmac::Hmac<sha2::Sha256> {
     hmac::Hmac::<sha2::Sha256>::new_from_slice(b"k").expect("HMAC accepts any key length")
 }
 
+/// The outcome of one password check, shared by every request that sent
+/// the same credentials while it ran.
+#[derive(Debug, Clone)]
+enum Checked {
+    Verified(Verified),
+    Refused,
+    Busy(hashing::Busy),
+    DirectoryDown(String),
+}
+
+type PendingCheck = Shared<BoxFuture<'static, Checked>>;
+
+/// Password checks under way, by credential tag.
+#[derive(Default)]
+struct PendingChecks(Mutex<HashMap<[u8; 32], PendingCheck>>);
+
+impl std::fmt::Debug for PendingChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "PendingChecks({n})")
+    }
+}
+
 /// The registry's own token service.
 #[derive(Debug, Clone)]
 pub struct TokenService {
@@ -167,44 +170,30 @@ struct Inner {
     token: Option<TokenService>,
     /// Issuers whose tokens are accepted (this registry's first, if it issues).
     issuers: Vec<token::Issuer>,
+    /// External issuers: `iss` -> configured id (the [`Source`] of their
+    /// subjects).
+    external: HashMap<String, Arc<str>>,
     /// How client certificates map to identities, when mTLS authenticates.
     mtls: Option<mtls::MtlsRules>,
     /// Revoked tokens, kept current by the registry's revocation sync.
     revocations: Arc<crate::registry::revocations::RevocationList>,
-    /// Subjects allowed to use the admin API.
-    admins: Vec<String>,
-    /// Fleet-wide failed-login counters.
-    throttle: Option<throttle::Throttle>,
+    /// Who may use the admin API.
+    admins: Vec<NameRef>,
+    /// Fleet-wide failed-login counters, once shared state is open.
+    throttle: OnceLock<throttle::Throttle>,
     /// The LDAP directory, asked after the htpasswd file.
     ldap: Option<Arc<ldap::LdapAuth>>,
+    /// The hashing threads.
+    pool: hashing::HashPool,
+    /// Password checks under way, by credential tag.
+    pending: PendingChecks,
     /// Tokens whose signature and claims were verified, by SHA-256 of the
     /// token: a client presenting the same token again costs a hash, not a
     /// signature check. Expiry and revocation are checked on every use.
-    tokens: Arc<Mutex<VerifiedTokens>>,
+    tokens: Mutex<VerifiedTokens>,
     /// Access-control policies; replaced whole when the configuration is
     /// reloaded. `None`: authenticated callers may do everything.
-    policy: Arc<std::sync::RwLock<Option<Arc<policy::AccessPolicy>>>>,
-}
-
-impl Inner {
-    /// A copy for builder methods called on a shared gate (the credential
-    /// cache starts empty).
-    fn duplicate(&self) -> Inner {
-        Inner {
-            htpasswd: self.htpasswd.clone(),
-            realm: self.realm.clone(),
-            cache: CredentialCache::new(),
-            token: self.token.clone(),
-            issuers: self.issuers.clone(),
-            mtls: self.mtls.clone(),
-            revocations: self.revocations.clone(),
-            admins: self.admins.clone(),
-            throttle: self.throttle.clone(),
-            ldap: self.ldap.clone(),
-            tokens: Arc::default(),
-            policy: self.policy.clone(),
-        }
-    }
+    policy: std::sync::RwLock<Option<Arc<policy::AccessPolicy>>>,
 }
 
 /// Verified tokens by SHA-256, with when they were verified.
@@ -229,48 +218,122 @@ impl Default for Gate {
     }
 }
 
+/// A configuration error at `key`.
+fn key_error(key: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Key { key: key.into(), message: message.to_string() }
+}
+
 impl Gate {
     /// A gate that lets anonymous callers do everything: the embedded default.
     pub fn anonymous() -> Gate {
-        Gate::new(None, String::new(), None, Vec::new())
+        Gate::assemble(Parts::default())
     }
 
-    /// Require Basic credentials found in `htpasswd`.
-    pub fn with_htpasswd(htpasswd: Htpasswd, realm: impl Into<String>) -> Gate {
-        Gate::new(Some(htpasswd), realm.into(), None, Vec::new())
-    }
-
-    /// The general form: any of htpasswd, the token service and external
-    /// token issuers.
-    pub fn new(
-        htpasswd: Option<Htpasswd>,
-        realm: String,
-        token: Option<TokenService>,
-        external: Vec<token::Issuer>,
-    ) -> Gate {
+    fn assemble(p: Parts) -> Gate {
         let mut issuers = Vec::new();
-        if let Some(t) = &token {
+        if let Some(t) = &p.token {
             let mut own = token::Issuer::new(t.issuer.clone(), vec![t.service.clone()], vec![t.key.algorithm()]);
             own.add_signing_key(&t.key);
             issuers.push(own);
         }
-        issuers.extend(external);
+        let mut external = HashMap::new();
+        for (id, issuer) in p.external {
+            external.insert(issuer.name.clone(), id);
+            issuers.push(issuer);
+        }
         Gate {
             inner: Arc::new(Inner {
-                htpasswd,
-                realm,
+                htpasswd: p.htpasswd,
+                realm: p.realm,
                 cache: CredentialCache::new(),
-                token,
+                token: p.token,
                 issuers,
-                mtls: None,
+                external,
+                mtls: p.mtls,
                 revocations: Arc::default(),
-                admins: Vec::new(),
-                throttle: None,
-                ldap: None,
-                tokens: Arc::default(),
-                policy: Arc::default(),
+                admins: p.admins,
+                throttle: OnceLock::new(),
+                ldap: p.ldap.map(Arc::new),
+                pool: hashing::HashPool::new(p.pool),
+                pending: PendingChecks::default(),
+                tokens: Mutex::default(),
+                policy: std::sync::RwLock::new(p.policy.map(Arc::new)),
             }),
         }
+    }
+
+    /// Build the gate the configuration describes, reading every file it
+    /// names (htpasswd, signing key, JWKS, LDAP CA) once. `config check`
+    /// and `serve` both call this, so they cannot disagree. Errors name the
+    /// key at fault.
+    pub fn from_config(c: &AuthConfig, access: Option<&crate::config::AccessConfig>) -> Result<Gate, ConfigError> {
+        let htpasswd = match &c.htpasswd {
+            Some(path) => Some(Htpasswd::load(path).map_err(|e| key_error("auth.htpasswd", e))?),
+            None => None,
+        };
+        let token = match &c.token {
+            Some(t) => Some(TokenService {
+                key: token::SigningKey::from_pem_file(&t.key_file).map_err(|e| key_error("auth.token.key_file", e))?,
+                issuer: t.issuer.clone(),
+                service: t.service.clone(),
+                ttl: t.ttl.0,
+                refresh_ttl: t.refresh_ttl.0,
+                path: t.path.clone(),
+                realm: t.realm.clone(),
+            }),
+            None => None,
+        };
+        let mut external = Vec::new();
+        for (i, issuer) in c.issuers.iter().enumerate() {
+            let built = external_issuer(issuer).map_err(|(k, m)| key_error(format!("auth.issuers[{i}].{k}"), m))?;
+            external.push((Arc::from(issuer.id.as_str()), built));
+        }
+        let ids: Vec<&str> = c.issuers.iter().map(|i| i.id.as_str()).collect();
+        let admins = c
+            .admins
+            .iter()
+            .map(|a| NameRef::parse(a, NameKind::User, &ids))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| key_error("auth.admins", e))?;
+        let ldap = match &c.ldap {
+            Some(l) => {
+                Some(ldap::LdapAuth::new(ldap::LdapOptions::from_config(l)).map_err(|e| key_error("auth.ldap", e))?)
+            }
+            None => None,
+        };
+        let mtls = c.mtls.as_ref().map(|m| mtls::MtlsRules {
+            subject: m.subject,
+            uri_prefix: m.uri_prefix.clone(),
+            groups_from_ou: m.groups_from_ou,
+        });
+        let policy = match access {
+            Some(a) => Some(policy::AccessPolicy::new(a, &ids).map_err(|m| key_error("access", m))?),
+            None => None,
+        };
+        let defaults = hashing::PoolOptions::for_this_machine();
+        let pool = hashing::PoolOptions {
+            workers: c.password_checks.workers.unwrap_or(defaults.workers),
+            queue: c.password_checks.queue.unwrap_or(defaults.queue),
+            per_client: c.password_checks.per_client.unwrap_or(defaults.per_client),
+        };
+        Ok(Gate::assemble(Parts {
+            htpasswd,
+            realm: c.realm.clone(),
+            token,
+            external,
+            mtls,
+            admins,
+            ldap,
+            policy,
+            pool,
+        }))
+    }
+
+    /// The ids of the external issuers, for checking names in policies.
+    pub fn issuer_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.inner.external.values().map(|id| id.to_string()).collect();
+        ids.sort();
+        ids
     }
 
     /// Install (or replace) the access policy; requests in flight finish
@@ -283,23 +346,16 @@ impl Gate {
         self.inner.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Also check passwords against an LDAP directory (after htpasswd).
-    pub fn with_ldap(self, ldap: ldap::LdapAuth) -> Gate {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| shared.duplicate());
-        Gate { inner: Arc::new(Inner { ldap: Some(Arc::new(ldap)), ..inner }) }
-    }
-
     /// Count failed logins in shared state and slow down, then refuse,
-    /// repeated failures.
-    pub fn with_throttle(self, throttle: throttle::Throttle) -> Gate {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| shared.duplicate());
-        Gate { inner: Arc::new(Inner { throttle: Some(throttle), ..inner }) }
+    /// repeated failures. Set once, when the shared state is open.
+    pub fn set_throttle(&self, throttle: throttle::Throttle) {
+        if self.inner.throttle.set(throttle).is_err() {
+            tracing::warn!("the failed-login throttle was already set");
+        }
     }
 
-    /// Subjects allowed to use the admin API (token revocation).
-    pub fn with_admins(self, admins: Vec<String>) -> Gate {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| shared.duplicate());
-        Gate { inner: Arc::new(Inner { admins, ..inner }) }
+    fn throttle(&self) -> Option<&throttle::Throttle> {
+        self.inner.throttle.get()
     }
 
     /// The revocation list tokens are checked against.
@@ -309,13 +365,7 @@ impl Gate {
 
     /// Whether `identity` may use the admin API.
     pub fn is_admin(&self, identity: &Identity) -> bool {
-        identity.subject.as_ref().is_some_and(|s| self.inner.admins.contains(s))
-    }
-
-    /// Also authenticate callers by their verified client certificate.
-    pub fn with_mtls(self, rules: mtls::MtlsRules) -> Gate {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| shared.duplicate());
-        Gate { inner: Arc::new(Inner { mtls: Some(rules), ..inner }) }
+        self.inner.admins.iter().any(|a| a.is_subject_of(identity))
     }
 
     /// Whether callers must authenticate.
@@ -391,32 +441,38 @@ impl Gate {
     }
 
     fn unauthorized_for(&self, identity: &Identity, scope: Option<&str>, message: &'static str) -> OciError {
-        OciError::Unauthorized { challenge: self.challenge(identity.origin.as_deref(), scope, None), message }
+        OciError::Unauthorized { challenge: self.challenge(identity.origin(), scope, None), message }
     }
 
-    /// Establish the caller's identity from the request. Credentials that do
-    /// not check out are a 401 whatever the reason, so the answer does not
-    /// tell whether the user exists.
-    pub async fn authenticate(&self, request: &Parts) -> Result<Identity, OciError> {
-        let origin = request_origin(request);
-        let mut identity = self.authenticate_credentials(request, origin.as_deref()).await?;
-        identity.origin = origin;
-        Ok(identity)
+    /// Establish the caller's identity from the request's headers and the
+    /// connection facts. Credentials that do not check out are a 401
+    /// whatever the reason, so the answer does not tell whether the user
+    /// exists.
+    pub async fn authenticate(&self, headers: &http::HeaderMap, client: &ClientInfo) -> Result<Identity, OciError> {
+        let origin = request_origin(headers, client);
+        let identity = self.authenticate_credentials(headers, client, origin.as_deref()).await?;
+        Ok(identity.with_origin(origin))
     }
 
-    async fn authenticate_credentials(&self, request: &Parts, origin: Option<&str>) -> Result<Identity, OciError> {
+    async fn authenticate_credentials(
+        &self,
+        headers: &http::HeaderMap,
+        client: &ClientInfo,
+        origin: Option<&str>,
+    ) -> Result<Identity, OciError> {
         // A verified client certificate comes first.
-        if let (Some(rules), Some(cert)) = (&self.inner.mtls, request.extensions.get::<crate::api::ClientCertificate>())
-        {
-            return match mtls::identity_of(&cert.0, rules) {
-                Ok((subject, groups)) => Ok(Identity { groups, ..Identity::authenticated(subject, AuthMethod::Mtls) }),
+        if let (Some(rules), Some(cert)) = (&self.inner.mtls, &client.client_certificate) {
+            return match mtls::identity_of(cert, rules) {
+                Ok((name, groups)) => {
+                    Ok(Identity::authenticated(Subject::new(Source::Certificate, name), groups, AuthMethod::Mtls))
+                }
                 Err(reason) => {
                     tracing::info!(target: "berth::auth", method = "mtls", reason, "client certificate refused");
                     Err(self.unauthorized_at(origin, "the client certificate names no identity"))
                 }
             };
         }
-        let Some(value) = request.headers.get(http::header::AUTHORIZATION) else { return Ok(Identity::anonymous()) };
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else { return Ok(Identity::anonymous()) };
         if !self.required() {
             return Ok(Identity::anonymous());
         }
@@ -438,12 +494,13 @@ impl Gate {
                     Ok(claims)
                 }
             });
-            return match verified {
-                Ok(claims) => Ok(Identity {
-                    token_access: Some(claims.access),
-                    groups: claims.groups,
-                    ..Identity::authenticated(claims.sub, AuthMethod::Bearer)
-                }),
+            let identity = verified.and_then(|claims| {
+                let source = self.token_source(&claims)?;
+                Ok(Identity::authenticated(Subject::new(source, claims.sub), claims.groups, AuthMethod::Bearer)
+                    .with_token_access(claims.access))
+            });
+            return match identity {
+                Ok(identity) => Ok(identity),
                 Err(e) => {
                     tracing::info!(target: "berth::auth", method = "bearer", reason = %e, "token refused");
                     let challenge = self.challenge(origin, None, Some(("invalid_token", &e.to_string())));
@@ -453,8 +510,16 @@ impl Gate {
         }
         let (user, password) =
             parse_basic(bytes).ok_or_else(|| self.unauthorized_at(origin, "malformed credentials"))?;
-        let ip = request.extensions.get::<crate::api::PeerAddr>().map(|p| p.0.ip());
-        self.check_password(&user, password, origin, ip).await
+        self.check_password(&user, password, origin, client.address).await
+    }
+
+    /// Where a verified token's subject comes from: this registry's tokens
+    /// say (`src`), an external issuer's are that issuer's.
+    fn token_source(&self, claims: &token::Claims) -> Result<Source, token::TokenError> {
+        if let Some(id) = self.inner.external.get(&claims.iss) {
+            return Ok(Source::Issuer(id.clone()));
+        }
+        claims.src.as_deref().and_then(Source::from_claim).ok_or(token::TokenError::NoSource)
     }
 
     /// Verify a bearer token, from the cache of verified tokens when it was
@@ -486,14 +551,15 @@ impl Gate {
         Ok(claims)
     }
 
-    /// Check a user name and password (htpasswd). A failure is a 401
-    /// whatever the reason, so it does not tell whether the user exists.
+    /// Check a user name and password (htpasswd, then LDAP). A failure is a
+    /// 401 whatever the reason, so it does not tell whether the user exists.
+    /// `client` is the resolved client address (after trusted proxies).
     pub async fn check_password(
         &self,
         user: &str,
         password: String,
         origin: Option<&str>,
-        ip: Option<std::net::IpAddr>,
+        client: IpAddr,
     ) -> Result<Identity, OciError> {
         if self.inner.htpasswd.is_none() && self.inner.ldap.is_none() {
             return Err(self.unauthorized_at(origin, "password authentication is not configured"));
@@ -503,45 +569,103 @@ impl Gate {
         // not load Redis.
         let tag = self.inner.cache.tag(user, &password);
         if let Some(v) = self.inner.cache.get(&tag) {
-            return Ok(Identity { groups: v.groups, ..Identity::authenticated(v.subject, v.method) });
+            return Ok(v.identity());
         }
-        if let Some(t) = &self.inner.throttle {
-            if let Err(retry_after) = t.check(user, ip).await {
-                tracing::info!(target: "berth::auth", method = "htpasswd", "login refused: too many failures");
+        // The throttle is asked before anything is hashed.
+        if let Some(t) = self.throttle() {
+            if let Err(retry_after) = t.check(user, Some(client)).await {
+                tracing::info!(target: "berth::auth", method = "password", "login refused: too many failures");
                 return Err(OciError::TooManyRequests { retry_after });
             }
         }
-        let mut verified = None;
-        if let Some(htpasswd) = &self.inner.htpasswd {
-            let (h, u, p) = (htpasswd.clone(), user.to_owned(), password.clone());
-            if tokio::task::spawn_blocking(move || h.check(&u, &p)).await.map_err(OciError::internal)? {
-                verified =
-                    Some(Verified { subject: user.to_owned(), groups: Vec::new(), method: AuthMethod::Htpasswd });
+        let outcome = self.shared_check(tag, user, password, client).await;
+        match outcome {
+            Checked::Verified(verified) => {
+                if let Some(t) = self.throttle() {
+                    t.succeeded(user).await;
+                }
+                self.inner.cache.put(tag, verified.clone());
+                Ok(verified.identity())
             }
+            Checked::Refused => {
+                tracing::info!(target: "berth::auth", method = "password", "authentication failed");
+                if let Some(t) = self.throttle() {
+                    let delay = t.failed(user, Some(client)).await;
+                    tokio::time::sleep(delay).await;
+                }
+                Err(self.unauthorized_at(origin, "authentication failed"))
+            }
+            Checked::Busy(hashing::Busy::Client) => {
+                tracing::info!(target: "berth::auth", "login refused: too many password checks from this client");
+                Err(OciError::TooManyRequests { retry_after: Duration::from_secs(1) })
+            }
+            Checked::Busy(hashing::Busy::Queue) => {
+                tracing::warn!(target: "berth::auth", "login refused: the password-check queue is full");
+                Err(OciError::Unavailable {
+                    retry_after: Duration::from_secs(1),
+                    cause: "every password-check worker is busy and the queue is full".into(),
+                })
+            }
+            // Never fall back to anonymous access.
+            Checked::DirectoryDown(cause) => Err(OciError::Unavailable { retry_after: Duration::from_secs(5), cause }),
         }
-        if let (None, Some(ldap)) = (&verified, &self.inner.ldap) {
-            match ldap.authenticate(user, &password).await {
-                Ok(Some((subject, groups))) => verified = Some(Verified { subject, groups, method: AuthMethod::Ldap }),
-                Ok(None) => {}
-                Err(e) => {
-                    // Never fall back to anonymous access.
-                    return Err(OciError::Unavailable { retry_after: Duration::from_secs(5), cause: e.to_string() });
+    }
+
+    /// The check of these credentials: the one already under way, or a new
+    /// one that later arrivals with the same credentials will share.
+    async fn shared_check(&self, tag: [u8; 32], user: &str, password: String, client: IpAddr) -> Checked {
+        let pending = {
+            let mut map = self.inner.pending.0.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(&tag) {
+                Some(pending) => pending.clone(),
+                None => {
+                    let gate = self.clone();
+                    let user = user.to_owned();
+                    let check: BoxFuture<'static, Checked> =
+                        async move { gate.check_once(user, password, client).await }.boxed();
+                    let pending = check.shared();
+                    map.insert(tag, pending.clone());
+                    pending
                 }
             }
-        }
-        let Some(verified) = verified else {
-            tracing::info!(target: "berth::auth", method = "password", "authentication failed");
-            if let Some(t) = &self.inner.throttle {
-                let delay = t.failed(user, ip).await;
-                tokio::time::sleep(delay).await;
-            }
-            return Err(self.unauthorized_at(origin, "authentication failed"));
         };
-        if let Some(t) = &self.inner.throttle {
-            t.succeeded(user).await;
+        let outcome = pending.clone().await;
+        let mut map = self.inner.pending.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&tag).is_some_and(|p| p.ptr_eq(&pending)) {
+            map.remove(&tag);
         }
-        self.inner.cache.put(tag, verified.clone());
-        Ok(Identity { groups: verified.groups, ..Identity::authenticated(verified.subject, verified.method) })
+        outcome
+    }
+
+    /// One password check: the htpasswd file on the hashing pool (a known
+    /// and an unknown user take the same path), then the directory.
+    async fn check_once(&self, user: String, password: String, client: IpAddr) -> Checked {
+        if let Some(htpasswd) = self.inner.htpasswd.clone() {
+            let (u, p) = (user.clone(), password.clone());
+            match self.inner.pool.run(client, move || htpasswd.check(&u, &p)).await {
+                Ok(true) => {
+                    return Checked::Verified(Verified {
+                        subject: Subject::new(Source::Htpasswd, user),
+                        groups: Vec::new(),
+                        method: AuthMethod::Htpasswd,
+                    })
+                }
+                Ok(false) => {}
+                Err(busy) => return Checked::Busy(busy),
+            }
+        }
+        if let Some(ldap) = &self.inner.ldap {
+            return match ldap.authenticate(&user, &password).await {
+                Ok(Some((name, groups))) => Checked::Verified(Verified {
+                    subject: Subject::new(Source::Ldap, name),
+                    groups,
+                    method: AuthMethod::Ldap,
+                }),
+                Ok(None) => Checked::Refused,
+                Err(e) => Checked::DirectoryDown(e.to_string()),
+            };
+        }
+        Checked::Refused
     }
 
     fn unauthorized_at(&self, origin: Option<&str>, message: &'static str) -> OciError {
@@ -589,7 +713,7 @@ impl Gate {
             }
             return Err(OciError::Denied);
         }
-        if let Some(granted) = &identity.token_access {
+        if let Some(granted) = identity.token_access() {
             let allowed = granted.iter().any(|g| {
                 g.kind == "repository"
                     && g.name == repo.as_str()
@@ -599,14 +723,14 @@ impl Gate {
                 // RFC 6750: a valid token with too little scope is 403, with
                 // a challenge naming the scope a new token needs.
                 let challenge = self.challenge(
-                    identity.origin.as_deref(),
+                    identity.origin(),
                     Some(&scope()),
                     Some(("insufficient_scope", "the token does not grant this access")),
                 );
                 return Err(OciError::InsufficientScope { challenge });
             }
         }
-        Ok(Access::grant(repo.clone(), identity.subject.clone()))
+        Ok(Access::grant(repo.clone(), identity.qualified_subject()))
     }
 
     /// Whether `identity` may see `repo` in the catalog.
@@ -618,7 +742,7 @@ impl Gate {
         } else if self.required() && identity.is_anonymous() {
             return false;
         }
-        match &identity.token_access {
+        match identity.token_access() {
             None => true,
             Some(granted) => granted.iter().any(|g| {
                 (g.kind == "registry" && g.name == "catalog")
@@ -629,10 +753,19 @@ impl Gate {
 
     /// Issue an access token (and, if asked, a refresh token) for
     /// `identity`: the requested scopes intersected with what it may do.
+    /// The token names the identity's source and carries its groups, so
+    /// group rules apply to its holder as they did to the login.
     pub fn issue_token(&self, identity: &Identity, scopes: &[String], offline: bool) -> Result<IssuedToken, OciError> {
         let t =
             self.inner.token.as_ref().ok_or_else(|| OciError::Unsupported("this registry issues no tokens".into()))?;
-        let subject = identity.subject.clone().unwrap_or_default();
+        let (sub, src) = match identity.subject() {
+            Some(s) => match s.source().claim() {
+                Some(src) => (s.name().to_owned(), Some(src.to_owned())),
+                // An external issuer's subject stays that issuer's.
+                None => return Err(OciError::Denied),
+            },
+            None => (String::new(), None),
+        };
         let mut access: Vec<token::ResourceActions> = Vec::new();
         for scope in scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
             let Some(wanted) = token::parse_scope(scope) else { continue };
@@ -654,17 +787,18 @@ impl Gate {
         let now = token::now();
         let claims = token::Claims {
             iss: t.issuer.clone(),
-            sub: subject.clone(),
+            sub,
             aud: t.service.clone(),
             exp: now + t.ttl.as_secs(),
             nbf: now.saturating_sub(1),
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
             access,
-            groups: Vec::new(),
+            groups: identity.groups().to_vec(),
+            src,
         };
         let signed = t.key.sign(&claims).map_err(OciError::internal)?;
-        let refresh = if offline && identity.method != AuthMethod::Bearer {
+        let refresh = if offline && identity.method() != AuthMethod::Bearer && claims.src.is_some() {
             let claims = token::Claims {
                 aud: refresh_audience(&t.service),
                 exp: now + t.refresh_ttl.as_secs(),
@@ -679,19 +813,30 @@ impl Gate {
         Ok(IssuedToken { token: signed, expires_in: t.ttl.as_secs(), issued_at: now, refresh_token: refresh })
     }
 
-    /// The identity a refresh token stands for.
+    /// The identity a refresh token stands for: its source and groups as at
+    /// the login it was issued for.
     pub fn redeem_refresh_token(&self, raw: &str) -> Result<Identity, OciError> {
         let t =
             self.inner.token.as_ref().ok_or_else(|| OciError::Unsupported("this registry issues no tokens".into()))?;
         let mut issuer =
             token::Issuer::new(t.issuer.clone(), vec![refresh_audience(&t.service)], vec![t.key.algorithm()]);
         issuer.add_signing_key(&t.key);
-        match token::verify(raw, &[issuer], TOKEN_LEEWAY) {
-            Ok(claims) if self.inner.revocations.is_revoked(&claims.jti, &claims.sub, claims.iat) => {
-                tracing::info!(target: "berth::auth", method = "refresh_token", "revoked refresh token refused");
-                Err(self.unauthorized("invalid refresh token"))
+        let verified = token::verify(raw, &[issuer], TOKEN_LEEWAY).and_then(|claims| {
+            if self.inner.revocations.is_revoked(&claims.jti, &claims.sub, claims.iat) {
+                return Err(token::TokenError::Revoked);
             }
-            Ok(claims) => Ok(Identity::authenticated(claims.sub, AuthMethod::Htpasswd)),
+            let source = claims.src.as_deref().and_then(Source::from_claim).ok_or(token::TokenError::NoSource)?;
+            Ok((source, claims))
+        });
+        match verified {
+            Ok((source, claims)) => {
+                let method = match source {
+                    Source::Ldap => AuthMethod::Ldap,
+                    Source::Certificate => AuthMethod::Mtls,
+                    _ => AuthMethod::Htpasswd,
+                };
+                Ok(Identity::authenticated(Subject::new(source, claims.sub), claims.groups, method))
+            }
             Err(e) => {
                 tracing::info!(target: "berth::auth", method = "refresh_token", reason = %e, "refresh token refused");
                 Err(self.unauthorized("invalid refresh token"))
@@ -699,9 +844,9 @@ impl Gate {
         }
     }
 
-    /// What policy lets `identity` do of `wanted`. Until access policies
-    /// exist: everything on valid repositories for an authenticated caller,
-    /// the catalog included.
+    /// What policy lets `identity` do of `wanted`. Without access policies:
+    /// everything on valid repositories for an authenticated caller, the
+    /// catalog included.
     fn grantable(&self, identity: &Identity, wanted: &token::ResourceActions) -> token::ResourceActions {
         let mut granted = token::ResourceActions { actions: Vec::new(), ..wanted.clone() };
         if identity.is_anonymous() && self.required() {
@@ -735,9 +880,33 @@ impl Gate {
     }
 }
 
+/// What [`Gate::assemble`] is made of.
+#[derive(Default)]
+struct Parts {
+    htpasswd: Option<Htpasswd>,
+    realm: String,
+    token: Option<TokenService>,
+    external: Vec<(Arc<str>, token::Issuer)>,
+    mtls: Option<mtls::MtlsRules>,
+    admins: Vec<NameRef>,
+    ldap: Option<ldap::LdapAuth>,
+    policy: Option<policy::AccessPolicy>,
+    pool: hashing::PoolOptions,
+}
+
 /// Build a trusted external issuer from its configuration; errors name the
 /// offending key.
 pub fn external_issuer(c: &crate::config::IssuerConfig) -> Result<token::Issuer, (&'static str, String)> {
+    if !identity::valid_issuer_id(&c.id) {
+        return Err((
+            "id",
+            format!(
+                "{:?} is not usable: give each issuer a short id of lowercase letters, digits, '-', '_' or '.' \
+                 (policies name its subjects issuer:<id>:<sub>), e.g. id = \"sso\"",
+                c.id
+            ),
+        ));
+    }
     if c.name.is_empty() {
         return Err(("name", "the issuer (iss) must not be empty".into()));
     }
@@ -785,14 +954,14 @@ fn refresh_audience(service: &str) -> String {
     format!("{service}#refresh")
 }
 
-/// `http://host[:port]` from the request's Host header (`https` when the
-/// request arrived over TLS, which the server marks on the request).
-fn request_origin(request: &Parts) -> Option<String> {
-    let host = request.headers.get(http::header::HOST)?.to_str().ok()?;
+/// `http://host[:port]` from the Host header (`https` when the request
+/// arrived over TLS).
+fn request_origin(headers: &http::HeaderMap, client: &ClientInfo) -> Option<String> {
+    let host = headers.get(http::header::HOST)?.to_str().ok()?;
     if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '"' || c == '/' || c == '\\') {
         return None;
     }
-    let scheme = if request.extensions.get::<crate::api::Tls>().is_some() { "https" } else { "http" };
+    let scheme = if client.tls { "https" } else { "http" };
     Some(format!("{scheme}://{host}"))
 }
 
@@ -843,10 +1012,96 @@ mod tests {
         assert_ne!(t, c.tag("alice", "pw2"));
         assert_ne!(t, c.tag("alicep", "w"), "user and password are separated");
         assert_ne!(t, CredentialCache::new().tag("alice", "pw"), "the key is per process");
-        let v = Verified { subject: "alice".into(), groups: vec!["g".into()], method: AuthMethod::Htpasswd };
+        let v = Verified {
+            subject: Subject::new(Source::Htpasswd, "alice"),
+            groups: vec!["g".into()],
+            method: AuthMethod::Htpasswd,
+        };
         c.put(t, v.clone());
         assert_eq!(c.get(&t), Some(v));
         c.clear();
         assert_eq!(c.get(&t), None);
+    }
+
+    fn gate_with_users(users: &[(&str, &str)], config: &str) -> (Gate, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let lines: String = users.iter().map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap())).collect();
+        std::fs::write(&path, lines).unwrap();
+        let text = format!("[auth]\nhtpasswd = {:?}\n{config}", path.display().to_string());
+        let cfg: crate::config::Config = toml::from_str(&text).unwrap();
+        (Gate::from_config(&cfg.auth, cfg.access.as_ref()).unwrap(), dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identical_credentials_arriving_together_share_one_check() {
+        let (gate, _dir) = gate_with_users(&[("alice", "pw")], "");
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let checks: Vec<_> = (0..20).map(|_| gate.check_password("alice", "pw".into(), None, client)).collect();
+        for outcome in futures::future::join_all(checks).await {
+            let id = outcome.unwrap();
+            assert_eq!(id.qualified_subject().as_deref(), Some("htpasswd:alice"));
+        }
+        assert!(gate.inner.pending.0.lock().unwrap().is_empty(), "finished checks are forgotten");
+        assert!(gate.check_password("alice", "wrong".into(), None, client).await.is_err());
+        assert!(gate.check_password("nobody", "pw".into(), None, client).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_rules_hold_for_tokens_and_refreshed_tokens() {
+        let key = tempfile::NamedTempFile::new().unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let doc =
+            ring::signature::EcdsaKeyPair::generate_pkcs8(&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(doc.as_ref());
+        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
+        std::fs::write(key.path(), pem).unwrap();
+        let (gate, _dir) = gate_with_users(
+            &[],
+            &format!(
+                "[auth.token]\nkey_file = {:?}\n[access]\ndefault_policy = []\n\
+                 [[access.repositories]]\npattern = \"team/**\"\n\
+                 policies = [{{ groups = [\"builders\"], actions = [\"read\", \"create\"] }}]\n",
+                key.path().display().to_string()
+            ),
+        );
+        gate.revocations().replace(Vec::new());
+        // An LDAP login in group `builders` (as the directory would assert).
+        let login =
+            Identity::authenticated(Subject::new(Source::Ldap, "dana"), vec!["builders".into()], AuthMethod::Ldap);
+        let scope = vec!["repository:team/app:pull,push".to_owned()];
+        let issued = gate.issue_token(&login, &scope, true).unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, format!("Bearer {}", issued.token).parse().unwrap());
+        let holder = gate.authenticate(&headers, &ClientInfo::unknown()).await.unwrap();
+        assert_eq!(holder.qualified_subject().as_deref(), Some("ldap:dana"));
+        let repo: RepoName = "team/app".parse().unwrap();
+        gate.authorize::<crate::registry::Push>(&holder, &repo).expect("the group rule holds for the token");
+        // The refreshed token keeps the source and the groups.
+        let refreshed = gate.redeem_refresh_token(issued.refresh_token.as_deref().unwrap()).unwrap();
+        assert_eq!(refreshed.qualified_subject().as_deref(), Some("ldap:dana"));
+        let again = gate.issue_token(&refreshed, &scope, false).unwrap();
+        headers.insert(http::header::AUTHORIZATION, format!("Bearer {}", again.token).parse().unwrap());
+        let holder = gate.authenticate(&headers, &ClientInfo::unknown()).await.unwrap();
+        gate.authorize::<crate::registry::Push>(&holder, &repo).expect("and for the refreshed one");
+        // A token of this registry that names no source is refused.
+        let t = gate.token_service().unwrap();
+        let now = token::now();
+        let bare = token::Claims {
+            iss: t.issuer.clone(),
+            sub: "dana".into(),
+            aud: t.service.clone(),
+            exp: now + 60,
+            nbf: now - 1,
+            iat: now,
+            jti: "x".into(),
+            access: Vec::new(),
+            groups: Vec::new(),
+            src: None,
+        };
+        headers.insert(http::header::AUTHORIZATION, format!("Bearer {}", t.key.sign(&bare).unwrap()).parse().unwrap());
+        assert!(gate.authenticate(&headers, &ClientInfo::unknown()).await.is_err());
     }
 }

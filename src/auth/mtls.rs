@@ -5,19 +5,7 @@
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-/// Which certificate field names the subject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SubjectField {
-    /// The subject's common name.
-    Cn,
-    /// The first DNS subject alternative name.
-    Dns,
-    /// The first URI SAN (SPIFFE IDs), optionally required to start with a prefix.
-    Uri,
-    /// The first email (rfc822Name) SAN.
-    Email,
-}
+pub use crate::config::SubjectField;
 
 /// How certificates map to identities.
 #[derive(Debug, Clone)]

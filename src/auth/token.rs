@@ -39,9 +39,14 @@ pub struct Claims {
     pub jti: String,
     #[serde(default)]
     pub access: Vec<ResourceActions>,
-    /// Groups the issuer vouches for (external issuers; used by policies).
+    /// Groups the issuer vouches for: an external issuer's own, or, in this
+    /// registry's tokens, those of the login the token was issued for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// This registry's tokens: the source of the login (`htpasswd`, `ldap`
+    /// or `cert`). Ignored in external issuers' tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
 }
 
 /// Why a key file was refused.
@@ -262,6 +267,8 @@ pub enum TokenError {
     IssuerMismatch,
     #[error("token revoked")]
     Revoked,
+    #[error("token names no identity source: obtain a new one")]
+    NoSource,
 }
 
 /// Verify a token against the trusted issuers.
@@ -347,6 +354,7 @@ mod tests {
                 actions: vec!["pull".into()],
             }],
             groups: Vec::new(),
+            src: None,
         }
     }
 

@@ -2,7 +2,14 @@
 //! `BERTH__SECTION__KEY` environment variables, then command-line flags.
 //! Unknown keys are errors that name the key. Secrets ([`Secret`]) may be
 //! given inline or as `{ file = "/run/secrets/x" }` and never print.
+//!
+//! This is plain data: [`Config::validate`] checks what can be checked
+//! without reading a file. The files the configuration names (htpasswd,
+//! keys, certificates, JWKS) are read once, by the builders of the
+//! components that use them (`server::Components::load`), which `config
+//! check` and `serve` both call.
 
+pub mod access;
 mod duration;
 mod secret;
 
@@ -13,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use access::{AccessConfig, RateLimitConfig};
 pub use duration::HumanDuration;
 pub use secret::Secret;
 
@@ -29,11 +37,28 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Access-control policies; without this section an authenticated
     /// caller may do everything.
-    pub access: Option<crate::auth::policy::AccessConfig>,
+    pub access: Option<AccessConfig>,
     /// Request budgets shared by the fleet.
-    pub rate_limit: crate::ratelimit::RateLimitConfig,
+    pub rate_limit: RateLimitConfig,
     /// Trace export (the `otel` extension).
     pub telemetry: TelemetryConfig,
+    /// Who may read `/metrics` on the main listener (the `metrics`
+    /// extension).
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: protection of `/metrics` where the main listener serves it
+/// (without `server.health_listen`). A scraper passes with the bearer
+/// token, or as an identity named in `allow` (e.g. `cert:prometheus` for a
+/// client certificate). Without this section `/metrics` is open.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `Authorization: Bearer <token>` scrapers send (Prometheus
+    /// `authorization.credentials_file`).
+    pub bearer_token: Option<Secret>,
+    /// Identities allowed to scrape, as access policies name them.
+    pub allow: Vec<String>,
 }
 
 /// Authentication. With nothing configured every caller is anonymous, which
@@ -62,6 +87,22 @@ pub struct AuthConfig {
     pub throttle: ThrottleConfig,
     /// An LDAP directory, asked for passwords after the htpasswd file.
     pub ldap: Option<LdapConfig>,
+    /// Where password hashes are computed.
+    pub password_checks: PasswordChecksConfig,
+}
+
+/// Password hashes run on a fixed pool of threads with a bounded queue;
+/// past it, logins are answered 503 (or 429 for one client with too many
+/// checks in flight) with `Retry-After` at once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordChecksConfig {
+    /// Threads hashing at once (default: one per core, at most 4).
+    pub workers: Option<usize>,
+    /// Checks waiting for a thread (default: 8 per thread).
+    pub queue: Option<usize>,
+    /// Checks in flight from one client address (default: 2 per thread).
+    pub per_client: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,29 +131,6 @@ pub struct LdapConfig {
     pub operation_timeout: HumanDuration,
     /// Service connections kept open per replica.
     pub pool_size: usize,
-}
-
-impl LdapConfig {
-    /// The options of the LDAP authenticator.
-    pub fn options(&self) -> crate::auth::ldap::LdapOptions {
-        crate::auth::ldap::LdapOptions {
-            url: self.url.clone(),
-            starttls: self.starttls,
-            insecure: self.insecure,
-            ca_file: self.ca_file.clone(),
-            bind_dn: self.bind_dn.clone(),
-            bind_password: self.bind_password.expose().to_owned(),
-            user_base: self.user_base.clone(),
-            user_filter: self.user_filter.clone(),
-            group_attribute: self.group_attribute.clone(),
-            group_base: self.group_base.clone(),
-            group_filter: self.group_filter.clone(),
-            group_name_attribute: self.group_name_attribute.clone(),
-            connect_timeout: self.connect_timeout.0,
-            operation_timeout: self.operation_timeout.0,
-            pool_size: self.pool_size,
-        }
-    }
 }
 
 impl Default for LdapConfig {
@@ -176,6 +194,7 @@ impl Default for AuthConfig {
             revocation_reload: HumanDuration(Duration::from_secs(30)),
             throttle: ThrottleConfig::default(),
             ldap: None,
+            password_checks: PasswordChecksConfig::default(),
         }
     }
 }
@@ -216,6 +235,9 @@ impl Default for TokenConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IssuerConfig {
+    /// A short name for this issuer: policies name its subjects
+    /// `issuer:<id>:<sub>` and its groups `issuer:<id>:<group>`.
+    pub id: String,
     /// Expected `iss`.
     pub name: String,
     /// Accepted `aud` values.
@@ -291,23 +313,37 @@ pub struct TlsConfig {
     pub client_ca_file: Option<PathBuf>,
     /// "none", "optional" or "required".
     #[serde(default = "client_auth_none")]
-    pub client_auth: crate::tls::ClientAuth,
+    pub client_auth: ClientAuth,
 }
 
-fn client_auth_none() -> crate::tls::ClientAuth {
-    crate::tls::ClientAuth::None
+fn client_auth_none() -> ClientAuth {
+    ClientAuth::None
 }
 
-impl TlsConfig {
-    /// The files the TLS layer reads.
-    pub fn files(&self) -> crate::tls::TlsFiles {
-        crate::tls::TlsFiles {
-            cert_file: self.cert_file.clone(),
-            key_file: self.key_file.clone(),
-            client_ca_file: self.client_ca_file.clone(),
-            client_auth: self.client_auth,
-        }
-    }
+/// Whether clients present certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Never asked for.
+    None,
+    /// Asked for; a client without one is served (and authenticates otherwise).
+    Optional,
+    /// Required: the handshake fails without a trusted certificate.
+    Required,
+}
+
+/// Which certificate field names the subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectField {
+    /// The subject's common name.
+    Cn,
+    /// The first DNS subject alternative name.
+    Dns,
+    /// The first URI SAN (SPIFFE IDs), optionally required to start with a prefix.
+    Uri,
+    /// The first email (rfc822Name) SAN.
+    Email,
 }
 
 /// Authentication by verified client certificate.
@@ -315,7 +351,7 @@ impl TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct MtlsConfig {
     /// "cn", "dns", "uri" (e.g. SPIFFE IDs) or "email".
-    pub subject: crate::auth::mtls::SubjectField,
+    pub subject: SubjectField,
     /// With subject = "uri": only URIs starting with this name a caller.
     #[serde(default)]
     pub uri_prefix: Option<String>,
@@ -815,8 +851,6 @@ impl Config {
             }
         }
         if let Some(l) = &self.auth.ldap {
-            crate::auth::ldap::LdapAuth::new(l.options())
-                .map_err(|e| ConfigError::Key { key: "auth.ldap".into(), message: e.to_string() })?;
             if l.user_base.is_empty() || l.bind_dn.is_empty() {
                 return Err(ConfigError::Key {
                     key: "auth.ldap.user_base".into(),
@@ -837,13 +871,37 @@ impl Config {
             }
         }
         self.rate_limit.validate().map_err(|message| ConfigError::Key { key: "rate_limit".into(), message })?;
-        for p in &self.server.trusted_proxies {
-            p.parse::<crate::ratelimit::Cidr>()
-                .map_err(|message| ConfigError::Key { key: "server.trusted_proxies".into(), message })?;
+        crate::conn::TrustedProxies::parse(&self.server.trusted_proxies)
+            .map_err(|message| ConfigError::Key { key: "server.trusted_proxies".into(), message })?;
+        let p = &self.auth.password_checks;
+        if p.workers == Some(0) || p.per_client == Some(0) {
+            return Err(ConfigError::Key {
+                key: "auth.password_checks".into(),
+                message: "workers and per_client must be at least 1 (or left unset for the defaults)".into(),
+            });
         }
-        if let Some(access) = &self.access {
-            crate::auth::policy::AccessPolicy::new(access.clone())
-                .map_err(|message| ConfigError::Key { key: "access".into(), message })?;
+        if let Some(m) = &self.metrics {
+            if !cfg!(feature = "metrics") {
+                return Err(ConfigError::Key {
+                    key: "metrics".into(),
+                    message: format!(
+                        "this build has no `metrics` extension (berth {}); remove the section or run a build with it",
+                        crate::flavor::version_line()
+                    ),
+                });
+            }
+            if m.bearer_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+                return Err(ConfigError::Key {
+                    key: "metrics.bearer_token".into(),
+                    message: "use a random token of at least 16 characters".into(),
+                });
+            }
+            if m.bearer_token.is_none() && m.allow.is_empty() {
+                return Err(ConfigError::Key {
+                    key: "metrics".into(),
+                    message: "set bearer_token, allow, or both (or remove the section to leave /metrics open)".into(),
+                });
+            }
         }
         let t = &self.auth.throttle;
         if t.window.0.is_zero() || t.user_lockout < 1 || t.ip_lockout < 1 || t.delay_after < 0 {
@@ -862,18 +920,15 @@ impl Config {
             return Err(ConfigError::Key { key: "auth.reload_interval".into(), message: "must be positive".into() });
         }
         if let Some(tls) = &self.server.tls {
-            let files = tls.files();
-            if tls.client_auth != crate::tls::ClientAuth::None && tls.client_ca_file.is_none() {
+            if tls.client_auth != ClientAuth::None && tls.client_ca_file.is_none() {
                 return Err(ConfigError::Key {
                     key: "server.tls.client_ca_file".into(),
                     message: "client certificates need the CA that signs them".into(),
                 });
             }
-            crate::tls::server_config(&files)
-                .map_err(|e| ConfigError::Key { key: "server.tls".into(), message: e.to_string() })?;
         }
         if let Some(m) = &self.auth.mtls {
-            let asks_certs = self.server.tls.as_ref().is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None);
+            let asks_certs = self.server.tls.as_ref().is_some_and(|t| t.client_auth != ClientAuth::None);
             if !asks_certs {
                 return Err(ConfigError::Key {
                     key: "auth.mtls".into(),
@@ -881,7 +936,7 @@ impl Config {
                         .into(),
                 });
             }
-            if m.uri_prefix.is_some() && m.subject != crate::auth::mtls::SubjectField::Uri {
+            if m.uri_prefix.is_some() && m.subject != SubjectField::Uri {
                 return Err(ConfigError::Key {
                     key: "auth.mtls.uri_prefix".into(),
                     message: "only used with subject = \"uri\"".into(),
@@ -897,8 +952,6 @@ impl Config {
                         .into(),
                 });
             }
-            crate::auth::token::SigningKey::from_pem_file(&t.key_file)
-                .map_err(|e| ConfigError::Key { key: key("key_file"), message: e.to_string() })?;
             if !t.path.starts_with('/') || t.path.contains(['?', '#', '*', '{', '}']) || t.path == "/" {
                 return Err(ConfigError::Key {
                     key: key("path"),
@@ -923,13 +976,31 @@ impl Config {
                 }
             }
         }
+        let mut ids = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
         for (i, issuer) in self.auth.issuers.iter().enumerate() {
             let key = |k: &str| format!("auth.issuers[{i}].{k}");
-            crate::auth::external_issuer(issuer).map_err(|(k, message)| ConfigError::Key { key: key(k), message })?;
-        }
-        if let Some(path) = &self.auth.htpasswd {
-            crate::auth::Htpasswd::load(path)
-                .map_err(|e| ConfigError::Key { key: "auth.htpasswd".into(), message: e.to_string() })?;
+            if issuer.id.is_empty() {
+                return Err(ConfigError::Key {
+                    key: key("id"),
+                    message: "required: a short name policies use for this issuer's subjects \
+                              (issuer:<id>:<sub>), e.g. id = \"sso\""
+                        .into(),
+                });
+            }
+            if !ids.insert(issuer.id.as_str()) {
+                return Err(ConfigError::Key { key: key("id"), message: format!("{:?} is used twice", issuer.id) });
+            }
+            let own = self.auth.token.as_ref().is_some_and(|t| t.issuer == issuer.name);
+            if !names.insert(issuer.name.as_str()) || own {
+                return Err(ConfigError::Key {
+                    key: key("name"),
+                    message: format!(
+                        "{:?} is already trusted (by another issuer entry or auth.token.issuer): one `iss`, one issuer",
+                        issuer.name
+                    ),
+                });
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::Key { key: "log.level".into(), message: e.to_string() })?;

@@ -9,6 +9,7 @@
 //! repositories/<name>/_manifests/tags/<tag>             digest the tag points to
 //! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex> descriptor JSON of a referrer of a subject
 //! _catalog/<name>                                        the repository exists
+//! _keys/listing-cursor                                   key sealing listing cursors (cursor.rs)
 //! ```
 //!
 //! Repository name components start with `[a-z0-9]`, so the `_`-prefixed
@@ -17,6 +18,9 @@
 use crate::oci::{Digest, RepoName, Tag};
 
 pub const CATALOG_PREFIX: &str = "_catalog/";
+
+/// The key every replica seals listing cursors with.
+pub const LISTING_CURSOR_KEY: &str = "_keys/listing-cursor";
 
 pub fn blob(d: &Digest) -> String {
     format!("blobs/{}/{}/{}", d.algorithm().as_str(), &d.hex()[..2], d.hex())

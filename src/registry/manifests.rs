@@ -261,34 +261,76 @@ impl Registry {
         }
     }
 
-    /// Manifests in the repository whose subject is `subject`, optionally
-    /// only those of one artifact type. Unknown subjects have no referrers.
+    /// One page of the manifests in the repository whose subject is
+    /// `subject` (optionally only those of one artifact type), in digest
+    /// order after `after`. A page ends after `n` referrers (default
+    /// [`REFERRERS_PAGE`]), about 1 MiB of descriptors, or
+    /// [`REFERRERS_SCAN`] records looked at, so a subject with any number
+    /// of referrers costs bounded memory per request. Unknown subjects have
+    /// no referrers.
     pub async fn referrers(
         &self,
         access: &Access<Pull>,
         subject: &Digest,
         artifact_type: Option<&str>,
-    ) -> Result<Vec<Descriptor>> {
+        after: Option<&Digest>,
+        n: Option<usize>,
+    ) -> Result<ReferrersPage> {
         let repo = access.repo();
+        let want = n.unwrap_or(REFERRERS_PAGE).clamp(1, self.options.max_page);
         let prefix = keys::referrers_prefix(repo, subject);
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
+        let mut after_key = after.map(|d| keys::referrer(repo, subject, d));
+        let (mut manifests, mut bytes, mut scanned) = (Vec::new(), 0usize, 0usize);
         loop {
-            let page = self.store.list(&prefix, after.as_deref(), 1000).await?;
+            let page = self.store.list(&prefix, after_key.as_deref(), 256).await?;
+            let names: Vec<String> = page.objects.iter().map(|o| o.key.clone()).collect();
             let reads: Vec<BoxFuture<'_, Result<Option<Bytes>>>> =
-                page.objects.iter().map(|o| self.read_referrer(o.key.clone()).boxed()).collect();
-            let reads = futures::stream::iter(reads).buffered(PARALLEL_READS);
-            let records: Vec<Option<Bytes>> = reads.try_collect().await?;
-            for raw in records.into_iter().flatten() {
-                let d: Descriptor = serde_json::from_slice(&raw).map_err(OciError::internal)?;
-                if artifact_type.is_none() || d.artifact_type.as_deref() == artifact_type {
-                    out.push(d);
+                names.iter().map(|k| self.read_referrer(k.clone()).boxed()).collect();
+            let mut reads = futures::stream::iter(reads).buffered(PARALLEL_READS);
+            let mut read = 0;
+            while let Some(raw) = reads.next().await {
+                let raw = raw?;
+                read += 1;
+                scanned += 1;
+                if let Some(raw) = raw {
+                    let d: Descriptor = serde_json::from_slice(&raw).map_err(OciError::internal)?;
+                    if artifact_type.is_none() || d.artifact_type.as_deref() == artifact_type {
+                        bytes += raw.len();
+                        manifests.push(d);
+                    }
+                }
+                if manifests.len() >= want || bytes >= REFERRERS_PAGE_BYTES || scanned >= REFERRERS_SCAN {
+                    let more = read < names.len() || page.next_start_after.is_some();
+                    let next = if more { referrer_of_key(&names[read - 1], &prefix) } else { None };
+                    return Ok(ReferrersPage { manifests, next });
                 }
             }
             match page.next_start_after {
-                Some(next) => after = Some(next),
-                None => return Ok(out),
+                Some(next) => after_key = Some(next),
+                None => return Ok(ReferrersPage { manifests, next: None }),
             }
         }
     }
+}
+
+/// Referrers a page holds unless the caller asks for fewer or more.
+pub const REFERRERS_PAGE: usize = 500;
+/// Descriptor bytes after which a referrers page ends.
+const REFERRERS_PAGE_BYTES: usize = 1024 * 1024;
+/// Referrer records one page looks at, at most (an `artifactType` filter
+/// may keep few of them).
+pub const REFERRERS_SCAN: usize = 2_000;
+
+/// One page of referrers and, when more follow, the digest the next page
+/// starts after.
+#[derive(Debug)]
+pub struct ReferrersPage {
+    pub manifests: Vec<Descriptor>,
+    pub next: Option<Digest>,
+}
+
+/// The referrer a record key names (`<prefix><alg>-<hex>`).
+fn referrer_of_key(key: &str, prefix: &str) -> Option<Digest> {
+    let (alg, hex) = key.strip_prefix(prefix)?.split_once('-')?;
+    format!("{alg}:{hex}").parse().ok()
 }

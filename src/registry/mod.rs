@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod cache;
+pub mod cursor;
 pub mod keys;
 mod manifests;
 pub mod revocations;
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use access::{Access, Delete, Pull, Push, Update};
-pub use manifests::{PushedManifest, StoredManifest};
+pub use manifests::{PushedManifest, ReferrersPage, StoredManifest};
 pub use uploads::{JanitorReport, UploadSession, UploadStatus};
 
 use crate::oci::{Digest, OciError, RepoName};
@@ -81,6 +82,8 @@ pub struct Registry {
     state: Arc<dyn SharedState>,
     options: RegistryOptions,
     caches: Arc<cache::Caches>,
+    /// Read (or created) the first time a listing needs a sealed cursor.
+    cursor_key: Arc<tokio::sync::OnceCell<cursor::CursorKey>>,
 }
 
 /// Size of a blob visible in a repository.
@@ -102,17 +105,25 @@ impl std::fmt::Debug for BlobRead {
     }
 }
 
-/// One page of a listing and whether more follows.
+/// One page of a listing and, when more follows, where the next page
+/// starts: the last name of this page, or a sealed cursor
+/// ([`cursor::CursorKey`]) when the page ended on a name the caller may
+/// not see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     pub items: Vec<String>,
-    pub more: bool,
+    pub next: Option<String>,
 }
+
+/// Names a filtered listing looks at, at most, for one page: past this, a
+/// page with fewer entries than asked for ends with a cursor, so a caller
+/// who may see few of many repositories costs bounded work per request.
+const LISTING_SCAN_BUDGET: usize = 5_000;
 
 impl Registry {
     pub fn new(store: Arc<dyn ObjectStore>, state: Arc<dyn SharedState>, options: RegistryOptions) -> Registry {
         let caches = Arc::new(cache::Caches::new(options.cache));
-        Registry { store, state, options, caches }
+        Registry { store, state, options, caches, cursor_key: Arc::default() }
     }
 
     /// Start applying cache invalidations published by other processes.
@@ -241,7 +252,10 @@ impl Registry {
         self.list_names(&keys::tags_prefix(access.repo()), n, last, &|_| true).await
     }
 
-    /// Lists the key suffixes under `prefix`, paging through the store.
+    /// Lists the key suffixes under `prefix` after `last` (a name, or a
+    /// sealed cursor), paging through the store, keeping what `keep` admits
+    /// and counting only those towards `n`. A filtered listing stops after
+    /// [`LISTING_SCAN_BUDGET`] names, so its work per page is bounded.
     async fn list_names(
         &self,
         prefix: &str,
@@ -252,25 +266,67 @@ impl Registry {
         let want = n.unwrap_or(usize::MAX).min(self.options.max_page);
         let mut items = Vec::new();
         if want == 0 {
-            return Ok(Page { items, more: false });
+            return Ok(Page { items, next: None });
         }
-        let mut after = last.map(|l| format!("{prefix}{l}"));
+        let start = match last {
+            Some(c) if c.starts_with(cursor::SEALED) => Some(
+                self.cursor_key()
+                    .await?
+                    .open(c)
+                    .ok_or_else(|| OciError::Unsupported("`last` is not a cursor this registry issued".into()))?,
+            ),
+            other => other.map(str::to_owned),
+        };
+        let mut after = start.map(|l| format!("{prefix}{l}"));
+        let mut scanned = 0usize;
         loop {
-            let page = self.store.list(prefix, after.as_deref(), (want - items.len() + 1).min(1000)).await?;
+            let page = self.store.list(prefix, after.as_deref(), (want - items.len() + 1).clamp(1, 1000)).await?;
             for obj in &page.objects {
                 let name = &obj.key[prefix.len()..];
-                if !keep(name) {
-                    continue;
+                scanned += 1;
+                if keep(name) {
+                    if items.len() == want {
+                        let next = items.last().cloned();
+                        return Ok(Page { items, next });
+                    }
+                    items.push(name.to_owned());
+                } else if scanned >= LISTING_SCAN_BUDGET {
+                    let sealed = self
+                        .cursor_key()
+                        .await?
+                        .seal(name)
+                        .ok_or_else(|| OciError::internal("cannot seal a listing cursor"))?;
+                    return Ok(Page { items, next: Some(sealed) });
                 }
-                if items.len() == want {
-                    return Ok(Page { items, more: true });
-                }
-                items.push(name.to_owned());
             }
             match page.next_start_after {
                 Some(next) => after = Some(next),
-                None => return Ok(Page { items, more: false }),
+                None => return Ok(Page { items, next: None }),
             }
         }
+    }
+
+    /// The key listing cursors are sealed with, shared by every replica
+    /// through the object store: the first replica to need it writes one
+    /// (create-only); the others read it.
+    async fn cursor_key(&self) -> Result<&cursor::CursorKey> {
+        self.cursor_key
+            .get_or_try_init(|| async {
+                let bad = || OciError::internal("the listing cursor key in the object store is unusable");
+                if let Ok(bytes) = self.store.get_bytes(keys::LISTING_CURSOR_KEY, 64).await {
+                    return cursor::CursorKey::from_bytes(&bytes).ok_or_else(bad);
+                }
+                let fresh = cursor::CursorKey::generate().ok_or_else(|| OciError::internal("no random bytes"))?;
+                match self.store.put(keys::LISTING_CURSOR_KEY, Bytes::copy_from_slice(&fresh), PutMode::Create).await {
+                    Ok(_) => cursor::CursorKey::from_bytes(&fresh).ok_or_else(bad),
+                    // Another replica was first: use its key.
+                    Err(StorageError::AlreadyExists { .. }) => {
+                        let bytes = self.store.get_bytes(keys::LISTING_CURSOR_KEY, 64).await?;
+                        cursor::CursorKey::from_bytes(&bytes).ok_or_else(bad)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await
     }
 }

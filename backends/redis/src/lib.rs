@@ -19,8 +19,9 @@ use redis::{AsyncCommands, Client, Script};
 
 const BACKEND: &str = "redis";
 
-/// How to reach Redis.
-#[derive(Debug, Clone)]
+/// How to reach Redis. `Debug` hides the password and the URL's user
+/// information.
+#[derive(Clone)]
 pub struct RedisOptions {
     /// `redis://[user:password@]host:port/db`.
     pub url: String,
@@ -36,6 +37,30 @@ pub struct RedisOptions {
     /// can stay free of secrets.
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &redacted_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| format!("{} bytes", p.len())))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// The URL with any user information (`user:password@`) replaced by `***`.
+fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "***".into() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 impl RedisOptions {
@@ -339,6 +364,17 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[test]
+    fn debug_hides_passwords() {
+        let mut o = RedisOptions::new("rediss://berth:hunter2-secret@redis.example:6380/0");
+        o.password = Some("other-secret".into());
+        let shown = format!("{o:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("other-secret"), "{shown}");
+        assert!(shown.contains("rediss://***@redis.example:6380/0"), "{shown}");
+        assert_eq!(redacted_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(redacted_url("not a url with pw@x"), "***");
+    }
 
     /// A redis-server on a free loopback port, killed on drop.
     struct RedisServer {
