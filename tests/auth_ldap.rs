@@ -251,3 +251,160 @@ fn plain_ldap_must_be_asked_for_and_skopeo_and_oras_log_in() {
     assert!(out.status.success(), "oras with LDAP credentials: {}", String::from_utf8_lossy(&out.stderr));
     assert!(!b.stderr().contains("carol-ldap-pw"));
 }
+
+/// A token-service key (P-256, PKCS#8 PEM) in `dir`.
+fn token_key(dir: &Path) -> PathBuf {
+    let key = dir.join("token.pem");
+    let out = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    key
+}
+
+/// `podman` with storage of its own under `dir` (vfs: no kernel overlay).
+fn podman(dir: &Path) -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.arg("--root")
+        .arg(dir.join("storage"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args(["--storage-driver", "vfs", "--events-backend", "file", "--cgroup-manager", "cgroupfs"])
+        .env("XDG_RUNTIME_DIR", dir.join("xdg"))
+        .env("REGISTRY_AUTH_FILE", dir.join("auth.json"))
+        .env("CONTAINERS_REGISTRIES_CONF", dir.join("registries.conf"));
+    cmd
+}
+
+/// Groups come from the directory at login and travel in the registry's
+/// tokens: a rule granting a group push works for podman and skopeo, which
+/// use the token flow, as it does for Basic; a user outside the group is
+/// refused either way.
+#[test]
+fn group_rules_hold_through_the_token_flow_for_podman_and_skopeo() {
+    for program in ["skopeo", "podman", "umoci"] {
+        let found = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().unwrap();
+        assert!(found.status.success(), "{program} is not installed: run scripts/install-test-deps");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let slapd = Slapd::start(&dir.path().join("ldap"));
+    let key = token_key(dir.path());
+    let policy = format!(
+        "[auth.token]\nkey_file = {:?}\n\
+         [access]\ndefault_policy = []\n\
+         [[access.repositories]]\npattern = \"team/**\"\n\
+         policies = [{{ groups = [\"builders\"], actions = [\"read\", \"create\", \"update\"] }}]\n",
+        key.display().to_string()
+    );
+    // The [access] tables follow the [auth.ldap] keys berth_for writes.
+    let b =
+        berth_for(dir.path(), &format!("ldap://127.0.0.1:{}", slapd.ldap_port), &format!("insecure = true\n{policy}"));
+    let work = tempfile::tempdir().unwrap();
+    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/build-images.sh");
+    assert!(Command::new("bash").arg(build).arg(work.path()).status().unwrap().success());
+    let src = format!("oci:{}/oci:multi", work.path().display());
+
+    // skopeo: alice (in builders) pushes and pulls through tokens.
+    let dest = format!("docker://{}/team/skopeo:v1", b.addr);
+    let skopeo = |creds: &str, from: &str, to: &str, tls: &str| {
+        Command::new("skopeo").args(["copy", "--quiet", tls, "--src-creds", creds, from, to]).output().unwrap()
+    };
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "alice:alice-ldap-pw", &src, &dest])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo push by a group member: {}", String::from_utf8_lossy(&out.stderr));
+    let back = format!("oci:{}/back:v1", work.path().display());
+    let out = skopeo("alice:alice-ldap-pw", &dest, &back, "--src-tls-verify=false");
+    assert!(out.status.success(), "skopeo pull by a group member: {}", String::from_utf8_lossy(&out.stderr));
+    // bob is not in builders: refused.
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds", "bob:bob-ldap-pw", &src])
+        .arg(format!("docker://{}/team/skopeo:bob", b.addr))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a non-member pushed");
+
+    // podman, with storage of its own: load the image, push it, pull it back.
+    // podman names an image pulled from an OCI layout after its path, which
+    // must then be a valid (lowercase) repository name.
+    let pod = LowercaseDir::new("berth-podman");
+    for d in ["xdg", "storage", "run"] {
+        std::fs::create_dir_all(pod.path().join(d)).unwrap();
+    }
+    let layout = pod.path().join("layout");
+    copy_dir(&work.path().join("oci"), &layout);
+    let src = format!("oci:{}:multi", layout.display());
+    std::fs::write(pod.path().join("registries.conf"), "unqualified-search-registries = []\n").unwrap();
+    std::fs::write(pod.path().join("auth.json"), "{\"auths\": {}}\n").unwrap();
+    let run = |cmd: &mut Command, what: &str| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let out = podman(pod.path()).args(["pull", "-q", &src]).output().unwrap();
+    assert!(out.status.success(), "podman pull from the OCI layout: {}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap_or_default().to_owned();
+    assert!(!id.is_empty(), "podman printed no image id");
+    let image = format!("{}/team/podman:v1", b.addr);
+    run(
+        podman(pod.path())
+            .args(["push", "--tls-verify=false", "--creds", "alice:alice-ldap-pw", &id])
+            .arg(format!("docker://{image}")),
+        "podman push by a group member",
+    );
+    run(
+        podman(pod.path()).args(["pull", "-q", "--tls-verify=false", "--creds", "alice:alice-ldap-pw", &image]),
+        "podman pull by a group member",
+    );
+    let out = podman(pod.path())
+        .args(["push", "--tls-verify=false", "--creds", "bob:bob-ldap-pw", &id])
+        .arg(format!("docker://{}/team/podman:bob", b.addr))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a non-member pushed with podman");
+    let log = b.stderr();
+    assert!(log.contains("/v2/token"), "the clients used the token flow");
+}
+
+/// A scratch directory whose path is lowercase letters, digits and dashes;
+/// removed on drop.
+struct LowercaseDir(PathBuf);
+
+impl LowercaseDir {
+    fn new(prefix: &str) -> LowercaseDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = PathBuf::from("/tmp").join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        LowercaseDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for LowercaseDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -224,6 +224,8 @@ fn claims(iss: &str, aud: &str, exp_in: i64, nbf_in: i64) -> Claims {
             actions: vec!["pull".into()],
         }],
         groups: Vec::new(),
+        // As this registry's tokens name their login's source.
+        src: Some("htpasswd".into()),
     }
 }
 
@@ -326,7 +328,7 @@ async fn tokens_of_an_external_issuer_are_accepted() {
     let jwks = dir.path().join("sso-jwks.json");
     std::fs::write(&jwks, serde_json::json!({"keys": [sso.public_jwk()]}).to_string()).unwrap();
     let toml = format!(
-        "[auth]\n[[auth.issuers]]\nname = \"https://sso.example\"\naudiences = [\"berth\"]\njwks_file = {:?}\nalgorithms = [\"EdDSA\"]\n",
+        "[auth]\n[[auth.issuers]]\nid = \"sso\"\nname = \"https://sso.example\"\naudiences = [\"berth\"]\njwks_file = {:?}\nalgorithms = [\"EdDSA\"]\n",
         jwks.display().to_string()
     );
     let b = Berth::start(&toml);

@@ -351,8 +351,9 @@ async fn authorization_matrix() {
     let has = |subject: &str, outcome: &str, operation: &str| {
         records.iter().any(|r| r["subject"] == subject && r["outcome"] == outcome && r["operation"] == operation)
     };
-    assert!(has("writer", "ok", "manifest_put"), "no record of a write");
-    assert!(has("other", "denied", "manifest_get"), "no record of a denial");
+    // Subjects are named with their source.
+    assert!(has("htpasswd:writer", "ok", "manifest_put"), "no record of a write");
+    assert!(has("htpasswd:other", "denied", "manifest_get"), "no record of a denial");
     assert!(has("anonymous", "unauthenticated", "blob_get"), "no record of a failed authentication");
     assert!(records.iter().all(|r| r["target"] == "berth::audit" || r.get("target").is_none()));
     assert!(records.iter().all(|r| r["client"].as_str().is_some_and(|c| c.starts_with("127."))));

@@ -29,7 +29,9 @@ fn options(requests: u64) -> Options {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_without_errors() {
     let b = Berth::start("");
-    let scenarios = Scenario::value_variants().to_vec();
+    // failed-login needs a registry with users: its own test below.
+    let scenarios: Vec<Scenario> =
+        Scenario::value_variants().iter().copied().filter(|s| *s != Scenario::FailedLogin).collect();
     let reports = berth_bench::run_all(&scenarios, &[target("A", &b)], &options(12)).await.unwrap();
     assert_eq!(reports.len(), scenarios.len());
     for r in &reports {
@@ -103,4 +105,36 @@ async fn startup_is_measured() {
     assert_eq!(report.samples.len(), 2);
     assert!(report.median_ready_ms > 0.0);
     assert!(report.median_idle_rss_mib.unwrap() > 0.0);
+}
+
+/// failed-login times a known and an unknown user side by side: every
+/// answer is a 401, and a registry that lets the wrong password in is an
+/// error, not a measurement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_of_known_and_unknown_users() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users"), format!("{}\n", common::user_hash("alice", "alice-pw-123456"))).unwrap();
+    let b = Berth::start(&format!(
+        "[auth]\nhtpasswd = {:?}\n[auth.throttle]\nuser_lockout = 100000\nip_lockout = 100000\ndelay_after = 100000\n",
+        dir.path().join("users").display().to_string()
+    ));
+    let as_user = |label: &str, user: &str| Target {
+        label: label.into(),
+        registry: Registry::new(&b.base, Auth::Basic { user: user.into(), password: "unused".into() }, false, 2)
+            .unwrap(),
+        pid: Some(b.pid()),
+    };
+    let reports = berth_bench::run_all(
+        &[Scenario::FailedLogin],
+        &[as_user("known", "alice"), as_user("unknown", "nobody")],
+        &Options { concurrency: 2, ..options(8) },
+    )
+    .await
+    .unwrap();
+    for t in &reports[0].targets {
+        assert_eq!(t.summary.requests, 8);
+        assert_eq!(t.summary.errors, 0, "{:?}", t.summary.errors_by_status);
+    }
+    // Without credentials the scenario refuses to start.
+    assert!(berth_bench::run_all(&[Scenario::FailedLogin], &[target("A", &b)], &options(2)).await.is_err());
 }

@@ -113,21 +113,9 @@ fn problems(f: &Findings) -> Vec<String> {
     out
 }
 
-fn release_binary() -> PathBuf {
-    // Never a fallback path: an old binary would pass for a new one.
-    let path = std::env::var_os("BERTH_RELEASE_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        panic!(
-            "BERTH_RELEASE_BIN is not set: build with `cargo auditable build --release --locked` and point it at \
-             target/release/berth (scripts/test does both)"
-        )
-    });
-    assert!(path.is_file(), "BERTH_RELEASE_BIN={} does not exist", path.display());
-    path
-}
-
 #[test]
 fn the_release_binary_is_pie_with_full_relro_nx_no_rpath_stripped_and_auditable() {
-    let bin = release_binary();
+    let bin = common::release_bin();
     let findings = inspect(&bin);
     let wrong = problems(&findings);
     assert!(wrong.is_empty(), "{}: {wrong:#?}\n{findings:#?}", bin.display());
@@ -317,7 +305,7 @@ fn snapshot(root: &Path) -> Vec<(PathBuf, u64, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_as_an_unprivileged_user_from_a_read_only_tree() {
     require_root();
-    let tree = ImageTree::new(&release_binary(), UID);
+    let tree = ImageTree::new(&common::release_bin(), UID);
     let before = snapshot(&tree.root());
     let log_dir = tempfile::tempdir().unwrap();
     let stderr_path = log_dir.path().join("stderr.log");
@@ -395,7 +383,7 @@ async fn the_binary_serves_as_an_unprivileged_user_from_a_read_only_tree() {
 #[test]
 fn an_unwritable_data_directory_is_a_clear_start_up_error() {
     require_root();
-    let tree = ImageTree::new(&release_binary(), 0);
+    let tree = ImageTree::new(&common::release_bin(), 0);
     let logs = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
     let mut child = Killed(

@@ -1,11 +1,14 @@
 //! Trace export (the `otel` extension) against a stand-in OTLP/HTTP
-//! collector on loopback, and its refusal in builds without the extension.
+//! collector on loopback, and its refusal in builds without the extension;
+//! `/metrics` protection on the main listener (the `metrics` extension).
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::process::Command;
+
+use common::{client, Berth};
 
 #[cfg(feature = "otel")]
 mod otel {
@@ -196,4 +199,51 @@ fn the_otlp_section_is_checked_and_refused_by_builds_without_the_extension() {
         assert!(stderr.contains("telemetry.otlp") && stderr.contains("otel"), "{stderr}");
         assert!(stderr.contains("flavor: "), "{stderr}");
     }
+}
+
+/// With `[metrics]`, `/metrics` on the main listener answers scrapers with
+/// the bearer token or an allowed identity, and 401 to everyone else; the
+/// minimal flavor refuses the section.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_the_main_listener_can_require_a_token_or_an_identity() {
+    let token = "scrape-token-0123456789abcdef";
+    if !cfg!(feature = "metrics") {
+        let out = config_check(&format!("[metrics]\nbearer_token = \"{token}\"\n"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("metrics") && stderr.contains("flavor: "), "{stderr}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(
+        &users,
+        format!("{}\n{}\n", common::user_hash("prom", "prom-pw-123456"), common::user_hash("dev", "dev-pw-123456")),
+    )
+    .unwrap();
+    let b = Berth::start(&format!(
+        "[auth]\nhtpasswd = {:?}\n[metrics]\nbearer_token = \"{token}\"\nallow = [\"htpasswd:prom\"]\n",
+        users.display().to_string()
+    ));
+    let get = |auth: Option<String>| {
+        let mut req = client().get(b.url("/metrics"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    let refused = get(None).await;
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().contains_key("www-authenticate"));
+    assert_eq!(get(Some(format!("Bearer {token}x"))).await.status(), 401);
+    assert_eq!(get(Some(common::basic("dev", "dev-pw-123456"))).await.status(), 401, "not an allowed identity");
+    let by_token = get(Some(format!("Bearer {token}"))).await;
+    assert_eq!(by_token.status(), 200);
+    assert!(by_token.text().await.unwrap().contains("berth_http_requests_total"));
+    assert_eq!(get(Some(common::basic("prom", "prom-pw-123456"))).await.status(), 200);
+    assert!(!b.stderr().contains(token), "the token reached the log");
+    // Names in `allow` are checked like those of policies.
+    let out = config_check(&format!("[metrics]\nbearer_token = \"{token}\"\nallow = [\"team:prom\"]\n"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ambiguous"));
 }

@@ -14,58 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::pki::{ca, client, leaf, server_sans, uri, Ca};
 use common::{sha256, Berth};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    Ca { cert: p.self_signed(&key).unwrap(), key }
-}
-
-/// A leaf signed by `ca`: (certificate PEM, key PEM).
-fn leaf(ca: &Ca, cn: &str, sans: Vec<SanType>, ou: Option<&str>, expired: bool) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.subject_alt_names = sans;
-    p.distinguished_name.push(DnType::CommonName, cn);
-    if let Some(ou) = ou {
-        p.distinguished_name.push(DnType::OrganizationalUnitName, ou);
-    }
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2020, 1, 2);
-    }
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn uri(u: &str) -> SanType {
-    SanType::URI(u.try_into().unwrap())
-}
-
-fn server_sans() -> Vec<SanType> {
-    vec![SanType::DnsName("localhost".try_into().unwrap()), SanType::IpAddress("127.0.0.1".parse().unwrap())]
-}
-
-fn client(ca_pem: &str, identity: Option<&(String, String)>) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
-        .timeout(Duration::from_secs(30));
-    if let Some((cert, key)) = identity {
-        b = b.identity(reqwest::Identity::from_pem(format!("{cert}\n{key}").as_bytes()).unwrap());
-    }
-    b.build().unwrap()
-}
 
 struct Setup {
     dir: tempfile::TempDir,

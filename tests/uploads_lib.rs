@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use berth::auth::{Gate, Identity};
+use berth::auth::{AuthMethod, Gate, Identity, Source};
 use berth::oci::{Algorithm, OciError};
 use berth::registry::{Access, Push};
 use berth::registry::{Registry, RegistryOptions};
@@ -64,7 +64,10 @@ fn registry_on(store: Arc<dyn ObjectStore>) -> Registry {
 }
 
 fn access_for(subject: Option<&str>, repo: &str) -> Access<Push> {
-    let identity = Identity { subject: subject.map(str::to_owned), ..Identity::anonymous() };
+    let identity = match subject {
+        Some(s) => Identity::for_tests(Source::Htpasswd, s, &[], AuthMethod::Htpasswd),
+        None => Identity::anonymous(),
+    };
     Gate::anonymous().authorize(&identity, &repo.parse().unwrap()).unwrap()
 }
 

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +31,17 @@ impl Berth {
     }
 
     pub fn start_with(extra_toml: &str, env: &[(&str, &str)]) -> Berth {
+        Berth::start_binary(Path::new(env!("CARGO_BIN_EXE_berth")), extra_toml, env)
+    }
+
+    /// Start the hardened release binary (`BERTH_RELEASE_BIN`, which
+    /// scripts/test builds): for tests whose figures (memory, timing
+    /// under load) only mean something for the build that ships.
+    pub fn start_release(extra_toml: &str, env: &[(&str, &str)]) -> Berth {
+        Berth::start_binary(&release_bin(), extra_toml, env)
+    }
+
+    pub fn start_binary(bin: &Path, extra_toml: &str, env: &[(&str, &str)]) -> Berth {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("berth.toml");
         let data = dir.path().join("data");
@@ -38,7 +51,7 @@ impl Berth {
         );
         std::fs::write(&config, text).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        let mut cmd = Command::new(bin);
         cmd.arg("serve").arg("--config").arg(&config);
         for (k, v) in env {
             cmd.env(k, v);
@@ -112,6 +125,27 @@ impl Drop for Berth {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The release binary under test; never a fallback path, since an old
+/// binary would pass for a new one.
+pub fn release_bin() -> PathBuf {
+    let path = std::env::var_os("BERTH_RELEASE_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        panic!(
+            "BERTH_RELEASE_BIN is not set: build with `cargo auditable build --release --locked` and point it at \
+             target/release/berth (scripts/test does both)"
+        )
+    });
+    assert!(path.is_file(), "BERTH_RELEASE_BIN={} does not exist", path.display());
+    path
+}
+
+/// Peak resident memory of a process (`VmHWM`), in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/PID/status");
+    let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmHWM value");
+    kib * 1024
 }
 
 pub fn sha256(data: &[u8]) -> String {
