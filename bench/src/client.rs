@@ -83,6 +83,34 @@ impl Registry {
         Ok(())
     }
 
+    /// `GET /v2/` with a wrong password answers 401: the scenario
+    /// `failed-login` can run.
+    pub async fn check_refuses_wrong_password(&self) -> anyhow::Result<()> {
+        if !matches!(self.auth, Auth::Basic { .. }) {
+            bail!("failed-login needs --user");
+        }
+        match self.failed_login(u64::MAX).await {
+            Ok(_) => Ok(()),
+            Err((status, e)) => bail!("{}/v2/ with a wrong password: {status} {e} (expected 401)", self.base),
+        }
+    }
+
+    /// `GET /v2/` with the Basic user and wrong password number `i`.
+    pub async fn failed_login(&self, i: u64) -> OpResult {
+        let Auth::Basic { user, .. } = &self.auth else { return Err((0, "no Basic user".into())) };
+        let resp = self
+            .http
+            .get(format!("{}/v2/", self.base))
+            .basic_auth(user, Some(format!("wrong-password-{i}")))
+            .send()
+            .await
+            .map_err(transport)?;
+        match resp.status() {
+            StatusCode::UNAUTHORIZED => Ok(0),
+            _ => Err(fail(&resp)),
+        }
+    }
+
     /// Single-request monolithic push (`POST ?digest=`), generated blob.
     pub async fn push_monolithic(&self, repo: &str, seed: u64, size: u64, digest: &str) -> OpResult {
         let body = Body::wrap_stream(data::range_stream(seed, size, 0, size));

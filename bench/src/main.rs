@@ -53,6 +53,9 @@ struct Cli {
     user: Option<String>,
     #[arg(long, env = "BERTH_BENCH_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// Basic-auth user of target B (default: --user), with the same password.
+    #[arg(long, requires = "user")]
+    compare_user: Option<String>,
     /// Bearer token (or BERTH_BENCH_TOKEN).
     #[arg(long, env = "BERTH_BENCH_TOKEN", hide_env_values = true, conflicts_with = "user")]
     token: Option<String>,
@@ -133,9 +136,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         pid: cli.pid,
     }];
     if let Some(b) = &cli.compare {
+        let auth_b = match (&cli.compare_user, auth) {
+            (Some(user), Auth::Basic { password, .. }) => Auth::Basic { user: user.clone(), password },
+            (_, auth) => auth,
+        };
         targets.push(Target {
             label: "B".into(),
-            registry: Registry::new(b, auth, cli.insecure, cli.concurrency)?,
+            registry: Registry::new(b, auth_b, cli.insecure, cli.concurrency)?,
             pid: cli.compare_pid,
         });
     }

@@ -36,6 +36,11 @@ pub enum Scenario {
     Catalog,
     /// 70% manifest GET by tag, 20% blob pull, 10% monolithic push of `--size`.
     Mixed,
+    /// `GET /v2/` with the Basic user and a wrong password (a new one each
+    /// time): a 401 is the expected answer. With `--compare-user`, target B
+    /// uses another user, so known and unknown users are timed side by side.
+    /// Turn the failed-login throttle up on the server first.
+    FailedLogin,
 }
 
 impl Scenario {
@@ -97,6 +102,10 @@ fn push_pool(opts: &Options) -> u64 {
 
 async fn setup(scenario: Scenario, target: &Target, index: usize, opts: &Options) -> anyhow::Result<Fixture> {
     let reg = &target.registry;
+    if scenario == Scenario::FailedLogin {
+        reg.check_refuses_wrong_password().await?;
+        return Ok(Fixture::default());
+    }
     reg.check().await?;
     let seed_base = opts.seed.wrapping_add((index as u64) << 40);
     let mut fx = Fixture { seed_base, ..Fixture::default() };
@@ -132,7 +141,7 @@ async fn setup(scenario: Scenario, target: &Target, index: usize, opts: &Options
                 reg.push_bytes(&format!("{repo}-cat-{i:02}"), format!("repo {i}").into_bytes()).await?;
             }
         }
-        Scenario::PushMono | Scenario::PushPostPut | Scenario::PushChunked => {}
+        Scenario::PushMono | Scenario::PushPostPut | Scenario::PushChunked | Scenario::FailedLogin => {}
     }
     if scenario.pushes() {
         fx.push_digests = precompute_digests(seed_base, push_pool(opts), opts.size).await?;
@@ -186,6 +195,7 @@ async fn operation(scenario: Scenario, reg: &Registry, fx: &Fixture, opts: &Opti
         Scenario::ManifestHeadDigest => reg.manifest(repo, &fx.manifest_digest, true).await,
         Scenario::TagsList => reg.get_json(&format!("/v2/{repo}/tags/list")).await,
         Scenario::Catalog => reg.get_json("/v2/_catalog?n=100").await,
+        Scenario::FailedLogin => reg.failed_login(i).await,
         Scenario::Mixed => match i % 10 {
             0..=6 => reg.manifest(repo, "bench", false).await,
             7 | 8 => reg.pull_blob(repo, &fx.blob_digest, opts.size).await,
