@@ -5,8 +5,9 @@
 //! - A storm of failed logins from many forwarded addresses against many
 //!   made-up names locks out no unrelated user from an unrelated address;
 //!   it slows and then refuses the names and the addresses it used.
-//! - A storm of failed logins for unknown users, 150 at a time, keeps the
-//!   replica's peak resident memory under 150 MiB (read from /proc).
+//! - A storm of failed logins for unknown users, 150 at a time, then 60
+//!   more that are all hashed, keep the replica's peak resident memory under
+//!   150 MiB (read from /proc).
 
 #![allow(clippy::unwrap_used)]
 
@@ -113,6 +114,14 @@ async fn a_storm_of_unknown_users_keeps_memory_bounded() {
         async move { login(b, http, &format!("nobody-{i}"), "guess", "198.51.100.9").await }
     });
     let statuses = futures::stream::iter(logins).buffer_unordered(150).collect::<Vec<u16>>().await;
+    // Then 60 more, two at a time from other addresses, each of them
+    // hashed: memory must not grow with the number of checks either.
+    let hashed = (0..60u32).map(|i| {
+        let (b, http) = (&b, &http);
+        async move { login(b, http, &format!("later-{i}"), "guess", &format!("198.51.100.{}", 100 + i % 2)).await }
+    });
+    let later = futures::stream::iter(hashed).buffer_unordered(2).collect::<Vec<u16>>().await;
+    assert!(later.iter().all(|s| *s == 401), "{later:?}");
     let peak = common::peak_rss(b.pid());
 
     let refused = statuses.iter().filter(|s| **s == 401).count();

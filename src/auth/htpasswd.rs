@@ -69,6 +69,17 @@ fn parse(text: &str, path: &Path) -> Result<HashMap<String, Entry>, HtpasswdErro
             return Err(err("the user name is empty or contains spaces or control characters".into()));
         }
         let scheme = scheme_of(hash).map_err(|m| err(format!("user {user:?}: {m}")))?;
+        if scheme == Scheme::Argon2id {
+            let parsed = argon2::PasswordHash::new(hash)
+                .map_err(|_| err(format!("user {user:?}: not a well-formed argon2id hash")))?;
+            let params =
+                argon2_params(&parsed).ok_or_else(|| err(format!("user {user:?}: unusable argon2id parameters")))?;
+            if params.m_cost() > MAX_ARGON2_MEMORY_KIB {
+                return Err(err(format!(
+                    "user {user:?}: an argon2id memory cost over {MAX_ARGON2_MEMORY_KIB} KiB is refused"
+                )));
+            }
+        }
         if users.insert(user.to_owned(), Entry { hash: hash.to_owned(), scheme }).is_some() {
             return Err(err(format!("user {user:?} appears twice")));
         }
@@ -76,21 +87,54 @@ fn parse(text: &str, path: &Path) -> Result<HashMap<String, Entry>, HtpasswdErro
     Ok(users)
 }
 
-/// Verify `password` against one stored hash. Runs the scheme's own
-/// constant-time comparison.
+/// Verify `password` against one stored hash, comparing in constant time.
 fn verify(entry: &Entry, password: &str) -> bool {
     match entry.scheme {
         Scheme::Bcrypt => bcrypt::verify(password, &entry.hash).unwrap_or(false),
-        Scheme::Argon2id => {
-            use argon2::PasswordVerifier as _;
-            match argon2::PasswordHash::new(&entry.hash) {
-                Ok(parsed) => argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
-                Err(_) => false,
-            }
-        }
+        Scheme::Argon2id => verify_argon2id(&entry.hash, password),
         Scheme::Sha256Crypt => sha_crypt::sha256_check(password, &entry.hash).is_ok(),
         Scheme::Sha512Crypt => sha_crypt::sha512_check(password, &entry.hash).is_ok(),
     }
+}
+
+/// Largest argon2id memory cost accepted in the file (KiB): 256 MiB, over
+/// ten times the default. Each hashing thread holds this much at most.
+const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
+
+thread_local! {
+    /// The argon2 working memory of this thread, reused by every check on
+    /// it. Allocating it per check (as `verify_password` does) leaves the
+    /// allocator unable to reuse the freed 64-byte-aligned blocks: each
+    /// check would grow the process by ~19 MiB until the arena happens to
+    /// coalesce. The hashing pool's few threads each keep one buffer.
+    static ARGON2_MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The parameters of an argon2id PHC string, if it is one.
+fn argon2_params(hash: &argon2::PasswordHash<'_>) -> Option<argon2::Params> {
+    argon2::Params::try_from(hash).ok()
+}
+
+fn verify_argon2id(hash: &str, password: &str) -> bool {
+    let Ok(parsed) = argon2::PasswordHash::new(hash) else { return false };
+    let Some(params) = argon2_params(&parsed) else { return false };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return false };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    let version = parsed.version.and_then(|v| argon2::Version::try_from(v).ok()).unwrap_or_default();
+    let need = params.block_count();
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, version, params);
+    let expected = expected.as_bytes();
+    let mut out = vec![0u8; expected.len()];
+    let hashed = ARGON2_MEMORY.with(|memory| {
+        let mut blocks = memory.borrow_mut();
+        if blocks.len() < need {
+            blocks.resize(need, argon2::Block::new());
+        }
+        argon.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut blocks[..need]).is_ok()
+    });
+    // Constant time: every byte is compared whatever the first difference.
+    hashed && out.len() == expected.len() && out.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Hash a password as an argon2id PHC string with a random salt.
@@ -249,6 +293,36 @@ mod tests {
         assert!(verify(&users["a"], "pw-a") && !verify(&users["a"], "pw-x"));
         assert!(verify(&users["s5"], "Hello world!") && !verify(&users["s5"], "hello world!"));
         assert!(verify(&users["s6"], "Hello world!") && !verify(&users["s6"], "Hello world"));
+    }
+
+    #[test]
+    fn argon2id_checks_agree_with_the_crate_and_reuse_their_memory() {
+        use argon2::password_hash::{rand_core::OsRng, PasswordHasher as _, PasswordVerifier as _, SaltString};
+        // Parameters other than the default, and another version, too.
+        let custom = argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x10,
+            argon2::Params::new(8 * 1024, 3, 2, Some(24)).unwrap(),
+        );
+        for hash in [
+            hash_password("secret-1").unwrap(),
+            custom.hash_password(b"secret-1", &SaltString::generate(&mut OsRng)).unwrap().to_string(),
+        ] {
+            let parsed = argon2::PasswordHash::new(&hash).unwrap();
+            for (pw, want) in [("secret-1", true), ("secret-2", false), ("", false)] {
+                let reference = argon2::Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok();
+                assert_eq!(reference, want);
+                assert_eq!(verify_argon2id(&hash, pw), want, "{hash} {pw}");
+            }
+        }
+        // The thread's working memory is the largest a check needed, kept.
+        let held = ARGON2_MEMORY.with(|m| m.borrow().len());
+        assert_eq!(held, argon2::Params::default().block_count());
+        assert!(!verify_argon2id("$argon2id$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$", "x"));
+        // An absurd memory cost is refused when the file is read.
+        let greedy = "u:$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHQ$YWJjZGVmZ2hpamtsbW5vcA";
+        let err = parse(greedy, p()).unwrap_err().to_string();
+        assert!(err.contains("memory cost"), "{err}");
     }
 
     #[test]
