@@ -254,7 +254,9 @@ impl Inner {
     }
 
     fn meta(key: &str, md: &fs::Metadata) -> ObjectMeta {
-        ObjectMeta { key: key.to_owned(), size: md.len(), last_modified: md.modified().ok() }
+        use std::os::unix::fs::MetadataExt;
+        let version = format!("{}.{:09}-{}-{}", md.mtime(), md.mtime_nsec(), md.len(), md.ino());
+        ObjectMeta { key: key.to_owned(), size: md.len(), last_modified: md.modified().ok(), version: Some(version) }
     }
 
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<ObjectMeta> {
@@ -273,7 +275,7 @@ impl Inner {
             return Err(backend_err(e));
         }
         self.publish(&tmp, key, &dest, mode)?;
-        Ok(ObjectMeta { key: key.to_owned(), size: data.len() as u64, last_modified: None })
+        Ok(ObjectMeta { key: key.to_owned(), size: data.len() as u64, last_modified: None, version: None })
     }
 
     fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage> {
@@ -505,7 +507,7 @@ impl ObjectStore for FsStore {
                 File::open(&tmp).and_then(|f| f.sync_all()).map_err(backend_err)?;
             }
             inner.publish(&tmp, &to, &dest, PutMode::Overwrite)?;
-            Ok(ObjectMeta { key: to, size, last_modified: None })
+            Ok(ObjectMeta { key: to, size, last_modified: None, version: None })
         })
         .await
     }
@@ -569,7 +571,7 @@ impl ObjectStore for FsStore {
             }
             drop(file);
             inner.publish(&path, &dest, &dest_path, PutMode::Overwrite)?;
-            Ok(ObjectMeta { key: dest, size: total, last_modified: None })
+            Ok(ObjectMeta { key: dest, size: total, last_modified: None, version: None })
         })
         .await
     }

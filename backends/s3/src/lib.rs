@@ -19,7 +19,9 @@ use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption, StorageClass,
+};
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -266,6 +268,7 @@ impl S3Store {
             key: self.strip(full).to_owned(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
             last_modified: out.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
+            version: version_of(out.e_tag(), out.last_modified()),
         })
     }
 
@@ -399,6 +402,16 @@ fn tls_context(ca_file: Option<&std::path::Path>) -> Result<TlsContext, SetupErr
 }
 
 /// Map an SDK error to the storage error it means.
+/// What identifies one write of an object: its ETag (content-derived for
+/// single-part writes) and its modification time.
+fn version_of(etag: Option<&str>, modified: Option<&aws_smithy_types::DateTime>) -> Option<String> {
+    let etag = etag?;
+    Some(match modified {
+        Some(t) => format!("{etag}@{}.{:09}", t.secs(), t.subsec_nanos()),
+        None => etag.to_owned(),
+    })
+}
+
 fn sdk_err<E>(err: SdkError<E, HttpResponse>, key: &str) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -506,6 +519,7 @@ impl ObjectStore for S3Store {
             key: key.to_owned(),
             size,
             last_modified: out.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
+            version: version_of(out.e_tag(), out.last_modified()),
         };
         let mut body = stream_body(out.body, key.to_owned());
         if let (Some(want), 0) = (&range, served.start) {
@@ -528,7 +542,9 @@ impl ObjectStore for S3Store {
             req = req.if_none_match("*");
         }
         match req.send().await {
-            Ok(_) => Ok(ObjectMeta { key: key.to_owned(), size, last_modified: Some(SystemTime::now()) }),
+            Ok(_) => {
+                Ok(ObjectMeta { key: key.to_owned(), size, last_modified: Some(SystemTime::now()), version: None })
+            }
             // Two creates raced: S3 answers 409 to the loser; the key exists either way.
             Err(e) if mode == PutMode::Create && e.http_status() == Some(409) => {
                 Err(StorageError::AlreadyExists { key: key.to_owned() })
@@ -546,6 +562,46 @@ impl ObjectStore for S3Store {
                 other => Err(other),
             },
         }
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        for batch in keys.chunks(berth_storage::DELETE_BATCH) {
+            let mut objects = Vec::with_capacity(batch.len());
+            for key in batch {
+                let id = ObjectIdentifier::builder()
+                    .key(self.full(key)?)
+                    .build()
+                    .map_err(|e| StorageError::Backend { backend: BACKEND, source: e.into() })?;
+                objects.push(id);
+            }
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StorageError::Backend { backend: BACKEND, source: e.into() })?;
+            let first = batch.first().map(String::as_str).unwrap_or_default();
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| sdk_err(e, first))?;
+            // Quiet mode lists only failures; a missing key is not one.
+            if let Some(failed) = out.errors().iter().find(|e| e.code() != Some("NoSuchKey")) {
+                let key = failed.key().map(|k| self.strip(k).to_owned()).unwrap_or_default();
+                let detail = format!("{}: {}", failed.code().unwrap_or("?"), failed.message().unwrap_or(""));
+                let source = format!("{key}: {detail}").into();
+                return Err(match failed.code() {
+                    Some("SlowDown" | "InternalError" | "ServiceUnavailable") => {
+                        StorageError::Unavailable { backend: BACKEND, source }
+                    }
+                    _ => StorageError::Backend { backend: BACKEND, source },
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage> {
@@ -566,6 +622,7 @@ impl ObjectStore for S3Store {
                     key: self.strip(k).to_owned(),
                     size: obj.size().unwrap_or(0).max(0) as u64,
                     last_modified: obj.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
+                    version: version_of(obj.e_tag(), obj.last_modified()),
                 });
             }
             let truncated = out.is_truncated().unwrap_or(false);
@@ -585,7 +642,7 @@ impl ObjectStore for S3Store {
         let (full_from, full_to) = (self.full(from)?, self.full(to)?);
         let meta = self.head_full(&full_from).await.map_err(|e| rekey(e, from))?;
         self.copy_full(&full_from, &full_to, meta.size).await.map_err(|e| rekey(e, from))?;
-        Ok(ObjectMeta { key: to.to_owned(), size: meta.size, last_modified: Some(SystemTime::now()) })
+        Ok(ObjectMeta { key: to.to_owned(), size: meta.size, last_modified: Some(SystemTime::now()), version: None })
     }
 
     async fn create_multipart(&self) -> Result<MultipartUpload> {
@@ -641,7 +698,12 @@ impl ObjectStore for S3Store {
             // S3 will not complete an upload without parts: an empty object is one PUT.
             self.put_empty(&full_dest).await?;
             self.abort_multipart(upload).await?;
-            return Ok(ObjectMeta { key: dest.to_owned(), size: 0, last_modified: Some(SystemTime::now()) });
+            return Ok(ObjectMeta {
+                key: dest.to_owned(),
+                size: 0,
+                last_modified: Some(SystemTime::now()),
+                version: None,
+            });
         }
         let expected: u64 = parts.iter().map(|p| p.size).sum();
         let completed: Vec<CompletedPart> = parts
@@ -675,7 +737,7 @@ impl ObjectStore for S3Store {
         if let Err(e) = self.client.delete_object().bucket(&self.bucket).key(&staging).send().await {
             tracing::warn!(key = %staging, error = %sdk_err(e, &staging), "cannot remove assembled staging object");
         }
-        Ok(ObjectMeta { key: dest.to_owned(), size: expected, last_modified: Some(SystemTime::now()) })
+        Ok(ObjectMeta { key: dest.to_owned(), size: expected, last_modified: Some(SystemTime::now()), version: None })
     }
 
     async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()> {

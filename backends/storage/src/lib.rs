@@ -80,6 +80,11 @@ pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
     pub last_modified: Option<SystemTime>,
+    /// An opaque token that changes whenever the object is rewritten with
+    /// other content (S3: the ETag and the modification time; fs: the
+    /// modification time in nanoseconds, size and inode). Listings and
+    /// `head` fill it where the backend knows it; `None` elsewhere.
+    pub version: Option<String>,
 }
 
 /// A (possibly ranged) read.
@@ -97,6 +102,9 @@ impl fmt::Debug for GetResult {
         f.debug_struct("GetResult").field("meta", &self.meta).field("range", &self.range).finish_non_exhaustive()
     }
 }
+
+/// Most keys one batched delete request removes (S3's limit).
+pub const DELETE_BATCH: usize = 1000;
 
 /// How `put` treats an existing object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +191,18 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
 
     /// Remove an object; missing objects are not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Remove many objects; missing ones are not an error. Backends with a
+    /// batch operation override this (S3: `DeleteObjects`, up to
+    /// [`DELETE_BATCH`] keys per request). On error, some of the keys may
+    /// have been removed and the others not: callers delete only what may
+    /// go in any order.
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        for key in keys {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
 
     /// List objects whose key starts with `prefix` (see the trait docs).
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage>;

@@ -27,6 +27,10 @@ pub struct Meters {
     pub completes: AtomicU64,
     pub lists: AtomicU64,
     pub deletes: AtomicU64,
+    /// Batched delete requests (one per [`crate::DELETE_BATCH`] keys).
+    pub batch_deletes: AtomicU64,
+    /// Keys removed through batched deletes.
+    pub keys_batch_deleted: AtomicU64,
 }
 
 impl Meters {
@@ -91,6 +95,12 @@ impl ObjectStore for MeteredStore {
     async fn delete(&self, key: &str) -> Result<()> {
         bump(&self.meters.deletes, 1);
         self.inner.delete(key).await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        bump(&self.meters.batch_deletes, keys.len().div_ceil(crate::DELETE_BATCH) as u64);
+        bump(&self.meters.keys_batch_deleted, keys.len() as u64);
+        self.inner.delete_many(keys).await
     }
 
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage> {

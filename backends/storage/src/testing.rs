@@ -21,6 +21,7 @@ pub async fn run_all(store: Arc<dyn ObjectStore>) {
     multipart_roundtrip(store.as_ref()).await;
     multipart_abort_leaves_nothing(store.as_ref()).await;
     concurrent_puts_leave_one_whole_value(store.clone()).await;
+    batched_deletes(store.as_ref()).await;
 }
 
 async fn read_all(store: &dyn ObjectStore, key: &str) -> Bytes {
@@ -232,4 +233,21 @@ pub async fn concurrent_puts_leave_one_whole_value(store: Arc<dyn ObjectStore>) 
     assert_eq!(got.len(), 4096 + first as usize);
     assert!(got.iter().all(|b| *b == first), "interleaved writes");
     store.delete(key).await.unwrap();
+}
+
+/// `delete_many` removes every key given, ignores missing ones, spans more
+/// than one backend batch, and leaves keys it was not given.
+pub async fn batched_deletes(store: &dyn ObjectStore) {
+    let keys: Vec<String> = (0..crate::DELETE_BATCH + 7).map(|i| format!("conf/batch/{i:05}")).collect();
+    for k in keys.iter().step_by(97) {
+        store.put(k, Bytes::from_static(b"x"), PutMode::Overwrite).await.unwrap();
+    }
+    store.put("conf/batch/keep", Bytes::from_static(b"k"), PutMode::Overwrite).await.unwrap();
+    store.delete_many(&keys).await.unwrap();
+    let left = store.list("conf/batch/", None, 100).await.unwrap();
+    let left: Vec<&str> = left.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(left, ["conf/batch/keep"]);
+    store.delete_many(&[]).await.unwrap();
+    store.delete_many(&["conf/batch/keep".to_owned()]).await.unwrap();
+    assert!(!store.exists("conf/batch/keep").await.unwrap());
 }
