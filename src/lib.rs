@@ -12,6 +12,7 @@ pub mod conn;
 #[cfg(any(feature = "metrics", feature = "otel"))]
 pub mod ext;
 pub mod flavor;
+pub mod glob;
 pub mod metrics;
 pub mod oci;
 pub mod ratelimit;

@@ -124,3 +124,14 @@ impl RateLimitConfig {
         Ok(())
     }
 }
+
+/// Check a repository pattern's shape.
+pub fn check_pattern(p: &str) -> Result<(), String> {
+    if p.is_empty() || p.starts_with('/') || p.ends_with('/') || p.contains("//") {
+        return Err(format!("pattern {p:?} is not a repository pattern"));
+    }
+    if p.contains("***") {
+        return Err(format!("pattern {p:?}: use * or **"));
+    }
+    Ok(())
+}
