@@ -43,6 +43,49 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Run one garbage-collection pass on the registry (or fleet) the
+    /// configuration names, while it keeps serving, and print what was
+    /// deleted. Exit status 75 when another replica's pass holds the lease.
+    Gc {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only list what would be deleted, and the rule that decided each.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every stored blob and report what is corrupt, missing,
+    /// orphaned or dangling. Exit status 4 when something is corrupt,
+    /// missing or (left) dangling.
+    Scrub {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Remove dangling records (never data).
+        #[arg(long)]
+        repair: bool,
+        /// Check the records only; read no blob.
+        #[arg(long)]
+        no_verify: bool,
+        /// Hashing budget per second, e.g. 64MiB (0: unlimited).
+        #[arg(long, default_value = "64MiB")]
+        rate: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Storage used per repository: from the last collection pass, or with
+    /// --fresh from a scan now.
+    Usage {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only repositories matching this glob (`*`, `**`).
+        repositories: Option<String>,
+        #[arg(long)]
+        fresh: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +158,49 @@ fn main() -> ExitCode {
                 (None, None) => return ExitCode::from(2),
             };
             revoke(&cfg, revocation)
+        }
+        Command::Gc { config, dry_run, json } => {
+            let cfg = match load(config.as_deref()).and_then(|c| c.validate().map(|()| c)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("berth: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            gc(&cfg, dry_run, json)
+        }
+        Command::Scrub { config, repair, no_verify, rate, json } => {
+            let cfg = match load(config.as_deref()).and_then(|c| c.validate().map(|()| c)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("berth: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rate = match berth::config::ByteSize::parse(&rate) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("berth: --rate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let options = berth::registry::gc::scrub::ScrubOptions {
+                repair,
+                verify: !no_verify,
+                max_bytes_per_sec: (rate > 0).then_some(rate),
+                ..Default::default()
+            };
+            scrub(&cfg, &options, json)
+        }
+        Command::Usage { config, repositories, fresh, json } => {
+            let cfg = match load(config.as_deref()).and_then(|c| c.validate().map(|()| c)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("berth: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            usage(&cfg, repositories.as_deref(), fresh, json)
         }
         Command::Config { command: ConfigCommand::Check { file } } => {
             // The same checks and the same builders as `serve`, short of
@@ -249,5 +335,234 @@ fn revoke(cfg: &Config, revocation: berth::registry::revocations::Revocation) ->
                 ExitCode::FAILURE
             }
         }
+    })
+}
+
+/// A runtime for one-shot commands.
+fn cli_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("berth: cannot start a runtime: {e}");
+            None
+        }
+    }
+}
+
+/// Progress on stderr: one rewritten line on a terminal, plain lines
+/// (at most one per phase step) otherwise.
+fn progress_printer() -> impl Fn(berth::registry::gc::Progress) + Send + Sync {
+    use std::io::IsTerminal as _;
+    let tty = std::io::stderr().is_terminal();
+    let last = std::sync::Mutex::new((String::new(), std::time::Instant::now()));
+    move |p: berth::registry::gc::Progress| {
+        let line = match p.total {
+            Some(total) if total > 0 => {
+                let width = 30usize;
+                let filled = ((p.done.min(total) as f64 / total as f64) * width as f64) as usize;
+                format!("{:<18} [{}{}] {}/{}", p.phase, "#".repeat(filled), " ".repeat(width - filled), p.done, total)
+            }
+            _ => format!("{:<18} {}", p.phase, p.done),
+        };
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+            if p.total.is_some_and(|t| p.done >= t) {
+                eprintln!();
+            }
+        } else if last.0 != p.phase || last.1.elapsed() >= std::time::Duration::from_secs(5) || p.total == Some(p.done)
+        {
+            eprintln!("{line}");
+            *last = (p.phase.to_owned(), std::time::Instant::now());
+        }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn gc(cfg: &Config, dry_run: bool, json: bool) -> ExitCode {
+    let Some(runtime) = cli_runtime() else { return ExitCode::FAILURE };
+    runtime.block_on(async {
+        let registry = match berth::server::open_registry(cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("berth: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let progress = progress_printer();
+        let report = match registry.gc_pass(dry_run, &progress).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                eprintln!("berth: another replica is collecting now (it holds the gc lease); nothing done");
+                return ExitCode::from(75);
+            }
+            Err(e) => {
+                eprintln!("berth: garbage collection failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if json {
+            match serde_json::to_string_pretty(&report) {
+                Ok(s) => println!("{s}"),
+                Err(e) => {
+                    eprintln!("berth: cannot encode the report: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            return ExitCode::SUCCESS;
+        }
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        for d in &report.items {
+            let size = if d.kind == berth::registry::gc::Kind::Blob { human_bytes(d.bytes) } else { String::new() };
+            println!(
+                "{verb} {:<10} {:<30} {} {size}  ({})",
+                d.kind.as_str(),
+                d.repository.as_deref().unwrap_or("-"),
+                d.target,
+                d.reason
+            );
+        }
+        let c = &report.deleted;
+        println!(
+            "pass {}: {verb} {} manifests, {} tags, {} referrer records, {} links, {} repositories, {} blobs ({}); \
+             scanned {} repositories, {} manifests, {} blobs ({}); {} kept on rescan; {} ms",
+            report.pass,
+            c.manifests,
+            c.tags,
+            c.referrers,
+            c.links,
+            c.repositories,
+            c.blobs,
+            human_bytes(c.blob_bytes),
+            report.scanned.repositories,
+            report.scanned.manifests,
+            report.scanned.blobs,
+            human_bytes(report.scanned.blob_bytes),
+            report.kept_on_rescan,
+            report.duration_ms,
+        );
+        ExitCode::SUCCESS
+    })
+}
+
+fn scrub(cfg: &Config, options: &berth::registry::gc::scrub::ScrubOptions, json: bool) -> ExitCode {
+    let Some(runtime) = cli_runtime() else { return ExitCode::FAILURE };
+    runtime.block_on(async {
+        let registry = match berth::server::open_registry(cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("berth: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let progress = progress_printer();
+        let report = match registry.scrub(options, &progress).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("berth: scrub failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let repaired = report.repaired.as_ref().map(|r| r.deleted.objects()).unwrap_or(0);
+        if json {
+            match serde_json::to_string_pretty(&report) {
+                Ok(s) => println!("{s}"),
+                Err(e) => {
+                    eprintln!("berth: cannot encode the report: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            for (class, list) in [
+                ("corrupt", &report.corrupt),
+                ("missing", &report.missing),
+                ("dangling", &report.dangling),
+                ("orphaned", &report.orphaned),
+            ] {
+                for f in list {
+                    println!(
+                        "{class:<9} {:<11} {:<30} {}  ({})",
+                        f.kind,
+                        f.repository.as_deref().unwrap_or("-"),
+                        f.target,
+                        f.detail
+                    );
+                }
+            }
+            println!(
+                "scrub: {} blobs hashed ({}), {} corrupt, {} missing, {} dangling ({} repaired), {} orphaned; {} ms",
+                report.blobs_hashed,
+                human_bytes(report.bytes_hashed),
+                report.corrupt.len(),
+                report.missing.len(),
+                report.dangling.len(),
+                repaired,
+                report.orphaned.len(),
+                report.duration_ms
+            );
+        }
+        let unrepaired = report.dangling.len() as u64 > repaired;
+        if !report.corrupt.is_empty() || !report.missing.is_empty() || unrepaired {
+            ExitCode::from(4)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+fn usage(cfg: &Config, repositories: Option<&str>, fresh: bool, json: bool) -> ExitCode {
+    let Some(runtime) = cli_runtime() else { return ExitCode::FAILURE };
+    runtime.block_on(async {
+        let registry = match berth::server::open_registry(cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("berth: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let report = match registry.usage(repositories, fresh).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("berth: cannot read usage: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            return ExitCode::SUCCESS;
+        }
+        println!(
+            "{:<40} {:>12} {:>12} {:>12} {:>14} {:>9} {:>6}",
+            "REPOSITORY", "BYTES", "UNIQUE", "SHARED", "UNREFERENCED", "MANIFESTS", "TAGS"
+        );
+        for u in &report.repositories {
+            println!(
+                "{:<40} {:>12} {:>12} {:>12} {:>14} {:>9} {:>6}",
+                u.repository,
+                human_bytes(u.bytes),
+                human_bytes(u.unique_bytes),
+                human_bytes(u.shared_bytes),
+                human_bytes(u.unreferenced_bytes),
+                u.manifests,
+                u.tags
+            );
+        }
+        let age = berth::auth::token::now().saturating_sub(report.computed);
+        println!("stored: {} in all; computed by {} {}s ago", human_bytes(report.stored_bytes), report.source, age);
+        ExitCode::SUCCESS
     })
 }

@@ -18,6 +18,30 @@ pub struct Metrics {
     pub rate_limit_failed_closed: AtomicU64,
     /// Requests whose handler panicked and were answered 500.
     pub panics: AtomicU64,
+    /// Collection passes that ended, by outcome.
+    pub gc_passes_ok: AtomicU64,
+    pub gc_passes_failed: AtomicU64,
+    /// Unix seconds of the last pass that succeeded (0: none yet).
+    pub gc_last_success: AtomicU64,
+    pub gc_last_duration_ms: AtomicU64,
+    /// Objects the collector deleted, by kind.
+    pub gc_deleted_blobs: AtomicU64,
+    pub gc_deleted_manifests: AtomicU64,
+    pub gc_deleted_links: AtomicU64,
+    pub gc_deleted_tags: AtomicU64,
+    /// Referrer and pull records, catalog entries.
+    pub gc_deleted_records: AtomicU64,
+    /// Blob bytes the collector deleted.
+    pub gc_reclaimed_bytes: AtomicU64,
+    /// Writes refused by the collection guard (the client retries).
+    pub gc_writer_refusals: AtomicU64,
+    /// Findings of the last scrub of this process, by class.
+    pub scrub_corrupt: AtomicU64,
+    pub scrub_missing: AtomicU64,
+    pub scrub_orphaned: AtomicU64,
+    pub scrub_dangling: AtomicU64,
+    /// Unix seconds the last scrub of this process ended (0: none yet).
+    pub scrub_last_run: AtomicU64,
 }
 
 static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();

@@ -97,6 +97,8 @@ pub struct Server {
     app: Arc<App>,
     limits: Limits,
     janitor_interval: Duration,
+    /// Time between collection passes; `None` with `gc.enabled = false`.
+    gc_interval: Option<Duration>,
     auth_reload_interval: Duration,
     tls: Option<crate::tls::ReloadingTls>,
     revocation_reload: Duration,
@@ -148,6 +150,12 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
             tag_ttl: config.cache.tag_ttl.0,
             ..Default::default()
         },
+        gc: gc_options(config),
+        quotas: config
+            .quotas
+            .iter()
+            .map(|q| crate::registry::gc::usage::Quota::new(&q.repositories, q.max_bytes.0))
+            .collect(),
         ..RegistryOptions::default()
     };
     Ok(Registry::new(store, state, options))
@@ -222,6 +230,7 @@ impl Server {
                 max_connections: config.server.max_connections,
             },
             janitor_interval: config.uploads.janitor_interval.0,
+            gc_interval: config.gc.enabled.then_some(config.gc.interval.0),
             auth_reload_interval: config.auth.reload_interval.0,
             tls,
             revocation_reload: config.auth.revocation_reload.0,
@@ -248,6 +257,7 @@ impl Server {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let router: Router = api::router(self.app.clone());
         let janitor = tokio::spawn(run_janitor(self.app.registry.clone(), self.janitor_interval));
+        let collector = self.gc_interval.map(|every| tokio::spawn(run_gc(self.app.registry.clone(), every)));
         let auth_reloader = self.app.gate.spawn_reloader(self.auth_reload_interval);
         let tls_reloader = self.tls.as_ref().map(|t| t.spawn_reloader(self.auth_reload_interval));
         let policy_reloader = self
@@ -324,7 +334,7 @@ impl Server {
         tracing::info!(grace = ?self.limits.shutdown_grace, "shutting down: finishing in-flight requests");
         drop(self.listener);
         janitor.abort();
-        for r in [auth_reloader, tls_reloader, revocation_sync, policy_reloader].into_iter().flatten() {
+        for r in [collector, auth_reloader, tls_reloader, revocation_sync, policy_reloader].into_iter().flatten() {
             r.abort();
         }
         cache_listener.abort();
@@ -616,6 +626,53 @@ fn s3_options(c: &crate::config::S3Config) -> berth_storage_s3::S3Options {
     o.part_size = c.part_size;
     o.ca_file = c.ca_file.clone();
     o
+}
+
+/// The collector's options from `[gc]` and `[[retention.policies]]`
+/// (already validated).
+pub fn gc_options(config: &Config) -> crate::registry::gc::GcOptions {
+    use crate::registry::gc::{RetentionRule, TagRetention};
+    let policies = config
+        .retention
+        .policies
+        .iter()
+        .map(|p| {
+            let mut rule = RetentionRule::new(&p.repositories);
+            if let Ok(Some(untagged)) = p.untagged() {
+                rule = rule.untagged(untagged);
+            }
+            if p.retains_tags() {
+                rule = rule.tags(TagRetention {
+                    keep_tags: p.keep_tags.iter().map(|t| (t.clone(), crate::glob::Glob::new(t))).collect(),
+                    keep_last: p.keep_last,
+                    pushed_within: p.keep_pushed_within.map(|d| d.0),
+                    pulled_within: p.keep_pulled_within.map(|d| d.0),
+                });
+            }
+            rule
+        })
+        .collect();
+    crate::registry::gc::GcOptions {
+        grace: config.gc.grace.0,
+        untagged_after: config.gc.untagged_after.map(|d| d.0),
+        policies,
+        ..crate::registry::gc::GcOptions::default()
+    }
+}
+
+/// Run a collection pass every `every`. Every replica runs this loop; the
+/// fleet-wide lease lets one pass run at a time.
+async fn run_gc(registry: Registry, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match registry.gc_pass(false, &crate::registry::gc::no_progress).await {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::debug!("garbage collection skipped: another replica holds the lease"),
+            Err(e) => tracing::warn!(error = %e, "garbage collection pass failed"),
+        }
+    }
 }
 
 /// Periodically abort abandoned uploads. Every replica runs this loop; the

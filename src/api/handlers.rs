@@ -509,7 +509,8 @@ async fn manifest_get(
     headers: &HeaderMap,
     with_body: bool,
 ) -> HandlerResult {
-    let m = app.registry.manifest_get(&app.gate.authorize(id, name)?, reference).await?;
+    let access = app.gate.authorize(id, name)?;
+    let m = app.registry.manifest_get(&access, reference).await?;
     // A tag resolves to whatever was pushed; a client that cannot read that
     // type is told it is not available. A digest names exact bytes: serve them.
     if matches!(reference, Reference::Tag(_)) && !accepts(headers, &m.media_type) {
@@ -525,6 +526,10 @@ async fn manifest_get(
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(CONTENT_DIGEST, hv(&m.digest.to_string()));
     h.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
+    if with_body {
+        // For retention's keep_pulled_within (coalesced; never waited on).
+        app.registry.note_pull(&access, &m.digest);
+    }
     Ok(resp)
 }
 

@@ -157,7 +157,9 @@ pub fn router(app: Arc<App>) -> Router {
     let mut router = Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .route("/admin/revocations", axum::routing::post(admin::revoke));
+        .route("/admin/revocations", axum::routing::post(admin::revoke))
+        .route("/admin/gc", get(admin::gc_report).post(admin::gc_start))
+        .route("/admin/usage", get(admin::usage));
     #[cfg(feature = "metrics")]
     if app.metrics_on_main {
         router = router.route("/metrics", get(metrics_guarded));
@@ -224,6 +226,8 @@ fn fixed_operation(app: &App, path: &str) -> &'static str {
         "/readyz" => "readyz",
         "/metrics" => "metrics",
         "/admin/revocations" => "admin_revocations",
+        "/admin/gc" => "admin_gc",
+        "/admin/usage" => "admin_usage",
         JWKS_PATH => "jwks",
         _ if app.gate.token_service().is_some_and(|t| t.path == path) => "token",
         _ => "unknown",

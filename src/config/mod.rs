@@ -45,6 +45,151 @@ pub struct Config {
     /// Who may read `/metrics` on the main listener (the `metrics`
     /// extension).
     pub metrics: Option<MetricsConfig>,
+    /// Online garbage collection.
+    pub gc: GcConfig,
+    /// Per repository glob rules of what collection keeps.
+    pub retention: RetentionConfig,
+    /// Storage quotas per repository glob, checked at manifest PUT.
+    pub quotas: Vec<QuotaConfig>,
+}
+
+/// `[[quotas]]`: each repository `repositories` matches (the longest glob
+/// deciding) may hold at most `max_bytes` of image content (distinct blobs
+/// its manifests reference). A push over it is refused with `DENIED`,
+/// naming the quota.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub repositories: String,
+    /// Bytes, as a number or with a unit: "500MiB", "10GiB", "1TB".
+    pub max_bytes: ByteSize,
+}
+
+/// A size in bytes, written as a number or as "10GiB", "500MB", "1TiB".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<u64, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected e.g. 500MiB, 10GiB"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            other => {
+                return Err(format!("invalid size unit {other:?} in {s:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB"))
+            }
+        };
+        n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `[gc]`: online garbage collection. Every replica runs the loop; a
+/// fleet-wide lease lets one pass run at a time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    pub enabled: bool,
+    /// Time between passes.
+    pub interval: HumanDuration,
+    /// Nothing younger than this is collected.
+    pub grace: HumanDuration,
+    /// Untagged manifests older than this are deleted; absent (the
+    /// default): they are kept. Children of a kept index and referrers of a
+    /// kept manifest are never untagged garbage.
+    pub untagged_after: Option<HumanDuration>,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            enabled: true,
+            interval: HumanDuration(Duration::from_secs(3600)),
+            grace: HumanDuration(Duration::from_secs(3600)),
+            untagged_after: None,
+        }
+    }
+}
+
+/// `[retention]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub policies: Vec<RetentionPolicy>,
+}
+
+/// `[[retention.policies]]`: the longest `repositories` glob matching a
+/// repository decides for it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionPolicy {
+    /// Repository glob (`*` within a segment, `**` across `/`).
+    pub repositories: String,
+    /// Untagged manifests of these repositories older than this are
+    /// deleted; `"never"` keeps them (overriding `gc.untagged_after`);
+    /// absent: `gc.untagged_after` applies.
+    pub untagged_after: Option<String>,
+    /// With any `keep_*` rule set, a tag that no rule keeps is deleted (and
+    /// its manifest, unless something else reaches it). Tag globs: `*` is
+    /// any run of characters.
+    pub keep_tags: Vec<String>,
+    /// Keep the tags of the N most recently pushed images.
+    pub keep_last: Option<usize>,
+    /// Keep tags pushed within this long.
+    pub keep_pushed_within: Option<HumanDuration>,
+    /// Keep tags whose manifest was pulled within this long (pulls are
+    /// recorded at most once per manifest per hour).
+    pub keep_pulled_within: Option<HumanDuration>,
+}
+
+impl RetentionPolicy {
+    /// True if the policy deletes tags (some `keep_*` rule is set).
+    pub fn retains_tags(&self) -> bool {
+        !self.keep_tags.is_empty()
+            || self.keep_last.is_some()
+            || self.keep_pushed_within.is_some()
+            || self.keep_pulled_within.is_some()
+    }
+
+    /// The rule for untagged manifests: `None` when the policy does not
+    /// say, `Some(None)` to keep them, `Some(Some(age))` to delete them.
+    pub fn untagged(&self) -> Result<Option<Option<Duration>>, String> {
+        match self.untagged_after.as_deref() {
+            None => Ok(None),
+            Some("never") => Ok(Some(None)),
+            Some(s) => duration::parse(s).map(|d| Some(Some(d))).map_err(|e| format!("{e}, or \"never\"")),
+        }
+    }
 }
 
 /// `[metrics]`: protection of `/metrics` where the main listener serves it
@@ -771,6 +916,46 @@ impl Config {
                     self.server.listen
                 ),
             });
+        }
+        if self.gc.interval.0 < Duration::from_secs(1) {
+            return Err(ConfigError::Key {
+                key: "gc.interval".into(),
+                message: "must be at least 1s, e.g. \"1h\"".into(),
+            });
+        }
+        for (i, p) in self.retention.policies.iter().enumerate() {
+            let key = |field: &str| format!("retention.policies[{i}].{field}");
+            if let Err(e) = access::check_pattern(&p.repositories) {
+                return Err(ConfigError::Key { key: key("repositories"), message: e });
+            }
+            if let Err(e) = p.untagged() {
+                return Err(ConfigError::Key { key: key("untagged_after"), message: e });
+            }
+            for t in &p.keep_tags {
+                let ok = !t.is_empty()
+                    && t.len() <= 128
+                    && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-*".contains(&b));
+                if !ok {
+                    return Err(ConfigError::Key {
+                        key: key("keep_tags"),
+                        message: format!("{t:?} is not a tag glob (tag characters and `*`)"),
+                    });
+                }
+            }
+            if p.keep_last == Some(0) {
+                return Err(ConfigError::Key { key: key("keep_last"), message: "must be at least 1".into() });
+            }
+        }
+        for (i, q) in self.quotas.iter().enumerate() {
+            if let Err(e) = access::check_pattern(&q.repositories) {
+                return Err(ConfigError::Key { key: format!("quotas[{i}].repositories"), message: e });
+            }
+            if q.max_bytes.0 == 0 {
+                return Err(ConfigError::Key {
+                    key: format!("quotas[{i}].max_bytes"),
+                    message: "must be more than 0, e.g. \"10GiB\"".into(),
+                });
+            }
         }
         if self.uploads.session_ttl.0 < Duration::from_secs(60) {
             return Err(ConfigError::Key {

@@ -106,6 +106,80 @@ impl Collector for Core {
             None,
             MetricType::Counter,
         )?)?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_gc_passes",
+                "Garbage-collection passes this process ran, by outcome.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, c) in [("ok", &m.gc_passes_ok), ("failed", &m.gc_passes_failed)] {
+                ConstCounter::new(v(c)).encode(family.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_gc_deleted_objects",
+                "Objects garbage collection deleted, by kind (record: referrer and pull records, catalog entries).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, c) in [
+                ("blob", &m.gc_deleted_blobs),
+                ("manifest", &m.gc_deleted_manifests),
+                ("link", &m.gc_deleted_links),
+                ("tag", &m.gc_deleted_tags),
+                ("record", &m.gc_deleted_records),
+            ] {
+                ConstCounter::new(v(c)).encode(family.encode_family(&[("kind", kind)])?)?;
+            }
+        }
+        ConstCounter::new(v(&m.gc_reclaimed_bytes)).encode(encoder.encode_descriptor(
+            "berth_gc_reclaimed_bytes",
+            "Blob bytes garbage collection deleted.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(v(&m.gc_last_success) as i64).encode(encoder.encode_descriptor(
+            "berth_gc_last_success_timestamp_seconds",
+            "Unix time the last successful pass of this process ended (0: none yet).",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(v(&m.gc_last_duration_ms) as f64 / 1000.0).encode(encoder.encode_descriptor(
+            "berth_gc_last_duration_seconds",
+            "Duration of the last successful pass of this process.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_scrub_findings",
+                "Findings of the last scrub this process ran, by class.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (class, c) in [
+                ("corrupt", &m.scrub_corrupt),
+                ("missing", &m.scrub_missing),
+                ("orphaned", &m.scrub_orphaned),
+                ("dangling", &m.scrub_dangling),
+            ] {
+                ConstGauge::new(v(c) as i64).encode(family.encode_family(&[("class", class)])?)?;
+            }
+        }
+        ConstGauge::new(v(&m.scrub_last_run) as i64).encode(encoder.encode_descriptor(
+            "berth_scrub_last_run_timestamp_seconds",
+            "Unix time the last scrub of this process ended (0: none yet).",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(v(&m.gc_writer_refusals)).encode(encoder.encode_descriptor(
+            "berth_gc_writer_refusals",
+            "Writes refused because a collection pass was removing what they touched (clients retry).",
+            None,
+            MetricType::Counter,
+        )?)?;
         Ok(())
     }
 }

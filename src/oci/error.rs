@@ -43,6 +43,9 @@ pub enum OciError {
     Unauthorized { challenge: String, message: &'static str },
     #[error("requested access to the resource is denied")]
     Denied,
+    /// Refused by a storage quota; the message names the quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// A valid token that does not grant the access (RFC 6750
     /// `insufficient_scope`, answered 403 with a challenge for the scope).
     #[error("the token does not grant this access")]
@@ -74,7 +77,7 @@ impl OciError {
             OciError::NameUnknown(_) => "NAME_UNKNOWN",
             OciError::SizeInvalid(_) | OciError::RangeNotSatisfiable { .. } => "SIZE_INVALID",
             OciError::Unauthorized { .. } => "UNAUTHORIZED",
-            OciError::Denied | OciError::InsufficientScope { .. } => "DENIED",
+            OciError::Denied | OciError::InsufficientScope { .. } | OciError::QuotaExceeded(_) => "DENIED",
             OciError::Unsupported(_) => "UNSUPPORTED",
             OciError::TooManyRequests { .. } => "TOOMANYREQUESTS",
             OciError::Unavailable { .. } => "UNAVAILABLE",

@@ -11,6 +11,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use berth_storage::{ObjectStoreExt, PutMode};
 
+use super::hooks::Point;
 use super::keys;
 use super::{Access, Delete, Pull, Push, Registry, Result, Update};
 use crate::oci::manifest::{self, ManifestError, MAX_MANIFEST_SIZE};
@@ -57,6 +58,15 @@ fn decode_revision(digest: Digest, raw: Bytes) -> Result<StoredManifest> {
     Ok(StoredManifest { digest, media_type, bytes: raw.slice(nl + 1..) })
 }
 
+/// A write refused because a collection pass may be removing what it
+/// touched: retried, it succeeds once the pass is past it.
+fn collecting() -> OciError {
+    OciError::Unavailable {
+        retry_after: std::time::Duration::from_secs(1),
+        cause: "garbage collection is removing what this write touched; retry".into(),
+    }
+}
+
 impl From<ManifestError> for OciError {
     fn from(e: ManifestError) -> OciError {
         match e {
@@ -79,7 +89,7 @@ impl Registry {
             .ok_or_else(|| OciError::internal(format!("tag object {repo}:{tag} does not hold a digest")))
     }
 
-    async fn read_revision(&self, repo: &RepoName, digest: &Digest) -> Result<StoredManifest> {
+    pub(super) async fn read_revision(&self, repo: &RepoName, digest: &Digest) -> Result<StoredManifest> {
         match self.store.get_bytes(&keys::revision(repo, digest), MAX_REVISION_SIZE).await {
             Ok(raw) => decode_revision(digest.clone(), raw),
             Err(e) if e.is_not_found() => Err(OciError::ManifestUnknown(digest.to_string())),
@@ -133,6 +143,7 @@ impl Registry {
             Reference::Tag(_) => Digest::sha256(&body),
         };
         self.check_references(repo, &parsed).await?;
+        self.check_quota(repo, &digest, &parsed).await?;
         if let (Reference::Tag(tag), None) = (reference, may_move) {
             match self.store.get_bytes(&keys::tag(repo, tag), 1024).await {
                 Ok(current) if current != digest.to_string().as_bytes() => return Err(OciError::Denied),
@@ -142,6 +153,7 @@ impl Registry {
             }
         }
 
+        self.pause(Point::PutChecked).await;
         let media_type = parsed.kind.media_type();
         self.store.put(&keys::revision(repo, &digest), encode_revision(media_type, &body), PutMode::Overwrite).await?;
         if let Some(subject) = &parsed.subject {
@@ -156,11 +168,40 @@ impl Registry {
             let record = serde_json::to_vec(&descriptor).map_err(OciError::internal)?;
             self.store.put(&keys::referrer(repo, &subject.digest, &digest), record.into(), PutMode::Overwrite).await?;
         }
-        if let Reference::Tag(tag) = reference {
-            self.store.put(&keys::tag(repo, tag), Bytes::from(digest.to_string()), PutMode::Overwrite).await?;
-            self.caches.invalidate_tag(self.state.as_ref(), repo.as_str(), tag.as_str()).await;
-        }
         self.ensure_catalog_entry(repo).await?;
+        self.pause(Point::PutWritten).await;
+
+        // Written; now make sure garbage collection is not taking away
+        // anything this manifest needs (gc/guard.rs).
+        let mut deps: Vec<(String, Option<&Digest>)> = Vec::new();
+        for d in parsed.required_blobs() {
+            deps.push((keys::layer_link(repo, &d.digest), Some(&d.digest)));
+            deps.push((keys::blob(&d.digest), Some(&d.digest)));
+        }
+        for d in &parsed.manifests {
+            deps.push((keys::revision(repo, &d.digest), Some(&d.digest)));
+        }
+        deps.push((keys::revision(repo, &digest), None));
+        let keys_only: Vec<String> = deps.iter().map(|(k, _)| k.clone()).collect();
+        if let Some(i) = self.gc_guard(&keys_only).await? {
+            return Err(match deps[i].1 {
+                Some(d) => {
+                    OciError::ManifestBlobUnknown(format!("{d} (garbage collection is removing it; push it again)"))
+                }
+                None => collecting(),
+            });
+        }
+        self.pause(Point::PutGuarded).await;
+        if let Reference::Tag(tag) = reference {
+            let key = keys::tag(repo, tag);
+            self.store.put(&key, Bytes::from(digest.to_string()), PutMode::Overwrite).await?;
+            self.caches.invalidate_tag(self.state.as_ref(), repo.as_str(), tag.as_str()).await;
+            // The tag is written after the first guard: check it, and the
+            // manifest it names, again.
+            if self.gc_guard(&[key, keys::revision(repo, &digest)]).await?.is_some() {
+                return Err(collecting());
+            }
+        }
         Ok(PushedManifest { digest, subject: parsed.subject.map(|s| s.digest) })
     }
 

@@ -5,6 +5,8 @@
 pub mod access;
 pub mod cache;
 pub mod cursor;
+pub mod gc;
+pub mod hooks;
 pub mod keys;
 mod manifests;
 pub mod revocations;
@@ -59,6 +61,12 @@ pub struct RegistryOptions {
     /// When set, blob GETs are answered with a redirect to a presigned URL
     /// valid this long, instead of streaming the bytes.
     pub redirect_ttl: Option<Duration>,
+    /// Garbage collection.
+    pub gc: gc::GcOptions,
+    /// A manifest's pulls are recorded (for retention) at most this often.
+    pub pull_record_every: Duration,
+    /// Storage quotas, checked at manifest PUT.
+    pub quotas: Vec<gc::usage::Quota>,
 }
 
 impl Default for RegistryOptions {
@@ -71,6 +79,9 @@ impl Default for RegistryOptions {
             orphan_upload_age: Duration::from_secs(24 * 3600),
             cache: cache::CacheOptions::default(),
             redirect_ttl: None,
+            gc: gc::GcOptions::default(),
+            pull_record_every: Duration::from_secs(3600),
+            quotas: Vec::new(),
         }
     }
 }
@@ -84,6 +95,14 @@ pub struct Registry {
     caches: Arc<cache::Caches>,
     /// Read (or created) the first time a listing needs a sealed cursor.
     cursor_key: Arc<tokio::sync::OnceCell<cursor::CursorKey>>,
+    /// The collector's state between passes.
+    gc: Arc<gc::GcState>,
+    /// A test's pause points ([`hooks`]); `None` outside tests.
+    hook: Option<hooks::Hook>,
+    /// Pulls recorded recently by this process.
+    pulls: Arc<gc::PullNotes>,
+    /// Immutable facts the quota check reuses.
+    quota_caches: Arc<gc::usage::QuotaCaches>,
 }
 
 /// Size of a blob visible in a repository.
@@ -123,7 +142,24 @@ const LISTING_SCAN_BUDGET: usize = 5_000;
 impl Registry {
     pub fn new(store: Arc<dyn ObjectStore>, state: Arc<dyn SharedState>, options: RegistryOptions) -> Registry {
         let caches = Arc::new(cache::Caches::new(options.cache));
-        Registry { store, state, options, caches, cursor_key: Arc::default() }
+        Registry {
+            store,
+            state,
+            options,
+            caches,
+            cursor_key: Arc::default(),
+            gc: Arc::default(),
+            hook: None,
+            pulls: Arc::default(),
+            quota_caches: Arc::default(),
+        }
+    }
+
+    /// Install a test's pause points (see [`hooks`]).
+    #[cfg(any(test, feature = "test-helpers"))]
+    pub fn with_hook(mut self, hook: hooks::Hook) -> Registry {
+        self.hook = Some(hook);
+        self
     }
 
     /// Start applying cache invalidations published by other processes.
@@ -177,8 +213,14 @@ impl Registry {
         Ok(())
     }
 
+    /// The catalog entry says so, or, without one, any record does (a
+    /// push that raced the collector removing the entry of a repository it
+    /// had emptied; the next pass writes the entry again).
     async fn repo_exists(&self, repo: &RepoName) -> Result<bool> {
-        Ok(self.store.exists(&keys::catalog_entry(repo)).await?)
+        if self.store.exists(&keys::catalog_entry(repo)).await? {
+            return Ok(true);
+        }
+        Ok(!self.store.list(&keys::repo_prefix(repo), None, 1).await?.objects.is_empty())
     }
 
     /// Size of a blob visible in the repository.

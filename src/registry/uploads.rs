@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::hooks::Point;
 use super::keys;
 use super::{Access, BodyError, BodyStream, Pull, Push, Registry, Result};
 use crate::oci::{Algorithm, Digest, OciError, RepoName, ResumableHasher};
@@ -421,7 +422,8 @@ impl Registry {
                 self.end_session(locked).await;
                 Ok(digest.clone())
             }
-            Err(e @ OciError::DigestInvalid(_)) => {
+            // A digest being collected: the staged parts may be gone too.
+            Err(e @ (OciError::DigestInvalid(_) | OciError::BlobUploadUnknown)) => {
                 self.end_session(locked).await;
                 Err(e)
             }
@@ -465,7 +467,15 @@ impl Registry {
         if !self.store.exists(&blob_key).await? {
             self.store.complete_multipart(&locked.session.upload(), &locked.session.receipts(), &blob_key).await?;
         }
-        self.link_blob(repo, digest).await
+        self.link_blob(repo, digest).await?;
+        self.pause(Point::UploadLinked).await;
+        // A collection pass may be removing this digest: then the bytes may
+        // go, and the client must upload again (gc/guard.rs).
+        let deps = [blob_key, keys::layer_link(repo, digest)];
+        if self.gc_guard(&deps).await?.is_some() {
+            return Err(OciError::BlobUploadUnknown);
+        }
+        Ok(())
     }
 
     /// Cancel an upload and discard what it staged.
@@ -501,7 +511,10 @@ impl Registry {
             return Ok(false);
         }
         self.link_blob(target.repo(), digest).await?;
-        Ok(true)
+        self.pause(Point::MountLinked).await;
+        // Being collected: not mountable now; the client uploads instead.
+        let deps = [keys::blob(digest), keys::layer_link(target.repo(), digest)];
+        Ok(self.gc_guard(&deps).await?.is_none())
     }
 
     /// Abort sessions whose expiry has passed. Returns how many were removed.
