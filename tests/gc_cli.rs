@@ -94,7 +94,11 @@ async fn blob_status(s: &Setup, repo: &str, digest: &str) -> u16 {
 }
 
 fn gc_cli(s: &Setup, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_berth")).args(["gc", "--config"]).arg(&s.config).args(args).output().unwrap()
+    cli(s, "gc", args)
+}
+
+fn cli(s: &Setup, command: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_berth")).arg(command).arg("--config").arg(&s.config).args(args).output().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,6 +180,57 @@ async fn gc_from_the_cli_and_the_admin_api() {
     let audit: Vec<&str> = log.lines().filter(|l| l.contains("gc_delete")).collect();
     assert!(audit.iter().any(|l| l.contains(&stray2) && l.contains("blob")), "{log}");
     assert!(log.contains("gc_start"), "{log}");
+
+    // Usage, from the CLI and the admin API.
+    let out = cli(&s, "usage", &["team/**", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let app = &usage["repositories"][0];
+    assert_eq!(app["repository"], "team/app");
+    assert!(app["bytes"].as_u64().unwrap() >= layer.len() as u64, "{usage}");
+    let text = String::from_utf8_lossy(&cli(&s, "usage", &[]).stdout).into_owned();
+    assert!(text.contains("REPOSITORY") && text.contains("team/app"), "{text}");
+    let (status, body) =
+        status_of(client().get(s.berth.url("/admin/usage?repositories=team%2F**")).header("authorization", &s.admin))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("team/app"), "{body}");
+    let (status, _) = status_of(client().get(s.berth.url("/admin/usage")).header("authorization", &s.alice)).await;
+    assert_eq!(status, 403);
+    let (status, _) =
+        status_of(client().get(s.berth.url("/admin/usage?repositories=%2Fbad")).header("authorization", &s.admin))
+            .await;
+    assert_eq!(status, 400);
+
+    // Scrub: clean from the CLI (exit 0); then a corrupted blob makes it
+    // exit 4, and the admin API runs one whose findings reach /metrics.
+    let out = cli(&s, "scrub", &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let blob_file = s.berth.data_dir().join(format!("blobs/sha256/{}/{}@", &keep[7..9], &keep[7..]));
+    let mut bytes = std::fs::read(&blob_file).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&blob_file, bytes).unwrap();
+    let out = cli(&s, "scrub", &[]);
+    assert_eq!(out.status.code(), Some(4));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("corrupt") && text.contains(&keep), "{text}");
+    let (status, _) = status_of(client().post(s.berth.url("/admin/scrub")).header("authorization", &s.alice)).await;
+    assert_eq!(status, 403);
+    let (status, _) = status_of(client().post(s.berth.url("/admin/scrub")).header("authorization", &s.admin)).await;
+    assert_eq!(status, 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = client().get(s.berth.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if !cfg!(feature = "metrics") || metrics.contains(r#"berth_scrub_findings{class="corrupt"} 1"#) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = status_of(client().get(s.berth.url("/admin/scrub")).header("authorization", &s.admin)).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["last"]["corrupt"][0]["target"], keep.as_str(), "{body}");
 }
 
 #[test]

@@ -3,7 +3,10 @@
 //!   of a subject issued before a time, on every replica;
 //! - `POST /admin/gc` starts a garbage-collection pass (202; `?dry_run=true`
 //!   runs a read-only pass and answers its report), `GET /admin/gc` reads
-//!   the last pass's report.
+//!   the last pass's report;
+//! - `GET /admin/usage` reads storage used per repository;
+//! - `POST /admin/scrub` starts a scrub (`?repair=true` removes dangling
+//!   records), `GET /admin/scrub` reads the last scrub's report.
 
 use std::sync::Arc;
 
@@ -90,6 +93,49 @@ pub async fn usage(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(report) => json(StatusCode::OK, serde_json::to_string(&report).unwrap_or_default()),
         Err(e) => error_response(&e),
     }
+}
+
+/// `GET /admin/scrub`: the last scrub's report (`null` before any).
+pub async fn scrub_report(State(app): State<Arc<App>>, req: Request) -> Response {
+    let (parts, _body) = req.into_parts();
+    if let Err(resp) = admin(&app, &parts).await {
+        return resp;
+    }
+    match app.registry.scrub_last_report().await {
+        Ok(report) => json(StatusCode::OK, serde_json::json!({ "last": report }).to_string()),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// `POST /admin/scrub[?repair=true]`: start a scrub in the background
+/// (202); its report is at `GET /admin/scrub` and its findings in
+/// `/metrics` when it ends.
+pub async fn scrub_start(State(app): State<Arc<App>>, req: Request) -> Response {
+    let (parts, _body) = req.into_parts();
+    let identity = match admin(&app, &parts).await {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    let repair = parts.uri.query().unwrap_or("").split('&').any(|kv| matches!(kv, "repair=true" | "repair=1"));
+    let by = identity.qualified_subject().unwrap_or_default();
+    tracing::info!(target: "berth::audit", subject = %by, operation = "scrub_start", repair, outcome = "ok", "audit");
+    let registry = app.registry.clone();
+    tokio::spawn(async move {
+        let options = crate::registry::gc::scrub::ScrubOptions { repair, ..Default::default() };
+        match registry.scrub(&options, &crate::registry::gc::no_progress).await {
+            Ok(r) => tracing::info!(
+                corrupt = r.corrupt.len(),
+                missing = r.missing.len(),
+                dangling = r.dangling.len(),
+                orphaned = r.orphaned.len(),
+                "scrub done"
+            ),
+            Err(e) => tracing::warn!(error = %e, "scrub failed"),
+        }
+    });
+    let mut resp = json(StatusCode::ACCEPTED, r#"{"started":true}"#.into());
+    resp.headers_mut().insert(header::LOCATION, http::HeaderValue::from_static("/admin/scrub"));
+    resp
 }
 
 /// `%2A` and friends in a query value; invalid escapes stay as they are.

@@ -159,7 +159,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/admin/revocations", axum::routing::post(admin::revoke))
         .route("/admin/gc", get(admin::gc_report).post(admin::gc_start))
-        .route("/admin/usage", get(admin::usage));
+        .route("/admin/usage", get(admin::usage))
+        .route("/admin/scrub", get(admin::scrub_report).post(admin::scrub_start));
     #[cfg(feature = "metrics")]
     if app.metrics_on_main {
         router = router.route("/metrics", get(metrics_guarded));
@@ -228,6 +229,7 @@ fn fixed_operation(app: &App, path: &str) -> &'static str {
         "/admin/revocations" => "admin_revocations",
         "/admin/gc" => "admin_gc",
         "/admin/usage" => "admin_usage",
+        "/admin/scrub" => "admin_scrub",
         JWKS_PATH => "jwks",
         _ if app.gate.token_service().is_some_and(|t| t.path == path) => "token",
         _ => "unknown",

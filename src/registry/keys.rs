@@ -17,6 +17,7 @@
 //! _gc/index/tags/<x>                                     derived: tag values by object version
 //! _gc/reports/last                                       the last pass's report
 //! _gc/usage                                              usage per repository, from the last pass
+//! _gc/reports/scrub                                      the last scrub's report
 //! ```
 //!
 //! Repository name components start with `[a-z0-9]`, so the `_`-prefixed
@@ -37,6 +38,8 @@ pub const GC_MARKS_PREFIX: &str = "_gc/marks/";
 pub const GC_INDEX_PREFIX: &str = "_gc/index/";
 /// The report of the last pass that ended.
 pub const GC_REPORT: &str = "_gc/reports/last";
+/// The report of the last scrub.
+pub const SCRUB_REPORT: &str = "_gc/reports/scrub";
 /// Usage per repository, as the last pass computed it.
 pub const GC_USAGE: &str = "_gc/usage";
 /// Where every repository's records live.

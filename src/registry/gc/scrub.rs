@@ -100,6 +100,16 @@ impl Budget {
 }
 
 impl Registry {
+    /// The last scrub's report (lists cut at 1,000 findings each).
+    pub async fn scrub_last_report(&self) -> Result<Option<ScrubReport>> {
+        match berth_storage::ObjectStoreExt::get_bytes(self.store.as_ref(), keys::SCRUB_REPORT, 64 * 1024 * 1024).await
+        {
+            Ok(raw) => Ok(serde_json::from_slice(&raw).ok()),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Check everything the store holds; see the module docs.
     pub async fn scrub(&self, options: &ScrubOptions, progress: OnProgress<'_>) -> Result<ScrubReport> {
         let clock = Instant::now();
@@ -209,6 +219,19 @@ impl Registry {
         set(&m.scrub_dangling, report.dangling.len());
         m.scrub_last_run.store(unix(SystemTime::now()), std::sync::atomic::Ordering::Relaxed);
         report.duration_ms = clock.elapsed().as_millis() as u64;
+        let mut stored = report.clone();
+        for list in [&mut stored.corrupt, &mut stored.missing, &mut stored.orphaned, &mut stored.dangling] {
+            list.truncate(1000);
+        }
+        match serde_json::to_vec(&stored) {
+            Ok(body) => {
+                if let Err(e) = self.store.put(keys::SCRUB_REPORT, body.into(), berth_storage::PutMode::Overwrite).await
+                {
+                    tracing::warn!(error = %e, "cannot store the scrub report");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode the scrub report"),
+        }
         for f in report.corrupt.iter().chain(&report.missing) {
             tracing::error!(kind = %f.kind, repository = f.repository.as_deref().unwrap_or(""), target = %f.target, detail = %f.detail, "scrub finding");
         }
