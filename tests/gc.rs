@@ -274,9 +274,23 @@ async fn s3_batches_deletes_and_a_second_pass_reads_only_what_changed() {
     for i in 0..30 {
         push_image(&registry, "farm/app", &format!("build-{i}"), &[format!("layer {i}").as_bytes()], None).await;
     }
-    for i in 0..1200 {
-        upload(&registry, "farm/app", format!("stray {i}").as_bytes()).await;
-    }
+    // 1,200 stray uploads, written as an upload leaves them (the blob and
+    // its link), straight into the store: uploading each through the
+    // registry would cost moto ten times the requests.
+    let farm: berth::oci::RepoName = "farm/app".parse().unwrap();
+    let strays: Vec<futures::future::BoxFuture<'_, ()>> = (0..1200)
+        .map(|i| {
+            let (store, farm) = (store.clone(), farm.clone());
+            Box::pin(async move {
+                let data = Bytes::from(format!("stray {i}"));
+                let d = Digest::sha256(&data);
+                store.put(&berth::registry::keys::blob(&d), data, berth_storage::PutMode::Overwrite).await.unwrap();
+                let link = berth::registry::keys::layer_link(&farm, &d);
+                store.put(&link, Bytes::new(), berth_storage::PutMode::Overwrite).await.unwrap();
+            }) as futures::future::BoxFuture<'_, ()>
+        })
+        .collect();
+    futures::stream::iter(strays).buffer_unordered(16).collect::<Vec<()>>().await;
     let m = metered.meters().clone();
     let (batches, singles) = (Meters::get(&m.batch_deletes), Meters::get(&m.deletes));
     let first = gc(&registry).await;
