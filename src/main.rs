@@ -546,17 +546,18 @@ fn usage(cfg: &Config, repositories: Option<&str>, fresh: bool, json: bool) -> E
             return ExitCode::SUCCESS;
         }
         println!(
-            "{:<40} {:>12} {:>12} {:>12} {:>14} {:>9} {:>6}",
-            "REPOSITORY", "BYTES", "UNIQUE", "SHARED", "UNREFERENCED", "MANIFESTS", "TAGS"
+            "{:<40} {:>12} {:>12} {:>12} {:>14} {:>12} {:>9} {:>6}",
+            "REPOSITORY", "BYTES", "UNIQUE", "SHARED", "UNREFERENCED", "SINCE PASS", "MANIFESTS", "TAGS"
         );
         for u in &report.repositories {
             println!(
-                "{:<40} {:>12} {:>12} {:>12} {:>14} {:>9} {:>6}",
+                "{:<40} {:>12} {:>12} {:>12} {:>14} {:>12} {:>9} {:>6}",
                 u.repository,
                 human_bytes(u.bytes),
                 human_bytes(u.unique_bytes),
                 human_bytes(u.shared_bytes),
                 human_bytes(u.unreferenced_bytes),
+                format!("+{}", human_bytes(u.pushed_since_pass)),
                 u.manifests,
                 u.tags
             );

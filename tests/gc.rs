@@ -465,6 +465,14 @@ async fn quotas_and_usage() {
     let stored = registry.usage(Some("q/app"), false).await.unwrap();
     assert!(stored.source.starts_with("pass "), "{}", stored.source);
     assert_eq!(stored.repositories[0].unreferenced_bytes, 0, "the pass removed the refused push's uploads");
+    assert_eq!(stored.repositories[0].pushed_since_pass, 0);
+    // Between passes, newly linked bytes add up; the next pass reconciles.
+    push_image(&registry, "q/app", "d", &[&base, &[b'4'; 500]], None).await;
+    let app = registry.usage(Some("q/app"), false).await.unwrap().repositories[0].clone();
+    assert!(app.pushed_since_pass >= 500 && app.pushed_since_pass < 600, "{app:?}");
+    gc(&registry).await;
+    let app = registry.usage(Some("q/app"), false).await.unwrap().repositories[0].clone();
+    assert_eq!(app.pushed_since_pass, 0, "{app:?}");
 }
 
 /// Retention: 8 builds, keep the 3 most recent; the bytes left are exactly

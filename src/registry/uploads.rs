@@ -463,6 +463,7 @@ impl Registry {
             return Err(OciError::DigestInvalid(format!("uploaded content has digest {computed}, not {digest}")));
         }
         let blob_key = keys::blob(digest);
+        let was_linked = self.is_linked(repo, digest).await?;
         // Stored already by another upload: the staged copy is dropped by end_session.
         if !self.store.exists(&blob_key).await? {
             self.store.complete_multipart(&locked.session.upload(), &locked.session.receipts(), &blob_key).await?;
@@ -474,6 +475,9 @@ impl Registry {
         let deps = [blob_key, keys::layer_link(repo, digest)];
         if self.gc_guard(&deps).await?.is_some() {
             return Err(OciError::BlobUploadUnknown);
+        }
+        if !was_linked {
+            self.note_linked(repo, locked.hasher.bytes_hashed()).await;
         }
         Ok(())
     }
@@ -507,14 +511,26 @@ impl Registry {
     /// Cross-repository mount: link `digest` from `from` into the target if
     /// the caller can read it there. `Ok(false)` means "not mountable".
     pub async fn mount(&self, target: &Access<Push>, source: &Access<Pull>, digest: &Digest) -> Result<bool> {
-        if !self.is_linked(source.repo(), digest).await? || !self.store.exists(&keys::blob(digest)).await? {
+        if !self.is_linked(source.repo(), digest).await? {
             return Ok(false);
         }
+        let size = match self.store.head(&keys::blob(digest)).await {
+            Ok(meta) => meta.size,
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let was_linked = self.is_linked(target.repo(), digest).await?;
         self.link_blob(target.repo(), digest).await?;
         self.pause(Point::MountLinked).await;
         // Being collected: not mountable now; the client uploads instead.
         let deps = [keys::blob(digest), keys::layer_link(target.repo(), digest)];
-        Ok(self.gc_guard(&deps).await?.is_none())
+        if self.gc_guard(&deps).await?.is_some() {
+            return Ok(false);
+        }
+        if !was_linked {
+            self.note_linked(target.repo(), size).await;
+        }
+        Ok(true)
     }
 
     /// Abort sessions whose expiry has passed. Returns how many were removed.

@@ -7,7 +7,12 @@
 //! progress, garbage) are reported apart. Every collection pass computes
 //! this for every repository from its own scan, after its deletions, and
 //! stores it at `_gc/usage`: reading usage is one GET, reconciled with the
-//! records by each pass. `fresh` recomputes it with a scan.
+//! records by each pass. Between passes, bytes newly linked into a
+//! repository (upload completions and mounts that create a link) are added
+//! up in shared state under the pass whose record they follow
+//! (`pushed_since_pass`): an upper bound of the growth since the record,
+//! which the next pass reconciles; losing shared state loses only that
+//! running sum. `fresh` recomputes everything with a scan.
 //!
 //! Quotas (`[[quotas]]`, per repository, the longest glob deciding) are
 //! checked at manifest PUT against the repository's size with the new
@@ -57,6 +62,11 @@ pub struct RepoUsage {
     pub blobs: u64,
     pub manifests: u64,
     pub tags: u64,
+    /// Bytes newly linked into the repository since the pass that
+    /// computed the numbers above (uploads and mounts; the next pass
+    /// reconciles them).
+    #[serde(default)]
+    pub pushed_since_pass: u64,
 }
 
 /// Usage of every repository.
@@ -66,9 +76,21 @@ pub struct UsageReport {
     pub computed: u64,
     /// `pass <id>` or `scan`.
     pub source: String,
+    /// The pass that computed it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass: Option<String>,
     /// Bytes of every stored blob, counted once.
     pub stored_bytes: u64,
     pub repositories: Vec<RepoUsage>,
+}
+
+/// Shared-state key naming the pass whose usage record is current.
+const CURRENT_PASS: &str = "usage:pass";
+/// How long running sums live without a new pass.
+const SUM_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+fn pushed_key(pass: &str, repo: &str) -> String {
+    format!("usage:pushed:{pass}:{repo}")
 }
 
 /// Usage computed from a snapshot, leaving out `deleted` keys.
@@ -121,7 +143,8 @@ pub(super) fn usage_of(snap: &Snapshot, deleted: &HashSet<String>, source: Strin
         }
     }
     let stored_bytes = snap.blobs.iter().filter(|(d, _)| !deleted.contains(&keys::blob(d))).map(|(_, o)| o.size).sum();
-    UsageReport { computed: super::unix(std::time::SystemTime::now()), source, stored_bytes, repositories }
+    let pass = source.strip_prefix("pass ").map(str::to_owned);
+    UsageReport { computed: super::unix(std::time::SystemTime::now()), source, pass, stored_bytes, repositories }
 }
 
 /// Immutable facts the quota check caches (bounded; cleared when full).
@@ -142,15 +165,35 @@ fn remember<V>(map: &Mutex<HashMap<Digest, V>>, d: Digest, v: V) {
 }
 
 impl Registry {
-    /// Store a pass's usage numbers.
+    /// Store a pass's usage numbers; later links add up under its id.
     pub(super) async fn save_usage(&self, usage: &UsageReport) {
         match serde_json::to_vec(usage) {
             Ok(body) => {
                 if let Err(e) = self.store.put(keys::GC_USAGE, Bytes::from(body), PutMode::Overwrite).await {
                     tracing::warn!(error = %e, "cannot store repository usage");
+                    return;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot encode repository usage"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode repository usage");
+                return;
+            }
+        }
+        if let Some(pass) = &usage.pass {
+            if let Err(e) = self.state.set(CURRENT_PASS, Bytes::from(pass.clone()), SUM_TTL).await {
+                tracing::debug!(error = %e, "cannot publish the current usage pass");
+            }
+        }
+    }
+
+    /// Count `bytes` newly linked into `repo` (best effort, never fails the
+    /// write that linked them).
+    pub(crate) async fn note_linked(&self, repo: &RepoName, bytes: u64) {
+        let Ok(Some(pass)) = self.state.get(CURRENT_PASS).await else { return };
+        let pass = String::from_utf8_lossy(&pass).into_owned();
+        let by = i64::try_from(bytes).unwrap_or(i64::MAX);
+        if let Err(e) = self.state.incr(&pushed_key(&pass, repo.as_str()), by, SUM_TTL).await {
+            tracing::debug!(error = %e, "cannot count linked bytes");
         }
     }
 
@@ -182,6 +225,14 @@ impl Registry {
         if let Some(g) = glob {
             let g = crate::glob::Glob::new(g);
             report.repositories.retain(|u| g.matches(&u.repository));
+        }
+        // Growth since the pass, where shared state still has it.
+        if let Some(pass) = report.pass.clone() {
+            for u in &mut report.repositories {
+                if let Ok(n) = self.state.incr(&pushed_key(&pass, &u.repository), 0, SUM_TTL).await {
+                    u.pushed_since_pass = u64::try_from(n).unwrap_or(0);
+                }
+            }
         }
         Ok(report)
     }
