@@ -160,22 +160,16 @@ fn main() -> ExitCode {
             revoke(&cfg, revocation)
         }
         Command::Gc { config, dry_run, json } => {
-            let cfg = match load(config.as_deref()).and_then(|c| c.validate().map(|()| c)) {
+            let cfg = match load_valid(config.as_deref()) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("berth: invalid configuration: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             gc(&cfg, dry_run, json)
         }
         Command::Scrub { config, repair, no_verify, rate, json } => {
-            let cfg = match load(config.as_deref()).and_then(|c| c.validate().map(|()| c)) {
+            let cfg = match load_valid(config.as_deref()) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("berth: invalid configuration: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let rate = match berth::config::ByteSize::parse(&rate) {
                 Ok(r) => r,
@@ -193,12 +187,9 @@ fn main() -> ExitCode {
             scrub(&cfg, &options, json)
         }
         Command::Usage { config, repositories, fresh, json } => {
-            let cfg = match load(config.as_deref()).and_then(|c| c.validate().map(|()| c)) {
+            let cfg = match load_valid(config.as_deref()) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("berth: invalid configuration: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             usage(&cfg, repositories.as_deref(), fresh, json)
         }
@@ -338,6 +329,46 @@ fn revoke(cfg: &Config, revocation: berth::registry::revocations::Revocation) ->
     })
 }
 
+/// A configuration loaded and validated, or the exit status to stop with.
+fn load_valid(file: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    load(file).and_then(|c| c.validate().map(|()| c)).map_err(|e| {
+        eprintln!("berth: invalid configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Run a one-shot command against the registry the configuration names.
+fn with_registry<F, Fut>(cfg: &Config, run: F) -> ExitCode
+where
+    F: FnOnce(berth::registry::Registry) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    let Some(runtime) = cli_runtime() else { return ExitCode::FAILURE };
+    runtime.block_on(async {
+        match berth::server::open_registry(cfg).await {
+            Ok(registry) => run(registry).await,
+            Err(e) => {
+                eprintln!("berth: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// A report as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> ExitCode {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth: cannot encode the report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// A runtime for one-shot commands.
 fn cli_runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -394,15 +425,7 @@ fn human_bytes(n: u64) -> String {
 }
 
 fn gc(cfg: &Config, dry_run: bool, json: bool) -> ExitCode {
-    let Some(runtime) = cli_runtime() else { return ExitCode::FAILURE };
-    runtime.block_on(async {
-        let registry = match berth::server::open_registry(cfg).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("berth: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        };
+    with_registry(cfg, |registry| async move {
         let progress = progress_printer();
         let report = match registry.gc_pass(dry_run, &progress).await {
             Ok(Some(r)) => r,
@@ -416,14 +439,7 @@ fn gc(cfg: &Config, dry_run: bool, json: bool) -> ExitCode {
             }
         };
         if json {
-            match serde_json::to_string_pretty(&report) {
-                Ok(s) => println!("{s}"),
-                Err(e) => {
-                    eprintln!("berth: cannot encode the report: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-            return ExitCode::SUCCESS;
+            return print_json(&report);
         }
         let verb = if dry_run { "would delete" } else { "deleted" };
         for d in &report.items {
@@ -460,15 +476,7 @@ fn gc(cfg: &Config, dry_run: bool, json: bool) -> ExitCode {
 }
 
 fn scrub(cfg: &Config, options: &berth::registry::gc::scrub::ScrubOptions, json: bool) -> ExitCode {
-    let Some(runtime) = cli_runtime() else { return ExitCode::FAILURE };
-    runtime.block_on(async {
-        let registry = match berth::server::open_registry(cfg).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("berth: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        };
+    with_registry(cfg, |registry| async move {
         let progress = progress_printer();
         let report = match registry.scrub(options, &progress).await {
             Ok(r) => r,
@@ -479,12 +487,8 @@ fn scrub(cfg: &Config, options: &berth::registry::gc::scrub::ScrubOptions, json:
         };
         let repaired = report.repaired.as_ref().map(|r| r.deleted.objects()).unwrap_or(0);
         if json {
-            match serde_json::to_string_pretty(&report) {
-                Ok(s) => println!("{s}"),
-                Err(e) => {
-                    eprintln!("berth: cannot encode the report: {e}");
-                    return ExitCode::FAILURE;
-                }
+            if print_json(&report) != ExitCode::SUCCESS {
+                return ExitCode::FAILURE;
             }
         } else {
             for (class, list) in [
@@ -525,15 +529,7 @@ fn scrub(cfg: &Config, options: &berth::registry::gc::scrub::ScrubOptions, json:
 }
 
 fn usage(cfg: &Config, repositories: Option<&str>, fresh: bool, json: bool) -> ExitCode {
-    let Some(runtime) = cli_runtime() else { return ExitCode::FAILURE };
-    runtime.block_on(async {
-        let registry = match berth::server::open_registry(cfg).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("berth: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        };
+    with_registry(cfg, |registry| async move {
         let report = match registry.usage(repositories, fresh).await {
             Ok(r) => r,
             Err(e) => {
@@ -542,8 +538,7 @@ fn usage(cfg: &Config, repositories: Option<&str>, fresh: bool, json: bool) -> E
             }
         };
         if json {
-            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-            return ExitCode::SUCCESS;
+            return print_json(&report);
         }
         println!(
             "{:<40} {:>12} {:>12} {:>12} {:>14} {:>12} {:>9} {:>6}",

@@ -32,15 +32,9 @@ impl Registry {
     /// The passes that may currently delete (their active records).
     pub(crate) async fn active_passes(&self) -> Result<Vec<String>> {
         let mut passes = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.list(keys::GC_ACTIVE_PREFIX, after.as_deref(), 1000).await?;
-            passes.extend(page.objects.iter().map(|o| o.key[keys::GC_ACTIVE_PREFIX.len()..].to_owned()));
-            match page.next_start_after {
-                Some(next) => after = Some(next),
-                None => return Ok(passes),
-            }
-        }
+        self.list_all(keys::GC_ACTIVE_PREFIX, |o| passes.push(o.key[keys::GC_ACTIVE_PREFIX.len()..].to_owned()))
+            .await?;
+        Ok(passes)
     }
 
     /// Check, after writing, that no collection pass may delete one of
@@ -48,36 +42,35 @@ impl Registry {
     /// success. `Ok(Some(i))`: it must not, because of `deps[i]`.
     pub(crate) async fn gc_guard(&self, deps: &[String]) -> Result<Option<usize>> {
         let passes = self.active_passes().await?;
-        if !passes.is_empty() {
-            let marks = passes.iter().flat_map(|p| deps.iter().enumerate().map(move |(i, k)| (i, keys::gc_mark(p, k))));
-            let checks: Vec<BoxFuture<'_, Result<Option<usize>>>> = marks
-                .map(|(i, mark)| async move { Ok(self.store.exists(&mark).await?.then_some(i)) }.boxed())
-                .collect();
-            let marked: Vec<usize> = futures::stream::iter(checks)
-                .buffer_unordered(PARALLEL)
-                .try_filter_map(|hit| async move { Ok(hit) })
-                .try_collect()
-                .await?;
-            if let Some(i) = marked.into_iter().min() {
-                crate::metrics::inc(&crate::metrics::get().gc_writer_refusals);
-                return Ok(Some(i));
-            }
+        // First any active pass's mark, then the keys themselves (the
+        // order matters: see the module docs).
+        let marks =
+            passes.iter().flat_map(|p| deps.iter().enumerate().map(move |(i, k)| (i, keys::gc_mark(p, k), true)));
+        let mut refused = self.first_key(marks.collect()).await?;
+        if refused.is_none() {
+            refused = self.first_key(deps.iter().enumerate().map(|(i, k)| (i, k.clone(), false)).collect()).await?;
         }
-        let checks: Vec<BoxFuture<'_, Result<Option<usize>>>> = deps
-            .iter()
-            .enumerate()
-            .map(|(i, k)| async move { Ok((!self.store.exists(k).await?).then_some(i)) }.boxed())
+        if refused.is_some() {
+            crate::metrics::inc(&crate::metrics::get().gc_writer_refusals);
+        }
+        Ok(refused)
+    }
+
+    /// The lowest index `i` of `(i, key, present)` whose key exists when
+    /// `present`, or is missing when not; the HEADs run in parallel.
+    async fn first_key(&self, checks: Vec<(usize, String, bool)>) -> Result<Option<usize>> {
+        let heads: Vec<BoxFuture<'_, Result<Option<usize>>>> = checks
+            .into_iter()
+            .map(|(i, key, present)| {
+                async move { Ok((self.store.exists(&key).await? == present).then_some(i)) }.boxed()
+            })
             .collect();
-        let missing: Vec<usize> = futures::stream::iter(checks)
+        let hits: Vec<usize> = futures::stream::iter(heads)
             .buffer_unordered(PARALLEL)
             .try_filter_map(|hit| async move { Ok(hit) })
             .try_collect()
             .await?;
-        if let Some(i) = missing.into_iter().min() {
-            crate::metrics::inc(&crate::metrics::get().gc_writer_refusals);
-            return Ok(Some(i));
-        }
-        Ok(None)
+        Ok(hits.into_iter().min())
     }
 
     /// Wait at a test's pause point (see [`super::super::hooks`]).

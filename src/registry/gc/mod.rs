@@ -253,6 +253,16 @@ struct Health {
 }
 
 impl Registry {
+    /// The collector's derived index, read from the store the first time
+    /// (held for the whole of a pass, a scrub or a usage scan).
+    async fn gc_index(&self) -> tokio::sync::MutexGuard<'_, GcIndex> {
+        let mut index = self.gc.index.lock().await;
+        if !index.is_loaded() {
+            *index = GcIndex::load(self.store.as_ref()).await;
+        }
+        index
+    }
+
     /// List every object under `prefix`, page by page.
     async fn list_all(&self, prefix: &str, mut each: impl FnMut(&ObjectMeta)) -> Result<u64> {
         let mut after: Option<String> = None;
@@ -476,10 +486,7 @@ impl Registry {
             grace_seconds: opts.grace.as_secs(),
             ..GcReport::default()
         };
-        let mut index = self.gc.index.lock().await;
-        if !index.is_loaded() {
-            *index = GcIndex::load(self.store.as_ref()).await;
-        }
+        let mut index = self.gc_index().await;
         if dry_run {
             let snap = self.gc_scan(&mut index, &mut report.scanned, progress).await?;
             let plan = purpose.plan(&snap, &opts, None);

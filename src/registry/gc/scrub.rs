@@ -115,10 +115,7 @@ impl Registry {
         let clock = Instant::now();
         let mut report = ScrubReport { started: unix(SystemTime::now()), ..ScrubReport::default() };
         let snap = {
-            let mut index = self.gc.index.lock().await;
-            if !index.is_loaded() {
-                *index = super::GcIndex::load(self.store.as_ref()).await;
-            }
+            let mut index = self.gc_index().await;
             self.gc_scan(&mut index, &mut report.scanned, progress).await?
         };
 

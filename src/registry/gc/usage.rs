@@ -213,10 +213,7 @@ impl Registry {
         let mut report = match stored {
             Some(r) => r,
             None => {
-                let mut index = self.gc.index.lock().await;
-                if !index.is_loaded() {
-                    *index = super::GcIndex::load(self.store.as_ref()).await;
-                }
+                let mut index = self.gc_index().await;
                 let mut scanned = super::Scanned::default();
                 let snap = self.gc_scan(&mut index, &mut scanned, &super::no_progress).await?;
                 usage_of(&snap, &HashSet::new(), "scan".into())
@@ -247,19 +244,12 @@ impl Registry {
         let Some(quota) = self.quota_of(repo) else { return Ok(()) };
         let mut revisions = Vec::new();
         let prefix = format!("{}_manifests/revisions/", keys::repo_prefix(repo));
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.list(&prefix, after.as_deref(), 1000).await?;
-            for o in &page.objects {
-                if let Some(keys::RepoKey::Revision { digest, .. }) = keys::parse_repo_key(&o.key) {
-                    revisions.push(digest);
-                }
+        self.list_all(&prefix, |o| {
+            if let Some(keys::RepoKey::Revision { digest, .. }) = keys::parse_repo_key(&o.key) {
+                revisions.push(digest);
             }
-            match page.next_start_after {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
+        })
+        .await?;
         let mut before: HashSet<Digest> = HashSet::new();
         for m in revisions.iter().filter(|m| *m != digest) {
             let cached = self.quota_caches.refs.lock().unwrap_or_else(|p| p.into_inner()).get(m).cloned();
