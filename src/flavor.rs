@@ -2,7 +2,7 @@
 //! flavor they add up to. `berth --version` prints it.
 
 /// Every extension the project has, in the order `--version` lists them.
-pub const EXTENSIONS: &[&str] = &["metrics", "otel"];
+pub const EXTENSIONS: &[&str] = &["metrics", "otel", "scan"];
 
 /// The extensions compiled into this binary.
 pub fn features() -> Vec<&'static str> {
@@ -10,7 +10,9 @@ pub fn features() -> Vec<&'static str> {
 }
 
 fn enabled(name: &str) -> bool {
-    (name == "metrics" && cfg!(feature = "metrics")) || (name == "otel" && cfg!(feature = "otel"))
+    (name == "metrics" && cfg!(feature = "metrics"))
+        || (name == "otel" && cfg!(feature = "otel"))
+        || (name == "scan" && cfg!(feature = "scan"))
 }
 
 /// `minimal` (no extension), `full` (every extension) or `custom`.
@@ -38,6 +40,7 @@ mod tests {
         let on = features();
         assert_eq!(on.contains(&"metrics"), cfg!(feature = "metrics"));
         assert_eq!(on.contains(&"otel"), cfg!(feature = "otel"));
+        assert_eq!(on.contains(&"scan"), cfg!(feature = "scan"));
         let expected = if on.is_empty() {
             "minimal"
         } else if on.len() == EXTENSIONS.len() {

@@ -7,3 +7,5 @@
 pub mod otel;
 #[cfg(feature = "metrics")]
 pub mod prometheus;
+#[cfg(feature = "scan")]
+pub mod scan;

@@ -1,0 +1,9 @@
+//! The `scan` extension: package inventories of stored images, computed
+//! once per layer for the whole fleet, matched at read time against an
+//! offline vulnerability database.
+
+pub mod analyzers;
+pub mod inventory;
+pub mod layer;
+pub mod merge;
+pub mod version;
