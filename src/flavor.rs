@@ -15,6 +15,30 @@ fn enabled(name: &str) -> bool {
         || (name == "scan" && cfg!(feature = "scan"))
 }
 
+/// The extensions as `GET /v2/_oci/ext/discover` lists them (the OCI
+/// extensions convention: name, description, endpoints).
+pub fn discover() -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for name in features() {
+        let (description, endpoints): (&str, &[&str]) = match name {
+            "metrics" => ("Prometheus metrics in the OpenMetrics format", &["/metrics"]),
+            "otel" => ("OpenTelemetry traces exported over OTLP/HTTP", &[]),
+            "scan" => (
+                "Vulnerability reports of stored images (JSON; ?format=cyclonedx or sarif)",
+                &["/v2/{name}/_berth/scan/{reference}"],
+            ),
+            _ => ("", &[]),
+        };
+        out.push(serde_json::json!({
+            "name": format!("_berth.{name}"),
+            "description": description,
+            "url": "https://example.invalid/berth/docs/extensions.md",
+            "endpoints": endpoints,
+        }));
+    }
+    out
+}
+
 /// `minimal` (no extension), `full` (every extension) or `custom`.
 pub fn flavor() -> &'static str {
     match features().len() {

@@ -74,6 +74,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the vulnerability report of an image (NAME:TAG or NAME@DIGEST),
+    /// inventorying its layers now if no replica has yet. Exit status 3
+    /// with --fail-on when a finding reaches that severity.
+    #[cfg(feature = "scan")]
+    Scan {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        target: String,
+        /// table, json, cyclonedx or sarif.
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "cyclonedx", "sarif"])]
+        format: String,
+        /// low, medium, high or critical.
+        #[arg(long)]
+        fail_on: Option<String>,
+    },
+    /// The offline vulnerability database.
+    #[cfg(feature = "scan")]
+    Vulndb {
+        #[command(subcommand)]
+        command: VulndbCommand,
+    },
     /// Storage used per repository: from the last collection pass, or with
     /// --fresh from a scan now.
     Usage {
@@ -83,6 +104,29 @@ enum Command {
         repositories: Option<String>,
         #[arg(long)]
         fresh: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[cfg(feature = "scan")]
+#[derive(Debug, Subcommand)]
+enum VulndbCommand {
+    /// Import advisories (OSV directories, zip exports or files; RustSec
+    /// advisory-db directories) as a new database version, switched to
+    /// atomically for every replica.
+    Import {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The current version: sources, counts, age.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -185,6 +229,37 @@ fn main() -> ExitCode {
                 ..Default::default()
             };
             scrub(&cfg, &options, json)
+        }
+        #[cfg(feature = "scan")]
+        Command::Scan { config, target, format, fail_on } => {
+            let cfg = match load_valid(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let scan = cfg.scan.clone();
+            with_registry(&cfg, |registry| async move {
+                ExitCode::from(berth::ext::scan::cli::scan(registry, scan, &target, &format, fail_on.as_deref()).await)
+            })
+        }
+        #[cfg(feature = "scan")]
+        Command::Vulndb { command } => {
+            let (config, json) = match &command {
+                VulndbCommand::Import { config, json, .. } | VulndbCommand::Status { config, json } => {
+                    (config.clone(), *json)
+                }
+            };
+            let cfg = match load_valid(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            with_registry(&cfg, |registry| async move {
+                ExitCode::from(match command {
+                    VulndbCommand::Import { paths, .. } => {
+                        berth::ext::scan::cli::vulndb_import(registry, &paths, json).await
+                    }
+                    VulndbCommand::Status { .. } => berth::ext::scan::cli::vulndb_status(registry, json).await,
+                })
+            })
         }
         Command::Usage { config, repositories, fresh, json } => {
             let cfg = match load_valid(config.as_deref()) {

@@ -42,6 +42,26 @@ pub struct Metrics {
     pub scrub_dangling: AtomicU64,
     /// Unix seconds the last scrub of this process ended (0: none yet).
     pub scrub_last_run: AtomicU64,
+    /// Scan jobs (one manifest each) that ended, by outcome; retries.
+    pub scan_jobs_ok: AtomicU64,
+    pub scan_jobs_failed: AtomicU64,
+    pub scan_jobs_retried: AtomicU64,
+    /// Layers inventoried, and those whose analysis ended with an error.
+    pub scan_layers: AtomicU64,
+    pub scan_layer_errors: AtomicU64,
+    /// Time spent inventorying layers, in milliseconds.
+    pub scan_layer_ms: AtomicU64,
+    /// Jobs waiting in the fleet's queue, as this process last saw it.
+    pub scan_queue_depth: AtomicU64,
+    /// Reports computed, and their findings by severity.
+    pub scan_reports: AtomicU64,
+    pub scan_findings_critical: AtomicU64,
+    pub scan_findings_high: AtomicU64,
+    pub scan_findings_medium: AtomicU64,
+    pub scan_findings_low: AtomicU64,
+    pub scan_findings_unknown: AtomicU64,
+    /// Pulls the scan policy refused.
+    pub scan_policy_denials: AtomicU64,
 }
 
 static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();

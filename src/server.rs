@@ -206,6 +206,10 @@ impl Server {
         app.metrics_on_main = config.server.health_listen.is_none();
         app.metrics_access = metrics_access;
         app.trust_trace_context = config.telemetry.otlp.as_ref().is_some_and(|o| o.trust_trace_context);
+        #[cfg(feature = "scan")]
+        if config.scan.enabled {
+            app.scanner = Some(Arc::new(crate::ext::scan::Scanner::new(app.registry.clone(), config.scan.clone())));
+        }
         let app = Arc::new(app);
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -268,6 +272,8 @@ impl Server {
             self.app.registry.spawn_revocation_sync(self.app.gate.revocations().clone(), self.revocation_reload)
         });
         let cache_listener = self.app.registry.spawn_cache_listener();
+        #[cfg(feature = "scan")]
+        let scan_tasks = self.app.scanner.as_ref().map(|s| s.spawn()).unwrap_or_default();
         let health = self.health_listener.map(|listener| {
             let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
             tracing::info!(%addr, "health listener (/livez, /readyz, /metrics) on plain HTTP");
@@ -338,6 +344,10 @@ impl Server {
             r.abort();
         }
         cache_listener.abort();
+        #[cfg(feature = "scan")]
+        for t in scan_tasks {
+            t.abort();
+        }
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections closed"),
             () = tokio::time::sleep(self.limits.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),

@@ -46,6 +46,11 @@ pub enum Endpoint {
     TagsList { name: RepoName },
     /// end-12a/12b `GET /v2/<name>/referrers/<digest>`
     Referrers { name: RepoName, digest: Digest },
+    /// `GET /v2/_oci/ext/discover`: the extensions of this build.
+    Discover,
+    /// `GET /v2/<name>/_berth/scan/<reference>`: the scan report (the
+    /// `scan` extension; builds without it answer 404).
+    ScanReport { name: RepoName, reference: Reference },
 }
 
 /// Why a request matched no operation.
@@ -64,7 +69,7 @@ impl Endpoint {
     pub fn repo(&self) -> Option<&RepoName> {
         use Endpoint::*;
         match self {
-            Base | Catalog => None,
+            Base | Catalog | Discover => None,
             BlobGet { name, .. }
             | BlobHead { name, .. }
             | BlobDelete { name, .. }
@@ -78,7 +83,8 @@ impl Endpoint {
             | ManifestPut { name, .. }
             | ManifestDelete { name, .. }
             | TagsList { name }
-            | Referrers { name, .. } => Some(name),
+            | Referrers { name, .. }
+            | ScanReport { name, .. } => Some(name),
         }
     }
 
@@ -102,6 +108,8 @@ impl Endpoint {
             ManifestDelete { .. } => "manifest_delete",
             TagsList { .. } => "tags_list",
             Referrers { .. } => "referrers",
+            Discover => "discover",
+            ScanReport { .. } => "scan_report",
         }
     }
 }
@@ -135,6 +143,12 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ParseError> {
         Some(r) => r.strip_prefix('/').ok_or(ParseError::NotFound)?,
         None => return Err(ParseError::NotFound),
     };
+    if rest == "_oci/ext/discover" {
+        return match *method {
+            Method::GET => Ok(Endpoint::Discover),
+            _ => Err(ParseError::MethodNotAllowed("GET")),
+        };
+    }
     if rest == "_catalog" {
         return match *method {
             Method::GET => Ok(Endpoint::Catalog),
@@ -212,6 +226,20 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ParseError> {
             _ => Endpoint::ManifestDelete { name, reference },
         });
     }
+    // <name>/_berth/scan/<reference>: `_berth` cannot be a name component.
+    if n >= 4 && at(3) == "_berth" && at(2) == "scan" {
+        if *method != Method::GET {
+            return Err(ParseError::MethodNotAllowed("GET"));
+        }
+        let name = name(&joined(3))?;
+        let reference = match reference(at(1)) {
+            Err(ParseError::Invalid(OciError::ManifestInvalid(m))) => {
+                return Err(ParseError::Invalid(OciError::ManifestUnknown(m)))
+            }
+            r => r?,
+        };
+        return Ok(Endpoint::ScanReport { name, reference });
+    }
     if n >= 3 && at(2) == "referrers" {
         if *method != Method::GET {
             return Err(ParseError::MethodNotAllowed("GET"));
@@ -258,6 +286,22 @@ mod tests {
     fn spec_endpoint_table() {
         check("GET", "/v2/", Ok(Endpoint::Base)); // end-1
         check("GET", "/v2", Ok(Endpoint::Base));
+        check("GET", "/v2/_oci/ext/discover", Ok(Endpoint::Discover));
+        check("POST", "/v2/_oci/ext/discover", Err("405"));
+        check(
+            "GET",
+            "/v2/a/b/_berth/scan/latest",
+            Ok(Endpoint::ScanReport { name: n("a/b"), reference: "latest".parse().unwrap() }),
+        );
+        check(
+            "GET",
+            &format!("/v2/a/_berth/scan/{D}"),
+            Ok(Endpoint::ScanReport { name: n("a"), reference: D.parse().unwrap() }),
+        );
+        check("PUT", "/v2/a/_berth/scan/latest", Err("405"));
+        check("GET", "/v2/_berth/scan/latest", Err("404"));
+        check("GET", "/v2/A/_berth/scan/latest", Err("NAME_INVALID"));
+        check("GET", "/v2/a/_berth/scan/-bad", Err("MANIFEST_UNKNOWN"));
         check("GET", &format!("/v2/a/b/blobs/{D}"), Ok(Endpoint::BlobGet { name: n("a/b"), digest: d() })); // end-2
         check("HEAD", &format!("/v2/a/blobs/{D}"), Ok(Endpoint::BlobHead { name: n("a"), digest: d() }));
         check(

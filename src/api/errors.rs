@@ -26,7 +26,10 @@ pub fn status_of(e: &OciError) -> StatusCode {
         }
         OciError::ManifestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         OciError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-        OciError::Denied | OciError::InsufficientScope { .. } | OciError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
+        OciError::Denied
+        | OciError::InsufficientScope { .. }
+        | OciError::QuotaExceeded(_)
+        | OciError::PolicyDenied(_) => StatusCode::FORBIDDEN,
         OciError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         OciError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         OciError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,6 +98,7 @@ mod tests {
             (OciError::Unauthorized { challenge: "Basic realm=\"r\"".into(), message: "m" }, 401, "UNAUTHORIZED"),
             (OciError::Denied, 403, "DENIED"),
             (OciError::QuotaExceeded("over quota".into()), 403, "DENIED"),
+            (OciError::PolicyDenied("vulnerable".into()), 403, "DENIED"),
             (OciError::InsufficientScope { challenge: "Bearer realm=\"r\"".into() }, 403, "DENIED"),
             (OciError::Unsupported("x".into()), 400, "UNSUPPORTED"),
             (OciError::TooManyRequests { retry_after: Duration::from_secs(3) }, 429, "TOOMANYREQUESTS"),

@@ -139,6 +139,12 @@ async fn handle(app: &App, id: &Identity, endpoint: Endpoint, parts: Parts, body
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response())
         }
         Endpoint::Catalog => catalog(app, id, &query).await,
+        Endpoint::Discover => {
+            app.gate.require_identity(id)?;
+            let body = json!({ "extensions": crate::flavor::discover() });
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
+        }
+        Endpoint::ScanReport { name, reference } => scan_report(app, id, &name, &reference, &query).await,
         Endpoint::BlobGet { name, digest } => blob_get(app, id, &name, &digest, &parts.headers).await,
         Endpoint::BlobHead { name, digest } => blob_head(app, id, &name, &digest).await,
         Endpoint::BlobDelete { name, digest } => {
@@ -501,6 +507,40 @@ fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
     !any
 }
 
+#[cfg(feature = "scan")]
+async fn scan_report(app: &App, id: &Identity, name: &RepoName, reference: &Reference, query: &Query) -> HandlerResult {
+    let access = app.gate.authorize(id, name)?;
+    let Some(scanner) = &app.scanner else {
+        return Err(OciError::Unsupported("scanning is disabled on this registry ([scan] enabled = false)".into()));
+    };
+    let format = query.get("format").unwrap_or("json");
+    if !matches!(format, "json" | "cyclonedx" | "sarif") {
+        return Err(OciError::Unsupported(format!("format {format:?}: json, cyclonedx or sarif")));
+    }
+    match scanner.report(&access, reference).await? {
+        crate::ext::scan::Outcome::Pending { retry_after } => {
+            let body = json!({ "status": "pending", "repository": name.as_str(), "reference": reference.to_string() });
+            let mut resp =
+                (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            Ok(resp)
+        }
+        crate::ext::scan::Outcome::Ready(report) => {
+            let (content_type, body) = match format {
+                "cyclonedx" => ("application/vnd.cyclonedx+json", report.cyclonedx().to_string()),
+                "sarif" => ("application/sarif+json", report.sarif().to_string()),
+                _ => ("application/json", serde_json::to_string(&*report).map_err(OciError::internal)?),
+            };
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response())
+        }
+    }
+}
+
+#[cfg(not(feature = "scan"))]
+async fn scan_report(_: &App, _: &Identity, _: &RepoName, _: &Reference, _: &Query) -> HandlerResult {
+    Err(OciError::Unsupported("this build has no scan extension".into()))
+}
+
 async fn manifest_get(
     app: &App,
     id: &Identity,
@@ -527,6 +567,10 @@ async fn manifest_get(
     h.insert(CONTENT_DIGEST, hv(&m.digest.to_string()));
     h.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
     if with_body {
+        #[cfg(feature = "scan")]
+        if let Some(scanner) = &app.scanner {
+            scanner.check_pull(&access, &m.digest).await?;
+        }
         // For retention's keep_pulled_within (coalesced; never waited on).
         app.registry.note_pull(&access, &m.digest);
     }
@@ -561,6 +605,10 @@ async fn manifest_put(
     // may still create tags and push by digest.
     let may_move = app.gate.optional::<crate::registry::Update>(id, name);
     let pushed = app.registry.manifest_put(&access, may_move.as_ref(), reference, content_type, body).await?;
+    #[cfg(feature = "scan")]
+    if let Some(scanner) = &app.scanner {
+        scanner.on_push(name, &pushed.digest);
+    }
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
     h.insert(header::LOCATION, hv(&format!("/v2/{name}/manifests/{}", pushed.digest)));

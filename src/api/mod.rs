@@ -48,6 +48,9 @@ pub struct App {
     pub metrics_access: Option<MetricsAccess>,
     /// Continue any caller's W3C trace context, not only trusted proxies'.
     pub trust_trace_context: bool,
+    /// The scan extension's scanner, when enabled.
+    #[cfg(feature = "scan")]
+    pub scanner: Option<Arc<crate::ext::scan::Scanner>>,
 }
 
 impl App {
@@ -60,6 +63,8 @@ impl App {
             limiter: None,
             trusted_proxies: TrustedProxies::default(),
             metrics_on_main: true,
+            #[cfg(feature = "scan")]
+            scanner: None,
             metrics_access: None,
             trust_trace_context: false,
         }

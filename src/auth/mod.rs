@@ -896,6 +896,13 @@ struct Parts {
 
 /// Build a trusted external issuer from its configuration; errors name the
 /// offending key.
+/// Access for the registry's own background work on stored content (the
+/// scanner reading the layers it inventories), never for a request. The
+/// subject names the job (`berth:scanner`), so audit lines tell it apart.
+pub fn internal_access<A: Action>(repo: &RepoName, job: &str) -> Access<A> {
+    Access::grant(repo.clone(), Some(format!("berth:{job}")))
+}
+
 pub fn external_issuer(c: &crate::config::IssuerConfig) -> Result<token::Issuer, (&'static str, String)> {
     if !identity::valid_issuer_id(&c.id) {
         return Err((

@@ -51,6 +51,58 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Storage quotas per repository glob, checked at manifest PUT.
     pub quotas: Vec<QuotaConfig>,
+    /// Vulnerability scanning (the `scan` extension).
+    pub scan: ScanConfig,
+}
+
+/// `[scan]`: package inventories of pushed images and their matching
+/// against the imported vulnerability database (builds with the `scan`
+/// extension; the minimal flavor refuses the section).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScanConfig {
+    pub enabled: bool,
+    /// Scan jobs this replica runs at once.
+    pub workers: usize,
+    /// Queue every pushed manifest.
+    pub on_push: bool,
+    /// Queue every tagged manifest already stored, once (the first time a
+    /// replica with the extension enabled starts).
+    pub backfill: bool,
+    /// The largest package database or manifest file read into memory.
+    pub max_file: ByteSize,
+    /// The largest executable read to find Go or Rust build information.
+    pub max_binary: ByteSize,
+    /// Refuse pulls of vulnerable images, per repository glob (the longest
+    /// matching glob decides).
+    pub policies: Vec<ScanPolicy>,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        ScanConfig {
+            enabled: true,
+            workers: 2,
+            on_push: true,
+            backfill: true,
+            max_file: ByteSize(64 << 20),
+            max_binary: ByteSize(256 << 20),
+            policies: Vec::new(),
+        }
+    }
+}
+
+/// `[[scan.policies]]`: pulls of manifests with findings at or above
+/// `severity` (low, medium, high, critical) are refused with `DENIED`,
+/// except findings whose id or alias is in `allow`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScanPolicy {
+    pub repositories: String,
+    pub severity: String,
+    pub allow: Vec<String>,
+    /// Do not count findings no fixed version exists for yet.
+    pub ignore_unfixable: bool,
 }
 
 /// `[[quotas]]`: each repository `repositories` matches (the longest glob
@@ -863,6 +915,38 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
 }
 
 impl Config {
+    fn validate_scan(&self) -> Result<(), ConfigError> {
+        if !cfg!(feature = "scan") && self.scan != ScanConfig::default() {
+            return Err(ConfigError::Key {
+                key: "scan".into(),
+                message: "this build has no scan extension (the minimal flavor); remove the section".into(),
+            });
+        }
+        let s = &self.scan;
+        if s.workers == 0 || s.workers > 64 {
+            return Err(ConfigError::Key { key: "scan.workers".into(), message: "must be 1 to 64".into() });
+        }
+        if s.max_file.0 < 1 << 20 {
+            return Err(ConfigError::Key { key: "scan.max_file".into(), message: "must be at least 1MiB".into() });
+        }
+        if s.max_binary.0 < 1 << 20 {
+            return Err(ConfigError::Key { key: "scan.max_binary".into(), message: "must be at least 1MiB".into() });
+        }
+        for (i, p) in s.policies.iter().enumerate() {
+            let key = |field: &str| format!("scan.policies[{i}].{field}");
+            if let Err(e) = access::check_pattern(&p.repositories) {
+                return Err(ConfigError::Key { key: key("repositories"), message: e });
+            }
+            if !matches!(p.severity.to_ascii_lowercase().as_str(), "low" | "medium" | "high" | "critical") {
+                return Err(ConfigError::Key {
+                    key: key("severity"),
+                    message: format!("{:?} is not one of low, medium, high, critical", p.severity),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Whether any authentication is configured. The embedded core has none,
     /// so only loopback listeners (or `allow_anonymous`) are allowed.
     pub fn has_authentication(&self) -> bool {
@@ -957,6 +1041,7 @@ impl Config {
                 });
             }
         }
+        self.validate_scan()?;
         if self.uploads.session_ttl.0 < Duration::from_secs(60) {
             return Err(ConfigError::Key {
                 key: "uploads.session_ttl".into(),

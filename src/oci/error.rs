@@ -46,6 +46,10 @@ pub enum OciError {
     /// Refused by a storage quota; the message names the quota.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// Refused by a content policy (the scanner's pull policy); the
+    /// message names the policy and why.
+    #[error("{0}")]
+    PolicyDenied(String),
     /// A valid token that does not grant the access (RFC 6750
     /// `insufficient_scope`, answered 403 with a challenge for the scope).
     #[error("the token does not grant this access")]
@@ -77,7 +81,10 @@ impl OciError {
             OciError::NameUnknown(_) => "NAME_UNKNOWN",
             OciError::SizeInvalid(_) | OciError::RangeNotSatisfiable { .. } => "SIZE_INVALID",
             OciError::Unauthorized { .. } => "UNAUTHORIZED",
-            OciError::Denied | OciError::InsufficientScope { .. } | OciError::QuotaExceeded(_) => "DENIED",
+            OciError::Denied
+            | OciError::InsufficientScope { .. }
+            | OciError::QuotaExceeded(_)
+            | OciError::PolicyDenied(_) => "DENIED",
             OciError::Unsupported(_) => "UNSUPPORTED",
             OciError::TooManyRequests { .. } => "TOOMANYREQUESTS",
             OciError::Unavailable { .. } => "UNAVAILABLE",

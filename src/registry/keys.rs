@@ -18,6 +18,7 @@
 //! _gc/reports/last                                       the last pass's report
 //! _gc/usage                                              usage per repository, from the last pass
 //! _gc/reports/scrub                                      the last scrub's report
+//! _derived/<extension>/...                               an extension's derived data (derived.rs)
 //! ```
 //!
 //! Repository name components start with `[a-z0-9]`, so the `_`-prefixed
@@ -42,6 +43,8 @@ pub const GC_REPORT: &str = "_gc/reports/last";
 pub const SCRUB_REPORT: &str = "_gc/reports/scrub";
 /// Usage per repository, as the last pass computed it.
 pub const GC_USAGE: &str = "_gc/usage";
+/// Extensions' derived data: rebuildable from the records above.
+pub const DERIVED_PREFIX: &str = "_derived/";
 /// Where every repository's records live.
 pub const REPOSITORIES_PREFIX: &str = "repositories/";
 /// Where blob bytes live.

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod cache;
 pub mod cursor;
+pub mod derived;
 pub mod gc;
 pub mod hooks;
 pub mod keys;

@@ -3,7 +3,13 @@
 //! offline vulnerability database.
 
 pub mod analyzers;
+pub mod cli;
 pub mod inventory;
 pub mod layer;
 pub mod merge;
+pub mod report;
+pub mod service;
 pub mod version;
+pub mod vulndb;
+
+pub use service::{Outcome, Scanner};

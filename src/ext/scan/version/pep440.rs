@@ -222,7 +222,7 @@ mod tests {
         ] {
             assert_eq!(compare(a, b), Some(Equal), "{a} == {b}");
         }
-        for bad in ["", "a", "1.0.x", "1.0+", "1.0+a..b", "1.0-", "1.0.dev.x", "1!", "1.", "1.0a..dev"] {
+        for bad in ["", "a", "1.0.x", "1.0+", "1.0+a..b", "1.0-", "1.0.dev.x", "1!", "1.", "1.0a...dev"] {
             assert!(parse(bad).is_none(), "{bad:?}");
         }
     }

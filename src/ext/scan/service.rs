@@ -1,0 +1,692 @@
+//! The scanner of one replica: a queue of manifests in shared state served
+//! by a few workers, layer inventories computed once for the fleet (a
+//! lease per layer digest) and stored beside the blob's records, reports
+//! merged and matched on read and cached per (manifest, database version),
+//! and the pull policy.
+//!
+//! Jobs: `scan:queue` holds `<repo>\n<digest>` members due now. A worker
+//! takes a job's lease, pushes its due time past the lease (so a worker
+//! that dies leaves the job to be taken over when the lease expires),
+//! inventories the missing layers and removes the job. A failure retries
+//! with backoff; after [`MAX_ATTEMPTS`] the job's failure is recorded and
+//! the API answers it instead of "pending".
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::inventory::{LayerInventory, FORMAT};
+use super::layer::{self, Limits};
+use super::merge;
+use super::report::{self, Artifact, DatabaseRef, LayerSummary, PlatformReport, Report, ScannerRef};
+use super::vulndb::store::DbHandle;
+use super::vulndb::Severity;
+use crate::auth::internal_access;
+use crate::config::{ScanConfig, ScanPolicy};
+use crate::metrics;
+use crate::oci::manifest::{self, Descriptor, ManifestKind};
+use crate::oci::{Digest, OciError, Reference, RepoName};
+use crate::registry::access::{Access, Pull};
+use crate::registry::derived::DerivedStore;
+use crate::registry::Registry;
+
+const QUEUE: &str = "scan:queue";
+/// How long a worker holds a job or a layer before another may take it.
+const JOB_LEASE: Duration = Duration::from_secs(15 * 60);
+/// Attempts before a job's failure is recorded.
+pub const MAX_ATTEMPTS: i64 = 6;
+/// Reports kept in memory.
+const REPORT_CACHE: usize = 512;
+const MAX_INVENTORY: u64 = 256 << 20;
+const MAX_REPORT: u64 = 256 << 20;
+
+/// Image layer media types (OCI and Docker, any compression).
+fn is_layer(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.")
+}
+
+fn is_image_config(media_type: &str) -> bool {
+    matches!(media_type, "application/vnd.oci.image.config.v1+json" | "application/vnd.docker.container.image.v1+json")
+}
+
+/// A report, or why there is none yet.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Ready(Arc<Report>),
+    /// Layers are being inventoried; ask again after this long.
+    Pending {
+        retry_after: Duration,
+    },
+}
+
+/// The recorded failure of a job that ran out of attempts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Failure {
+    error: String,
+    attempts: i64,
+    at: u64,
+}
+
+#[derive(Debug)]
+pub struct Scanner {
+    registry: Registry,
+    derived: DerivedStore,
+    db: DbHandle,
+    config: ScanConfig,
+    limits: Limits,
+    reports: Mutex<HashMap<(Digest, String), Arc<Report>>>,
+    wake: tokio::sync::Notify,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+fn rfc3339(secs: u64) -> String {
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn member(repo: &RepoName, digest: &Digest) -> String {
+    format!("{repo}\n{digest}")
+}
+
+fn parse_member(m: &str) -> Option<(RepoName, Digest)> {
+    let (r, d) = m.split_once('\n')?;
+    Some((r.parse().ok()?, d.parse().ok()?))
+}
+
+fn inventory_path(digest: &Digest) -> String {
+    DerivedStore::blob_path(digest, &format!("inventory-v{FORMAT}"))
+}
+
+fn failure_path(digest: &Digest) -> String {
+    DerivedStore::blob_path(digest, "scan-failure")
+}
+
+fn report_path(db: &str, digest: &Digest) -> String {
+    format!("reports/{db}/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+/// Bridge a byte stream to a blocking reader (the tar walker is
+/// synchronous): chunks cross a bounded channel, so memory stays bounded.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Result<Bytes, String>>,
+    chunk: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => self.chunk = b,
+                Ok(Err(e)) => return Err(std::io::Error::other(e)),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk = self.chunk.slice(n..);
+        Ok(n)
+    }
+}
+
+/// The images (platform manifests) an artifact is made of.
+struct Image {
+    digest: Digest,
+    platform: Option<String>,
+    layers: Vec<Descriptor>,
+}
+
+impl Scanner {
+    pub fn new(registry: Registry, config: ScanConfig) -> Scanner {
+        let limits = Limits { max_file: config.max_file.0, max_binary: config.max_binary.0, ..Limits::default() };
+        Scanner {
+            derived: registry.derived("scan"),
+            registry,
+            db: DbHandle::default(),
+            config,
+            limits,
+            reports: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn derived(&self) -> &DerivedStore {
+        &self.derived
+    }
+
+    pub fn db(&self) -> &DbHandle {
+        &self.db
+    }
+
+    /// The digest a reference names now.
+    pub async fn registry_manifest_digest(
+        &self,
+        access: &Access<Pull>,
+        reference: &Reference,
+    ) -> Result<Digest, OciError> {
+        Ok(self.registry.manifest_get(access, reference).await?.digest)
+    }
+
+    /// Queue a manifest (after a push, on demand, by the backfill).
+    pub async fn enqueue(&self, repo: &RepoName, digest: &Digest) -> Result<(), OciError> {
+        self.registry.state().schedule(QUEUE, &member(repo, digest), SystemTime::now()).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// After a push: queue without waiting (a failure to queue is logged;
+    /// the report's first read queues it again).
+    pub fn on_push(self: &Arc<Self>, repo: &RepoName, digest: &Digest) {
+        if !self.config.on_push {
+            return;
+        }
+        let (this, repo, digest) = (self.clone(), repo.clone(), digest.clone());
+        tokio::spawn(async move {
+            if let Err(e) = this.enqueue(&repo, &digest).await {
+                tracing::warn!(repository = %repo, digest = %digest, error = %e, "scan: cannot queue a pushed manifest");
+            }
+        });
+    }
+
+    /// Start the workers and, once per fleet, the backfill.
+    pub fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut handles = Vec::new();
+        for _ in 0..self.config.workers {
+            let this = self.clone();
+            handles.push(tokio::spawn(async move { this.worker().await }));
+        }
+        if self.config.backfill {
+            let this = self.clone();
+            handles.push(tokio::spawn(async move {
+                if let Err(e) = this.backfill().await {
+                    tracing::warn!(error = %e, "scan: backfill stopped; the next start resumes it");
+                }
+            }));
+        }
+        handles
+    }
+
+    async fn worker(&self) {
+        loop {
+            match self.run_one().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "scan: queue unavailable"),
+            }
+            // Woken by a local push, or polling for other replicas' jobs.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
+        }
+    }
+
+    /// Take one due job and run it; `Ok(false)` when none was due.
+    pub async fn run_one(&self) -> Result<bool, OciError> {
+        let state = self.registry.state();
+        let due = state.due(QUEUE, SystemTime::now(), 16).await?;
+        metrics::get().scan_queue_depth.store(due.len() as u64, AtomicOrdering::Relaxed);
+        for m in due {
+            let Some(lease) = state.try_lock(&format!("scan:job:{m}"), JOB_LEASE).await? else { continue };
+            // Past the lease: a worker that dies leaves the job to others.
+            state.schedule(QUEUE, &m, SystemTime::now() + JOB_LEASE).await?;
+            let Some((repo, digest)) = parse_member(&m) else {
+                state.unschedule(QUEUE, &m).await?;
+                state.unlock(&lease).await?;
+                continue;
+            };
+            let result = self.scan(&repo, &digest).await;
+            let attempts_key = format!("scan:attempts:{m}");
+            match result {
+                Ok(()) => {
+                    state.unschedule(QUEUE, &m).await?;
+                    state.delete(&attempts_key).await?;
+                    metrics::inc(&metrics::get().scan_jobs_ok);
+                }
+                Err(e) => {
+                    let attempts = state.incr(&attempts_key, 1, Duration::from_secs(86_400)).await?;
+                    if attempts >= MAX_ATTEMPTS || matches!(e, OciError::ManifestUnknown(_) | OciError::NameUnknown(_))
+                    {
+                        tracing::warn!(repository = %repo, digest = %digest, error = %e, attempts, "scan: job failed");
+                        let f = Failure { error: e.to_string(), attempts, at: now_secs() };
+                        let body = serde_json::to_vec(&f).map_err(OciError::internal)?;
+                        self.derived.put(&failure_path(&digest), Bytes::from(body)).await?;
+                        state.unschedule(QUEUE, &m).await?;
+                        state.delete(&attempts_key).await?;
+                        metrics::inc(&metrics::get().scan_jobs_failed);
+                    } else {
+                        let backoff = Duration::from_secs(2u64.saturating_pow(attempts as u32).min(300));
+                        tracing::info!(repository = %repo, digest = %digest, error = %e, attempts, "scan: retrying");
+                        state.schedule(QUEUE, &m, SystemTime::now() + backoff).await?;
+                        metrics::inc(&metrics::get().scan_jobs_retried);
+                    }
+                }
+            }
+            state.unlock(&lease).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The images of an artifact: itself, or the image children of an index.
+    async fn images(
+        &self,
+        access: &Access<Pull>,
+        digest: &Digest,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Vec<Image>, OciError> {
+        let m = manifest::parse(Some(media_type), bytes).map_err(|e| OciError::ManifestInvalid(e.to_string()))?;
+        if m.kind.is_index() {
+            let raw: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+            let mut out = Vec::new();
+            for (i, child) in m.manifests.iter().enumerate() {
+                let platform = raw["manifests"][i]["platform"].as_object().map(|p| {
+                    let mut s = format!(
+                        "{}/{}",
+                        p.get("os").and_then(|v| v.as_str()).unwrap_or("?"),
+                        p.get("architecture").and_then(|v| v.as_str()).unwrap_or("?")
+                    );
+                    if let Some(v) = p.get("variant").and_then(|v| v.as_str()) {
+                        s.push('/');
+                        s.push_str(v);
+                    }
+                    s
+                });
+                let Ok(kind) = ManifestKind::from_media_type(&child.media_type).ok_or(()) else { continue };
+                if kind.is_index() {
+                    continue; // nested indexes are not images
+                }
+                let stored = self.registry.manifest_get(access, &Reference::Digest(child.digest.clone())).await?;
+                let cm = manifest::parse(Some(&stored.media_type), &stored.bytes)
+                    .map_err(|e| OciError::ManifestInvalid(e.to_string()))?;
+                if cm.config.as_ref().is_some_and(|c| is_image_config(&c.media_type)) {
+                    out.push(Image {
+                        digest: child.digest.clone(),
+                        platform,
+                        layers: cm.layers.into_iter().filter(|l| is_layer(&l.media_type)).collect(),
+                    });
+                }
+            }
+            return Ok(out);
+        }
+        if m.config.as_ref().is_some_and(|c| is_image_config(&c.media_type)) {
+            return Ok(vec![Image {
+                digest: digest.clone(),
+                platform: None,
+                layers: m.layers.into_iter().filter(|l| is_layer(&l.media_type)).collect(),
+            }]);
+        }
+        Ok(Vec::new())
+    }
+
+    /// Inventory every layer of a manifest that has none yet.
+    pub async fn scan(&self, repo: &RepoName, digest: &Digest) -> Result<(), OciError> {
+        let access = internal_access::<Pull>(repo, "scanner");
+        let stored = self.registry.manifest_get(&access, &Reference::Digest(digest.clone())).await?;
+        let images = self.images(&access, digest, &stored.bytes, &stored.media_type).await?;
+        for image in images {
+            for l in &image.layers {
+                if self.derived.head(&inventory_path(&l.digest)).await?.is_none() {
+                    self.inventory_layer(&access, &l.digest).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compute and store one layer's inventory under the layer's lease;
+    /// another replica holding it means "not yet" (the job retries).
+    async fn inventory_layer(&self, access: &Access<Pull>, digest: &Digest) -> Result<(), OciError> {
+        let state = self.registry.state();
+        let Some(lease) = state.try_lock(&format!("scan:layer:{digest}"), JOB_LEASE).await? else {
+            return Err(OciError::Unavailable {
+                retry_after: Duration::from_secs(2),
+                cause: format!("layer {digest} is being inventoried by another worker"),
+            });
+        };
+        let result = self.compute_inventory(access, digest).await;
+        let _ = state.unlock(&lease).await;
+        let inv = result?;
+        let body = serde_json::to_vec(&inv).map_err(OciError::internal)?;
+        self.derived.put(&inventory_path(digest), Bytes::from(body)).await
+    }
+
+    async fn compute_inventory(&self, access: &Access<Pull>, digest: &Digest) -> Result<LayerInventory, OciError> {
+        let started = Instant::now();
+        let blob = self.registry.blob_get(access, digest, None).await?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Bytes, String>>(8);
+        let limits = self.limits.clone();
+        let name = digest.to_string();
+        let worker = tokio::task::spawn_blocking(move || {
+            layer::analyze(&name, ChannelReader { rx, chunk: Bytes::new() }, &limits)
+        });
+        let mut body = blob.body;
+        while let Some(chunk) = body.next().await {
+            let item = chunk.map_err(|e| e.to_string());
+            let failed = item.is_err();
+            // The walker may stop early (an error, a bomb): then it hangs
+            // up and the rest of the blob is not read.
+            let sent = {
+                let tx = tx.clone();
+                tokio::task::spawn_blocking(move || tx.send(item).is_ok()).await.unwrap_or(false)
+            };
+            if !sent || failed {
+                break;
+            }
+        }
+        drop(tx);
+        let inv = worker.await.map_err(OciError::internal)?;
+        if inv.errors.iter().any(|e| e.contains("cannot be read") || e.contains("breaks after")) && inv.entries == 0 {
+            // A storage read failure is retried, not recorded as a fact.
+            if let Some(e) = inv.errors.first() {
+                if e.contains("error decoding") || e.contains("connection") {
+                    return Err(OciError::Unavailable { retry_after: Duration::from_secs(5), cause: e.clone() });
+                }
+            }
+        }
+        let m = metrics::get();
+        metrics::inc(&m.scan_layers);
+        if !inv.errors.is_empty() {
+            metrics::inc(&m.scan_layer_errors);
+        }
+        m.scan_layer_ms.fetch_add(started.elapsed().as_millis() as u64, AtomicOrdering::Relaxed);
+        Ok(inv)
+    }
+
+    async fn load_inventory(&self, digest: &Digest) -> Result<Option<LayerInventory>, OciError> {
+        match self.derived.get(&inventory_path(digest), MAX_INVENTORY).await? {
+            Some(b) => {
+                let inv: LayerInventory = serde_json::from_slice(&b).map_err(OciError::internal)?;
+                Ok((inv.format == FORMAT).then_some(inv))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The report of a manifest the caller may pull.
+    pub async fn report(&self, access: &Access<Pull>, reference: &Reference) -> Result<Outcome, OciError> {
+        let stored = self.registry.manifest_get(access, reference).await?;
+        let db = self.db.current(&self.derived).await?;
+        let db_version = db.as_ref().map(|d| d.manifest.version.clone()).unwrap_or_else(|| "none".into());
+        let key = (stored.digest.clone(), db_version.clone());
+        if let Some(r) = self.reports.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(Outcome::Ready(r.clone()));
+        }
+        let path = report_path(&db_version, &stored.digest);
+        if let Some(b) = self.derived.get(&path, MAX_REPORT).await? {
+            if let Ok(mut r) = serde_json::from_slice::<Report>(&b) {
+                r.artifact.reference = reference.to_string();
+                let r = Arc::new(r);
+                self.remember(key, r.clone());
+                return Ok(Outcome::Ready(r));
+            }
+        }
+        let images = self.images(access, &stored.digest, &stored.bytes, &stored.media_type).await?;
+        let mut layer_sets = Vec::new();
+        let mut missing = false;
+        for image in &images {
+            let mut invs = Vec::new();
+            for l in &image.layers {
+                match self.load_inventory(&l.digest).await? {
+                    Some(inv) => invs.push(inv),
+                    None => missing = true,
+                }
+            }
+            layer_sets.push(invs);
+        }
+        if missing {
+            if let Some(b) = self.derived.get(&failure_path(&stored.digest), 1 << 20).await? {
+                let f: Failure = serde_json::from_slice(&b).map_err(OciError::internal)?;
+                // A recorded failure is answered once, then the job retries.
+                self.derived.delete(&failure_path(&stored.digest)).await?;
+                self.enqueue(access.repo(), &stored.digest).await?;
+                return Err(OciError::Unavailable {
+                    retry_after: Duration::from_secs(30),
+                    cause: format!("the scan failed after {} attempts: {}; queued again", f.attempts, f.error),
+                });
+            }
+            self.enqueue(access.repo(), &stored.digest).await?;
+            return Ok(Outcome::Pending { retry_after: Duration::from_secs(2) });
+        }
+        let mut platforms = Vec::new();
+        let mut findings = Vec::new();
+        for (image, invs) in images.iter().zip(layer_sets) {
+            let merged = merge::merge(&invs);
+            let mut notes = Vec::new();
+            let mut found = Vec::new();
+            if let Some(db) = &db {
+                let mut wanted: Vec<u32> = merged
+                    .packages
+                    .iter()
+                    .filter_map(|p| report::query(p, merged.os.as_ref()).ok())
+                    .map(|q| q.shard())
+                    .collect();
+                wanted.sort_unstable();
+                wanted.dedup();
+                let shards = db.shards(&self.derived, &wanted).await?;
+                found = report::match_packages(&merged, &shards, &mut notes);
+            } else {
+                notes.push("no vulnerability database imported: inventory only (berth vulndb import)".into());
+            }
+            for f in &mut found {
+                f.platform = image.platform.clone();
+            }
+            findings.extend(found);
+            let mut analyzers = std::collections::BTreeMap::new();
+            for p in &merged.packages {
+                *analyzers.entry(p.analyzer.clone()).or_insert(0) += 1;
+            }
+            platforms.push(PlatformReport {
+                manifest: image.digest.to_string(),
+                platform: image.platform.clone(),
+                os: merged.os.clone(),
+                package_count: merged.packages.len(),
+                analyzers,
+                layers: invs
+                    .iter()
+                    .map(|i| LayerSummary {
+                        digest: i.digest.clone(),
+                        entries: i.entries,
+                        errors: i.errors.clone(),
+                        warnings: i.warnings.clone(),
+                    })
+                    .collect(),
+                packages: merged.packages,
+                notes,
+            });
+        }
+        let m = metrics::get();
+        metrics::inc(&m.scan_reports);
+        for f in &findings {
+            metrics::inc(match f.severity {
+                Severity::Critical => &m.scan_findings_critical,
+                Severity::High => &m.scan_findings_high,
+                Severity::Medium => &m.scan_findings_medium,
+                Severity::Low | Severity::None => &m.scan_findings_low,
+                Severity::Unknown => &m.scan_findings_unknown,
+            });
+        }
+        let report = Report {
+            artifact: Artifact {
+                repository: access.repo().to_string(),
+                reference: reference.to_string(),
+                digest: stored.digest.to_string(),
+                media_type: stored.media_type.clone(),
+            },
+            scanner: ScannerRef {
+                name: "berth".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                inventory_format: FORMAT,
+            },
+            database: db
+                .as_ref()
+                .map(|d| DatabaseRef { version: d.manifest.version.clone(), created: d.manifest.created }),
+            generated: rfc3339(now_secs()),
+            os: platforms.iter().find_map(|p| p.os.clone()),
+            package_count: platforms.iter().map(|p| p.package_count).sum(),
+            summary: report::summarize(&findings),
+            findings,
+            not_an_image: images.is_empty().then(|| format!("{} has no image layers to inventory", stored.media_type)),
+            platforms,
+        };
+        let body = serde_json::to_vec(&report).map_err(OciError::internal)?;
+        self.derived.put(&path, Bytes::from(body)).await?;
+        let report = Arc::new(report);
+        self.remember(key, report.clone());
+        Ok(Outcome::Ready(report))
+    }
+
+    fn remember(&self, key: (Digest, String), report: Arc<Report>) {
+        let mut cache = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= REPORT_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, report);
+    }
+
+    /// The policy deciding for a repository: the longest matching glob.
+    fn policy_for(&self, repo: &RepoName) -> Option<&ScanPolicy> {
+        self.config
+            .policies
+            .iter()
+            .filter(|p| crate::glob::Glob::new(&p.repositories).matches(repo.as_str()))
+            .max_by_key(|p| p.repositories.len())
+    }
+
+    /// Refuse a pull the policy forbids. A manifest not scanned yet is
+    /// served (and queued): the policy judges what is known.
+    pub async fn check_pull(&self, access: &Access<Pull>, digest: &Digest) -> Result<(), OciError> {
+        let Some(policy) = self.policy_for(access.repo()) else { return Ok(()) };
+        let threshold: Severity = policy.severity.parse().unwrap_or(Severity::Critical);
+        let report = match self.report(access, &Reference::Digest(digest.clone())).await {
+            Ok(Outcome::Ready(r)) => r,
+            Ok(Outcome::Pending { .. }) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(repository = %access.repo(), digest = %digest, error = %e, "scan policy: no report; the pull is served");
+                return Ok(());
+            }
+        };
+        let blocking: Vec<&report::Finding> = report
+            .findings
+            .iter()
+            .filter(|f| f.severity >= threshold)
+            .filter(|f| !(policy.ignore_unfixable && f.fixed_version.is_none()))
+            .filter(|f| !policy.allow.iter().any(|a| *a == f.id || f.aliases.contains(a)))
+            .collect();
+        let Some(worst) = blocking.iter().max_by_key(|f| (f.severity, (f.score.unwrap_or(0.0) * 10.0) as i64)) else {
+            return Ok(());
+        };
+        metrics::inc(&metrics::get().scan_policy_denials);
+        let message = format!(
+            "pull refused by the scan policy for {}: {} finding(s) at or above {}; the worst is {} ({}{}) in {} {}",
+            policy.repositories,
+            blocking.len(),
+            threshold.as_str(),
+            worst.id,
+            worst.severity.as_str(),
+            worst.score.map(|s| format!(" {s:.1}")).unwrap_or_default(),
+            worst.package,
+            worst.installed_version
+        );
+        tracing::info!(
+            target: "berth::audit",
+            subject = access.subject().unwrap_or("anonymous"),
+            repository = %access.repo(),
+            operation = "scan_policy_deny",
+            digest = %digest,
+            findings = blocking.len(),
+            worst = %worst.id,
+            "audit"
+        );
+        Err(OciError::PolicyDenied(message))
+    }
+
+    /// Queue every tagged manifest once per inventory format: the first
+    /// time the extension runs on stored content.
+    pub async fn backfill(&self) -> Result<(), OciError> {
+        let marker = format!("backfill/done-v{FORMAT}");
+        if self.derived.head(&marker).await?.is_some() {
+            return Ok(());
+        }
+        let state = self.registry.state();
+        let Some(lease) = state.try_lock("scan:backfill", Duration::from_secs(3600)).await? else { return Ok(()) };
+        let mut queued = 0u64;
+        let mut last: Option<String> = None;
+        loop {
+            let page = self.registry.catalog(Some(500), last.as_deref(), &|_| true).await?;
+            for name in &page.items {
+                let Ok(repo) = name.parse::<RepoName>() else { continue };
+                let access = internal_access::<Pull>(&repo, "scanner");
+                let mut tag_last: Option<String> = None;
+                loop {
+                    let tags = match self.registry.tags(&access, Some(1000), tag_last.as_deref()).await {
+                        Ok(t) => t,
+                        Err(OciError::NameUnknown(_)) => break,
+                        Err(e) => return Err(e),
+                    };
+                    for t in &tags.items {
+                        let Ok(tag) = t.parse() else { continue };
+                        match self.registry.manifest_get(&access, &Reference::Tag(tag)).await {
+                            Ok(m) => {
+                                self.enqueue(&repo, &m.digest).await?;
+                                queued += 1;
+                            }
+                            Err(OciError::ManifestUnknown(_)) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    match tags.next {
+                        Some(n) => tag_last = Some(n),
+                        None => break,
+                    }
+                }
+            }
+            match page.next {
+                Some(n) => last = Some(n),
+                None => break,
+            }
+        }
+        self.derived.put(&marker, Bytes::from(format!("{{\"queued\":{queued},\"at\":{}}}", now_secs()))).await?;
+        let _ = state.unlock(&lease).await;
+        tracing::info!(queued, "scan: backfill queued the stored images");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_601_600), "2026-12-07T00:00:00Z");
+        assert_eq!(rfc3339(951_825_600), "2000-02-29T12:00:00Z");
+    }
+
+    #[test]
+    fn members_round_trip() {
+        let repo: RepoName = "a/b".parse().unwrap_or_else(|_| unreachable!());
+        let d = Digest::sha256(b"x");
+        assert_eq!(parse_member(&member(&repo, &d)), Some((repo, d)));
+        assert_eq!(parse_member("bad"), None);
+    }
+}
