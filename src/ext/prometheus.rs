@@ -180,6 +180,72 @@ impl Collector for Core {
             None,
             MetricType::Counter,
         )?)?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_scan_jobs",
+                "Scan jobs (one manifest each) that ended, by outcome, and retries.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, c) in
+                [("ok", &m.scan_jobs_ok), ("failed", &m.scan_jobs_failed), ("retried", &m.scan_jobs_retried)]
+            {
+                ConstCounter::new(v(c)).encode(family.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
+        ConstCounter::new(v(&m.scan_layers)).encode(encoder.encode_descriptor(
+            "berth_scan_layers",
+            "Layers inventoried by this process (each layer once per fleet).",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(v(&m.scan_layer_errors)).encode(encoder.encode_descriptor(
+            "berth_scan_layer_errors",
+            "Layers whose analysis ended with an error (not a tar, a bomb, ...), reported per layer.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(v(&m.scan_layer_ms) as f64 / 1000.0).encode(encoder.encode_descriptor(
+            "berth_scan_layer_seconds",
+            "Time spent inventorying layers.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(v(&m.scan_queue_depth) as i64).encode(encoder.encode_descriptor(
+            "berth_scan_queue_depth",
+            "Scan jobs due in the fleet's queue when this process last looked (at most 16 counted).",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(v(&m.scan_reports)).encode(encoder.encode_descriptor(
+            "berth_scan_reports",
+            "Reports computed (cached reports are not counted).",
+            None,
+            MetricType::Counter,
+        )?)?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_scan_findings",
+                "Findings in the reports this process computed, by severity.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (severity, c) in [
+                ("critical", &m.scan_findings_critical),
+                ("high", &m.scan_findings_high),
+                ("medium", &m.scan_findings_medium),
+                ("low", &m.scan_findings_low),
+                ("unknown", &m.scan_findings_unknown),
+            ] {
+                ConstCounter::new(v(c)).encode(family.encode_family(&[("severity", severity)])?)?;
+            }
+        }
+        ConstCounter::new(v(&m.scan_policy_denials)).encode(encoder.encode_descriptor(
+            "berth_scan_policy_denials",
+            "Pulls refused by the scan policy.",
+            None,
+            MetricType::Counter,
+        )?)?;
         Ok(())
     }
 }

@@ -249,10 +249,11 @@ fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory) {
             }
             continue;
         }
-        if !(kind.is_file() || kind == tar::EntryType::Continuous) {
+        if !(kind.is_file() || kind == tar::EntryType::Continuous || kind.is_gnu_sparse()) {
             continue;
         }
-        let size = entry.size();
+        // A sparse file's size is what it expands to, not its bytes here.
+        let size = if kind.is_gnu_sparse() { entry.header().size().unwrap_or(u64::MAX) } else { entry.size() };
         let executable = entry.header().mode().map(|m| m & 0o111 != 0).unwrap_or(false);
         if let Some(w) = want(&path) {
             // A later layer's file replaces an earlier one's at merge time,

@@ -290,7 +290,10 @@ pub fn summarize(findings: &[Finding]) -> BTreeMap<String, usize> {
 
 fn purl(p: &Located, os: Option<&OsRelease>) -> String {
     let pkg = &p.package;
-    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+    // The purl specification leaves `.`, `-`, `_` and `~` unencoded.
+    const PURL: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'.').remove(b'-').remove(b'_').remove(b'~');
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, PURL).to_string();
     let (namespace, name) = match pkg.kind {
         PackageType::Deb | PackageType::Apk | PackageType::Rpm => (os.map(|o| o.id.clone()), pkg.name.clone()),
         PackageType::Npm if pkg.name.starts_with('@') => match pkg.name.split_once('/') {
