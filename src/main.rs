@@ -252,6 +252,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            // Logs and the audit trail (the import's audit line), without
+            // trace export.
+            let _logs = berth::telemetry::init(&cfg.log, &Default::default());
             with_registry(&cfg, |registry| async move {
                 ExitCode::from(match command {
                     VulndbCommand::Import { paths, .. } => {

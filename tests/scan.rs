@@ -110,6 +110,19 @@ fn write_fixtures(dir: &Path) {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(format!("{i}.json")), text).unwrap();
     }
+    // The Alpine ones as a zip export, the way osv.dev publishes them.
+    let alpine = dir.join("osv/Alpine");
+    let zip_file = std::fs::File::create(dir.join("alpine-all.zip")).unwrap();
+    let mut zip = zip::ZipWriter::new(zip_file);
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut names: Vec<_> = std::fs::read_dir(&alpine).unwrap().flatten().map(|e| e.path()).collect();
+    names.sort();
+    for path in names {
+        zip.start_file(path.file_name().unwrap().to_string_lossy(), stored).unwrap();
+        std::io::Write::write_all(&mut zip, &std::fs::read(&path).unwrap()).unwrap();
+    }
+    zip.finish().unwrap();
+    std::fs::remove_dir_all(&alpine).unwrap();
     // A RustSec-format advisory (the real snapshot is tested against a
     // cargo-auditable binary in tests/scan_images.rs).
     let rs = dir.join("rustsec/crates/smallvec");
@@ -272,6 +285,10 @@ async fn reports_match_each_ecosystem_and_follow_the_database() {
 
     let sc = report(&base, "dev/scratch", "1").await;
     assert!(sc["os"].is_null(), "{sc}");
+    let nothing: Vec<&str> = sc["platforms"][0]["nothing_found"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    for a in ["os-release", "dpkg", "apk", "rpm", "gobinary", "cargo-auditable", "python", "npm"] {
+        assert!(nothing.contains(&a), "{a} not in {nothing:?}");
+    }
     assert_eq!(sc["package_count"], 0);
     assert_eq!(sc["artifact"]["digest"], scratch.as_str());
     assert!(sc["platforms"][0]["layers"][0]["errors"].as_array().is_none_or(|e| e.is_empty()));
@@ -279,7 +296,11 @@ async fn reports_match_each_ecosystem_and_follow_the_database() {
     // The database: OSV fixtures of each ecosystem and a RustSec advisory.
     let fixtures = tempfile::tempdir().unwrap();
     write_fixtures(fixtures.path());
-    let v1 = import(&berth, &[&fixtures.path().join("osv"), &fixtures.path().join("rustsec")]);
+    let (v1, import_log) = import_logged(
+        &berth,
+        &[&fixtures.path().join("osv"), &fixtures.path().join("alpine-all.zip"), &fixtures.path().join("rustsec")],
+    );
+    assert!(import_log.contains("vulndb_import"), "no audit line for the import: {import_log}");
     let r = report_with_db(&base, "prod/deb", "1", &v1).await;
     assert_eq!(findings(&r, "DSA-0001"), pairs(&[("libssl3", "3.0.11-1~deb12u1"), ("openssl", "3.0.11-1~deb12u1")]));
     let dsa = r["findings"].as_array().unwrap().iter().find(|f| f["id"] == "DSA-0001").unwrap();
@@ -310,6 +331,46 @@ async fn reports_match_each_ecosystem_and_follow_the_database() {
     assert_eq!(findings(&k, "RLSA-0001"), pairs(&[("bash", "5.1.8-6.el9")]));
     assert_eq!(ids(&k), ["RLSA-0001"]);
     assert_eq!(k["artifact"]["digest"], rocky.as_str());
+
+    // Every platform of an index: an arm64 variant with only musl.
+    let apk2 = push_image(
+        &base,
+        "dev/alpine",
+        "2",
+        &[(LAYER_GZIP, gzip(&tar(&[Item::File("etc/os-release", b"ID=alpine\nVERSION_ID=3.20.3\n"), Item::File("lib/apk/db/installed", b"P:musl\nV:1.2.5-r0\no:musl\n")])))],
+    )
+    .await;
+    let s1 = manifest_size(&base, "dev/alpine", "1").await;
+    let s2 = manifest_size(&base, "dev/alpine", "2").await;
+    push_index(&base, "dev/alpine", "multi", &[(&apk, s1, "linux", "amd64"), (&apk2, s2, "linux", "arm64")]).await;
+    let m = report_with_db(&base, "dev/alpine", "multi", &v1).await;
+    let platforms: Vec<&str> = m["platforms"].as_array().unwrap().iter().map(|p| p["platform"].as_str().unwrap()).collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    assert_eq!(m["package_count"], 4);
+    let f: Vec<(&str, &str)> = m["findings"].as_array().unwrap().iter().map(|f| (f["id"].as_str().unwrap(), f["platform"].as_str().unwrap())).collect();
+    assert_eq!(f, [("ALPINE-0001", "linux/amd64"), ("ALPINE-0001", "linux/amd64")]);
+
+    // The CLI: the same report, exit statuses, the database's status.
+    let (code, out, err) = cli(&berth, &["scan", "dev/alpine:1", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(ids(&j), ["ALPINE-0001"]);
+    let (code, out, _) = cli(&berth, &["scan", "dev/alpine:1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ALPINE-0001") && out.contains("alpine 3.20.3"), "{out}");
+    assert_eq!(cli(&berth, &["scan", &format!("dev/alpine@{apk}"), "--fail-on", "high"]).0, 3);
+    assert_eq!(cli(&berth, &["scan", "dev/rocky:1", "--format", "sarif", "--fail-on", "critical"]).0, 3);
+    let (code, _, err) = cli(&berth, &["scan", "dev/nope:1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("manifest unknown"), "{err}");
+    assert_eq!(cli(&berth, &["scan", "Bad Name"]).0, 2);
+    let (code, out, _) = cli(&berth, &["vulndb", "status", "--json"]);
+    assert_eq!(code, 0);
+    let st: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["version"], v1.as_str());
+    let kinds: Vec<&str> = st["sources"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["osv", "osv-zip", "rustsec"]);
+    assert_eq!(st["ecosystems"]["alpine"], 2);
 
     // Renderings.
     let (status, cdx) = report_raw(&base, "prod/deb", "1", "cyclonedx").await;
@@ -352,6 +413,19 @@ async fn reports_match_each_ecosystem_and_follow_the_database() {
         body.contains("DENIED") && body.contains("finding(s) at or above high") && body.contains("the worst is"),
         "{body}"
     );
+    let log = berth.stderr();
+    assert!(log.contains("scan_policy_deny"), "no audit line for the refusal");
+    // An allowlisted finding does not count: lodash's only finding.
+    push_image(&base, "prod/npm", "1", &[(LAYER_TAR, tar(&[Item::File("app/node_modules/lodash/package.json", br#"{"name":"lodash","version":"4.17.20"}"#)]))]).await;
+    let n = report_with_db(&base, "prod/npm", "1", &v1).await;
+    assert_eq!(ids(&n), ["GHSA-0001"]);
+    let resp = common::client()
+        .get(format!("{base}/v2/prod/npm/manifests/1"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the allowlisted finding refused the pull");
     let resp = common::client()
         .get(format!("{base}/v2/dev/alpine/manifests/1"))
         .header("accept", "application/vnd.oci.image.manifest.v1+json")
@@ -364,7 +438,7 @@ async fn reports_match_each_ecosystem_and_follow_the_database() {
     // added. Reports change; no layer is inventoried again.
     let before = common::client().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     let layers_before = metric(&before, "berth_scan_layers_total");
-    assert_eq!(layers_before, 6.0, "every layer inventoried once");
+    assert_eq!(layers_before, 8.0, "every layer inventoried once");
     let fixtures2 = tempfile::tempdir().unwrap();
     write_fixtures(fixtures2.path());
     std::fs::write(
@@ -376,7 +450,10 @@ async fn reports_match_each_ecosystem_and_follow_the_database() {
     let text = std::fs::read_to_string(&npm_fixture).unwrap();
     let withdrawn = text.replacen(r#""id":"GHSA-0001","#, r#""id":"GHSA-0001","withdrawn":"2026-11-02T00:00:00Z","#, 1);
     std::fs::write(&npm_fixture, withdrawn).unwrap();
-    let v2 = import(&berth, &[&fixtures2.path().join("osv"), &fixtures2.path().join("rustsec")]);
+    let v2 = import(
+        &berth,
+        &[&fixtures2.path().join("osv"), &fixtures2.path().join("alpine-all.zip"), &fixtures2.path().join("rustsec")],
+    );
     assert_ne!(v1, v2);
     let r2 = report_with_db(&base, "prod/deb", "1", &v2).await;
     assert_eq!(findings(&r2, "DSA-0004"), pairs(&[("tzdata", "2024a-0+deb12u1")]));
@@ -520,6 +597,13 @@ async fn hostile_layers_are_reported_per_layer_and_the_registry_keeps_serving() 
         )],
     )
     .await;
+    let bdb = push_image(
+        &base,
+        "bad/bdb",
+        "1",
+        &[(LAYER_TAR, tar(&[Item::File("etc/os-release", b"ID=centos\nVERSION_ID=7\n"), Item::File("var/lib/rpm/Packages", &[0u8; 4096])]))],
+    )
+    .await;
     let mut huge = String::new();
     let paragraph = "Package: filler\nStatus: install ok installed\nVersion: 1.0\nDescription: x\n";
     while huge.len() < 100 << 20 {
@@ -554,6 +638,7 @@ async fn hostile_layers_are_reported_per_layer_and_the_registry_keeps_serving() 
     let l = report(&base, "bad/loops", "1").await;
     assert_eq!(l["artifact"]["digest"], loops.as_str());
     assert!(l["os"].is_null());
+    expect(&report(&base, "bad/bdb", "1").await, &bdb, "var/lib/rpm/Packages: a Berkeley DB rpmdb, which is not supported");
     let st = report(&base, "bad/status", "1").await;
     expect(&st, &big_status, "warnings: var/lib/dpkg/status: ");
     assert_eq!(st["package_count"], 0);

@@ -143,6 +143,11 @@ pub async fn report(base: &str, repo: &str, reference: &str) -> Value {
 
 /// `berth vulndb import` against the server's configuration.
 pub fn import(berth: &Berth, paths: &[&Path]) -> String {
+    import_logged(berth, paths).0
+}
+
+/// The imported version and the command's log (stderr).
+pub fn import_logged(berth: &Berth, paths: &[&Path]) -> (String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["vulndb", "import", "--json", "--config"])
         .arg(berth.dir.path().join("berth.toml"))
@@ -151,7 +156,47 @@ pub fn import(berth: &Berth, paths: &[&Path]) -> String {
         .unwrap();
     assert!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["version"].as_str().unwrap().to_owned()
+    (v["version"].as_str().unwrap().to_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Run the berth CLI against the server's configuration: (exit status, stdout, stderr).
+pub fn cli(berth: &Berth, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(args).arg("--config").arg(berth.dir.path().join("berth.toml"));
+    let out = cmd.output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Push an index of these (manifest digest, size, os/arch) children.
+pub async fn push_index(base: &str, repo: &str, tag: &str, children: &[(&str, u64, &str, &str)]) -> String {
+    let manifests: Vec<String> = children
+        .iter()
+        .map(|(d, size, os, arch)| {
+            format!(r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":{size},"platform":{{"os":"{os}","architecture":"{arch}"}}}}"#)
+        })
+        .collect();
+    let index = format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#, manifests.join(","));
+    let resp = common::client()
+        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap_or_default());
+    common::sha256(index.as_bytes())
+}
+
+/// The size of a manifest as the registry serves it.
+pub async fn manifest_size(base: &str, repo: &str, reference: &str) -> u64 {
+    let resp = common::client()
+        .get(format!("{base}/v2/{repo}/manifests/{reference}"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap().len() as u64
 }
 
 /// Wait until the server's reports use database `version` (replicas read

@@ -13,6 +13,10 @@ use std::sync::Arc;
 use super::analyzers::{apk, cargo, dpkg, golang, npm, os, python, rpm};
 use super::inventory::{FileFacts, LayerInventory, Package, FORMAT};
 
+/// Every analyzer, by the name reports use.
+pub const ANALYZERS: [&str; 10] =
+    ["os-release", "dpkg", "apk", "rpm", "python", "npm", "npm-lock", "cargo-lock", "cargo-auditable", "gobinary"];
+
 /// Bounds on what one layer may cost.
 #[derive(Debug, Clone)]
 pub struct Limits {

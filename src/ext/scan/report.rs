@@ -51,8 +51,11 @@ pub struct PlatformReport {
     pub platform: Option<String>,
     pub os: Option<OsRelease>,
     pub package_count: usize,
-    /// Packages found, by analyzer; analyzers absent here found nothing.
+    /// Packages found, by analyzer.
     pub analyzers: BTreeMap<String, usize>,
+    /// The analyzers that found nothing (an image without an OS database
+    /// lists `os-release`, `dpkg`, `apk` and `rpm` here; that is no error).
+    pub nothing_found: Vec<String>,
     pub packages: Vec<Located>,
     pub layers: Vec<LayerSummary>,
     /// Packages whose ecosystem the database cannot speak to (no OS

@@ -494,7 +494,13 @@ impl Scanner {
             for p in &merged.packages {
                 *analyzers.entry(p.analyzer.clone()).or_insert(0) += 1;
             }
+            let nothing_found = layer::ANALYZERS
+                .iter()
+                .filter(|a| if **a == "os-release" { merged.os.is_none() } else { !analyzers.contains_key(**a) })
+                .map(|a| (*a).to_owned())
+                .collect();
             platforms.push(PlatformReport {
+                nothing_found,
                 manifest: image.digest.to_string(),
                 platform: image.platform.clone(),
                 os: merged.os.clone(),

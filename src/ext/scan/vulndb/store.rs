@@ -132,7 +132,15 @@ async fn prune(store: &DerivedStore, current: &str) -> Result<(), OciError> {
         })
         .cloned()
         .collect();
-    store.delete_many(&doomed).await
+    store.delete_many(&doomed).await?;
+    // Reports cached against versions no longer kept (and those made
+    // before any database).
+    let reports = store.list("reports").await?;
+    let stale: Vec<String> = reports
+        .into_iter()
+        .filter(|p| p.strip_prefix("reports/").and_then(|r| r.split('/').next()).is_some_and(|v| !keep.contains(&v)))
+        .collect();
+    store.delete_many(&stale).await
 }
 
 /// One loaded version: its manifest and the shards read so far.
