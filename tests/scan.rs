@@ -285,7 +285,8 @@ async fn reports_match_each_ecosystem_and_follow_the_database() {
 
     let sc = report(&base, "dev/scratch", "1").await;
     assert!(sc["os"].is_null(), "{sc}");
-    let nothing: Vec<&str> = sc["platforms"][0]["nothing_found"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let nothing: Vec<&str> =
+        sc["platforms"][0]["nothing_found"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     for a in ["os-release", "dpkg", "apk", "rpm", "gobinary", "cargo-auditable", "python", "npm"] {
         assert!(nothing.contains(&a), "{a} not in {nothing:?}");
     }
@@ -337,17 +338,29 @@ async fn reports_match_each_ecosystem_and_follow_the_database() {
         &base,
         "dev/alpine",
         "2",
-        &[(LAYER_GZIP, gzip(&tar(&[Item::File("etc/os-release", b"ID=alpine\nVERSION_ID=3.20.3\n"), Item::File("lib/apk/db/installed", b"P:musl\nV:1.2.5-r0\no:musl\n")])))],
+        &[(
+            LAYER_GZIP,
+            gzip(&tar(&[
+                Item::File("etc/os-release", b"ID=alpine\nVERSION_ID=3.20.3\n"),
+                Item::File("lib/apk/db/installed", b"P:musl\nV:1.2.5-r0\no:musl\n"),
+            ])),
+        )],
     )
     .await;
     let s1 = manifest_size(&base, "dev/alpine", "1").await;
     let s2 = manifest_size(&base, "dev/alpine", "2").await;
     push_index(&base, "dev/alpine", "multi", &[(&apk, s1, "linux", "amd64"), (&apk2, s2, "linux", "arm64")]).await;
     let m = report_with_db(&base, "dev/alpine", "multi", &v1).await;
-    let platforms: Vec<&str> = m["platforms"].as_array().unwrap().iter().map(|p| p["platform"].as_str().unwrap()).collect();
+    let platforms: Vec<&str> =
+        m["platforms"].as_array().unwrap().iter().map(|p| p["platform"].as_str().unwrap()).collect();
     assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
     assert_eq!(m["package_count"], 4);
-    let f: Vec<(&str, &str)> = m["findings"].as_array().unwrap().iter().map(|f| (f["id"].as_str().unwrap(), f["platform"].as_str().unwrap())).collect();
+    let f: Vec<(&str, &str)> = m["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["id"].as_str().unwrap(), f["platform"].as_str().unwrap()))
+        .collect();
     assert_eq!(f, [("ALPINE-0001", "linux/amd64"), ("ALPINE-0001", "linux/amd64")]);
 
     // The CLI: the same report, exit statuses, the database's status.
@@ -416,7 +429,16 @@ async fn reports_match_each_ecosystem_and_follow_the_database() {
     let log = berth.stderr();
     assert!(log.contains("scan_policy_deny"), "no audit line for the refusal");
     // An allowlisted finding does not count: lodash's only finding.
-    push_image(&base, "prod/npm", "1", &[(LAYER_TAR, tar(&[Item::File("app/node_modules/lodash/package.json", br#"{"name":"lodash","version":"4.17.20"}"#)]))]).await;
+    push_image(
+        &base,
+        "prod/npm",
+        "1",
+        &[(
+            LAYER_TAR,
+            tar(&[Item::File("app/node_modules/lodash/package.json", br#"{"name":"lodash","version":"4.17.20"}"#)]),
+        )],
+    )
+    .await;
     let n = report_with_db(&base, "prod/npm", "1", &v1).await;
     assert_eq!(ids(&n), ["GHSA-0001"]);
     let resp = common::client()
@@ -601,7 +623,13 @@ async fn hostile_layers_are_reported_per_layer_and_the_registry_keeps_serving() 
         &base,
         "bad/bdb",
         "1",
-        &[(LAYER_TAR, tar(&[Item::File("etc/os-release", b"ID=centos\nVERSION_ID=7\n"), Item::File("var/lib/rpm/Packages", &[0u8; 4096])]))],
+        &[(
+            LAYER_TAR,
+            tar(&[
+                Item::File("etc/os-release", b"ID=centos\nVERSION_ID=7\n"),
+                Item::File("var/lib/rpm/Packages", &[0u8; 4096]),
+            ]),
+        )],
     )
     .await;
     let mut huge = String::new();
@@ -638,7 +666,11 @@ async fn hostile_layers_are_reported_per_layer_and_the_registry_keeps_serving() 
     let l = report(&base, "bad/loops", "1").await;
     assert_eq!(l["artifact"]["digest"], loops.as_str());
     assert!(l["os"].is_null());
-    expect(&report(&base, "bad/bdb", "1").await, &bdb, "var/lib/rpm/Packages: a Berkeley DB rpmdb, which is not supported");
+    expect(
+        &report(&base, "bad/bdb", "1").await,
+        &bdb,
+        "var/lib/rpm/Packages: a Berkeley DB rpmdb, which is not supported",
+    );
     let st = report(&base, "bad/status", "1").await;
     expect(&st, &big_status, "warnings: var/lib/dpkg/status: ");
     assert_eq!(st["package_count"], 0);

@@ -104,8 +104,16 @@ async fn ready(scanner: &Scanner, repo: &str, tag: &str) -> Arc<berth::ext::scan
     }
 }
 
+/// The tests below count the process's scan metrics: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
 #[tokio::test]
 async fn layers_are_read_once_and_never_for_a_new_database() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let fs: Arc<dyn ObjectStore> = Arc::new(
         berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false, direct_io: false })
@@ -162,4 +170,104 @@ async fn layers_are_read_once_and_never_for_a_new_database() {
     let reports = read() - before;
     eprintln!("bytes read by two reports across two database versions: {reports}");
     assert!((reports as usize) < app_a.len() / 4, "a layer was read: {reports} bytes");
+}
+
+/// Run jobs on every scanner until the queue is empty (bounded).
+async fn drain(scanners: &[&Scanner], state: &Arc<dyn berth_state::SharedState>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut ran = false;
+        let results = futures::future::join_all(scanners.iter().map(|s| s.run_one())).await;
+        for r in results {
+            ran |= r.unwrap();
+        }
+        let far = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        if !ran && state.due(berth::ext::scan::service::QUEUE, far, 1).await.unwrap().is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the queue did not drain");
+        if !ran {
+            // Jobs are waiting for their retry time: poll for them.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_queue_backfills_shares_layers_takes_over_and_gives_up() {
+    let _serial = SERIAL.lock().await;
+    use berth::ext::scan::service::{job_lock, member, QUEUE};
+    use std::time::{Duration, SystemTime};
+
+    let dir = tempfile::tempdir().unwrap();
+    let fs: Arc<dyn ObjectStore> = Arc::new(
+        berth_storage_fs::FsStore::open(dir.path(), berth_storage_fs::FsOptions { fsync: false, direct_io: false })
+            .unwrap(),
+    );
+    let state: Arc<dyn berth_state::SharedState> = Arc::new(berth_state::MemoryState::new());
+    // Two replicas: same store, same shared state.
+    let r1 = Registry::new(fs.clone(), state.clone(), RegistryOptions::default());
+    let r2 = Registry::new(fs.clone(), state.clone(), RegistryOptions::default());
+    let timing = |s: Scanner| s.with_timing(Duration::from_millis(300), Duration::from_millis(10));
+    let s1 = timing(Scanner::new(r1.clone(), ScanConfig::default()));
+    let s2 = timing(Scanner::new(r2.clone(), ScanConfig::default()));
+    let m = berth::metrics::get();
+    let status = b"Package: zlib1g\nStatus: install ok installed\nSource: zlib\nVersion: 1:1.2.13.dfsg-1\n";
+    let base = tar(&[
+        ("etc/os-release", b"ID=debian\nVERSION_ID=12\n"),
+        ("var/lib/dpkg/status", status),
+        ("opt/x", &noise(1 << 20, 9)),
+    ]);
+
+    // Stored before the extension ran: the backfill queues every tagged
+    // image once; two replicas drain the queue; each layer is inventoried
+    // once in the fleet (3 images, 4 distinct layers).
+    let layers = count(&m.scan_layers);
+    for i in 0..3u64 {
+        let own = tar(&[("srv/own", &noise(4096, 100 + i))]);
+        push(&r1, &format!("old/app{i}"), "1", &[&base, &own]).await;
+    }
+    s1.backfill().await.unwrap();
+    let queued = state.due(QUEUE, SystemTime::now(), 100).await.unwrap();
+    assert_eq!(queued.len(), 3, "{queued:?}");
+    drain(&[&s1, &s2], &state).await;
+    assert_eq!(count(&m.scan_layers) - layers, 4, "a layer was inventoried twice");
+    for i in 0..3 {
+        let r = ready(&s2, &format!("old/app{i}"), "1").await;
+        assert_eq!(r.package_count, 1);
+    }
+    // The backfill runs once per inventory format.
+    s2.backfill().await.unwrap();
+    assert!(state.due(QUEUE, SystemTime::now(), 10).await.unwrap().is_empty());
+
+    // A worker that took a job and died: the job comes back when its lease
+    // ends, and another replica finishes it.
+    let d = push(&r1, "new/app", "1", &[&base, &tar(&[("srv/new", &noise(4096, 7))])]).await;
+    let job = member(&"new/app".parse().unwrap(), &d);
+    let dead = state.try_lock(&job_lock(&job), Duration::from_millis(300)).await.unwrap().unwrap();
+    state.schedule(QUEUE, &job, SystemTime::now() + Duration::from_millis(300)).await.unwrap();
+    assert!(!s2.run_one().await.unwrap(), "the job was taken while its lease held");
+    drain(&[&s2], &state).await;
+    assert_eq!(ready(&s2, "new/app", "1").await.package_count, 1);
+    drop(dead);
+
+    // A layer that cannot be read: retried with backoff, then the failure
+    // is recorded and answered (and the job queued again).
+    let broken_layer = tar(&[("srv/broken", &noise(4096, 8))]);
+    let b = push(&r1, "new/broken", "1", &[&broken_layer]).await;
+    let key =
+        format!("blobs/sha256/{}/{}", &Digest::sha256(&broken_layer).hex()[..2], Digest::sha256(&broken_layer).hex());
+    fs.delete(&key).await.unwrap();
+    let (failed, retried) = (count(&m.scan_jobs_failed), count(&m.scan_jobs_retried));
+    s1.enqueue(&"new/broken".parse().unwrap(), &b).await.unwrap();
+    drain(&[&s1], &state).await;
+    assert_eq!(count(&m.scan_jobs_failed) - failed, 1);
+    assert_eq!(count(&m.scan_jobs_retried) - retried, berth::ext::scan::service::MAX_ATTEMPTS as u64 - 1);
+    match s1.report(&access::<Pull>("new/broken"), &"1".parse().unwrap()).await {
+        Err(berth::oci::OciError::Unavailable { cause, .. }) => {
+            assert!(cause.contains("failed after 6 attempts"), "{cause}")
+        }
+        other => panic!("expected the recorded failure, got {other:?}"),
+    }
+    assert_eq!(state.due(QUEUE, SystemTime::now(), 10).await.unwrap().len(), 1, "queued again");
 }

@@ -164,7 +164,11 @@ pub fn cli(berth: &Berth, args: &[&str]) -> (i32, String, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
     cmd.args(args).arg("--config").arg(berth.dir.path().join("berth.toml"));
     let out = cmd.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Push an index of these (manifest digest, size, os/arch) children.
@@ -175,7 +179,10 @@ pub async fn push_index(base: &str, repo: &str, tag: &str, children: &[(&str, u6
             format!(r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":{size},"platform":{{"os":"{os}","architecture":"{arch}"}}}}"#)
         })
         .collect();
-    let index = format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#, manifests.join(","));
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+        manifests.join(",")
+    );
     let resp = common::client()
         .put(format!("{base}/v2/{repo}/manifests/{tag}"))
         .header("content-type", "application/vnd.oci.image.index.v1+json")

@@ -36,9 +36,14 @@ use crate::registry::access::{Access, Pull};
 use crate::registry::derived::DerivedStore;
 use crate::registry::Registry;
 
-const QUEUE: &str = "scan:queue";
+/// The fleet's queue of manifests to inventory (a schedule in shared state).
+pub const QUEUE: &str = "scan:queue";
 /// How long a worker holds a job or a layer before another may take it.
 const JOB_LEASE: Duration = Duration::from_secs(15 * 60);
+/// The first retry's delay; each next one doubles, up to five minutes.
+const RETRY_BASE: Duration = Duration::from_secs(2);
+/// How a layer held by another worker's lease is reported.
+const BUSY: &str = "is being inventoried by another worker";
 /// Attempts before a job's failure is recorded.
 pub const MAX_ATTEMPTS: i64 = 6;
 /// Reports kept in memory.
@@ -83,6 +88,8 @@ pub struct Scanner {
     limits: Limits,
     reports: Mutex<HashMap<(Digest, String), Arc<Report>>>,
     wake: tokio::sync::Notify,
+    lease: Duration,
+    retry_base: Duration,
 }
 
 fn now_secs() -> u64 {
@@ -105,8 +112,14 @@ fn rfc3339(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-fn member(repo: &RepoName, digest: &Digest) -> String {
+/// A job in [`QUEUE`]: one manifest of one repository.
+pub fn member(repo: &RepoName, digest: &Digest) -> String {
     format!("{repo}\n{digest}")
+}
+
+/// The lock a worker holds while it runs a job.
+pub fn job_lock(member: &str) -> String {
+    format!("scan:job:{member}")
 }
 
 fn parse_member(m: &str) -> Option<(RepoName, Digest)> {
@@ -167,7 +180,16 @@ impl Scanner {
             limits,
             reports: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            lease: JOB_LEASE,
+            retry_base: RETRY_BASE,
         }
+    }
+
+    /// Shorter leases and retries (tests of takeover and backoff).
+    pub fn with_timing(mut self, lease: Duration, retry_base: Duration) -> Scanner {
+        self.lease = lease;
+        self.retry_base = retry_base;
+        self
     }
 
     pub fn derived(&self) -> &DerivedStore {
@@ -244,9 +266,9 @@ impl Scanner {
         let due = state.due(QUEUE, SystemTime::now(), 16).await?;
         metrics::get().scan_queue_depth.store(due.len() as u64, AtomicOrdering::Relaxed);
         for m in due {
-            let Some(lease) = state.try_lock(&format!("scan:job:{m}"), JOB_LEASE).await? else { continue };
+            let Some(lease) = state.try_lock(&job_lock(&m), self.lease).await? else { continue };
             // Past the lease: a worker that dies leaves the job to others.
-            state.schedule(QUEUE, &m, SystemTime::now() + JOB_LEASE).await?;
+            state.schedule(QUEUE, &m, SystemTime::now() + self.lease).await?;
             let Some((repo, digest)) = parse_member(&m) else {
                 state.unschedule(QUEUE, &m).await?;
                 state.unlock(&lease).await?;
@@ -260,6 +282,11 @@ impl Scanner {
                     state.delete(&attempts_key).await?;
                     metrics::inc(&metrics::get().scan_jobs_ok);
                 }
+                Err(OciError::Unavailable { cause, .. }) if cause.contains(BUSY) => {
+                    // Another worker is inventorying a layer of this image:
+                    // no failure, just later (not counted as an attempt).
+                    state.schedule(QUEUE, &m, SystemTime::now() + self.retry_base).await?;
+                }
                 Err(e) => {
                     let attempts = state.incr(&attempts_key, 1, Duration::from_secs(86_400)).await?;
                     if attempts >= MAX_ATTEMPTS || matches!(e, OciError::ManifestUnknown(_) | OciError::NameUnknown(_))
@@ -272,7 +299,10 @@ impl Scanner {
                         state.delete(&attempts_key).await?;
                         metrics::inc(&metrics::get().scan_jobs_failed);
                     } else {
-                        let backoff = Duration::from_secs(2u64.saturating_pow(attempts as u32).min(300));
+                        let backoff = self
+                            .retry_base
+                            .saturating_mul(1 << (attempts.clamp(1, 16) - 1))
+                            .min(Duration::from_secs(300));
                         tracing::info!(repository = %repo, digest = %digest, error = %e, attempts, "scan: retrying");
                         state.schedule(QUEUE, &m, SystemTime::now() + backoff).await?;
                         metrics::inc(&metrics::get().scan_jobs_retried);
@@ -356,10 +386,10 @@ impl Scanner {
     /// another replica holding it means "not yet" (the job retries).
     async fn inventory_layer(&self, access: &Access<Pull>, digest: &Digest) -> Result<(), OciError> {
         let state = self.registry.state();
-        let Some(lease) = state.try_lock(&format!("scan:layer:{digest}"), JOB_LEASE).await? else {
+        let Some(lease) = state.try_lock(&format!("scan:layer:{digest}"), self.lease).await? else {
             return Err(OciError::Unavailable {
                 retry_after: Duration::from_secs(2),
-                cause: format!("layer {digest} is being inventoried by another worker"),
+                cause: format!("layer {digest} {BUSY}"),
             });
         };
         let result = self.compute_inventory(access, digest).await;
