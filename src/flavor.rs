@@ -32,7 +32,7 @@ pub fn discover() -> Vec<serde_json::Value> {
         out.push(serde_json::json!({
             "name": format!("_berth.{name}"),
             "description": description,
-            "url": "https://example.invalid/berth/docs/extensions.md",
+            "url": "https://example.invalid/berth/blob/main/docs/extensions.md",
             "endpoints": endpoints,
         }));
     }

@@ -104,6 +104,10 @@ fn write_fixtures(dir: &Path) {
         ("npm", osv("GHSA-0001", "npm", "lodash", "SEMVER", r#"[{"introduced":"0"},{"fixed":"4.17.21"}]"#, "")),
         ("Go", osv("GO-0001", "Go", "golang.org/x/text", "SEMVER", r#"[{"introduced":"0"},{"fixed":"0.3.8"}]"#, "")),
         ("Go", osv("GO-0002", "Go", "stdlib", "SEMVER", r#"[{"introduced":"1.21.0"},{"last_affected":"1.21.4"}]"#, "")),
+        (
+            "crates.io",
+            osv("GHSA-crate-0001", "crates.io", "time", "SEMVER", r#"[{"introduced":"0.2.7"},{"fixed":"0.2.23"}]"#, ""),
+        ),
     ];
     for (i, (eco, text)) in files.iter().enumerate() {
         let d = dir.join("osv").join(eco);
@@ -199,7 +203,11 @@ async fn reports_match_each_ecosystem_and_follow_the_database() {
         Item::File("usr/lib/python3/site-packages/urllib3-2.0.6.dist-info/METADATA", b"Name: urllib3\nVersion: 2.0.6\n"),
         Item::File("app/node_modules/lodash/package.json", br#"{"name":"lodash","version":"4.17.20","license":"MIT"}"#),
         Item::File("app/package-lock.json", br#"{"lockfileVersion":3,"packages":{"":{"name":"app"},"node_modules/lodash":{"version":"4.17.20"}}}"#),
-        Item::File("src/Cargo.lock", b"version = 3\n[[package]]\nname = \"smallvec\"\nversion = \"1.6.0\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n"),
+        Item::File(
+            "src/Cargo.lock",
+            b"version = 3\n[[package]]\nname = \"smallvec\"\nversion = \"1.6.0\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n\n\
+[[package]]\nname = \"time\"\nversion = \"0.2.22\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n",
+        ),
         Item::Exec("usr/local/bin/app", &go_binary()),
     ]);
     let zstd_layer = zstd(&lang).expect("the zstd command (scripts/install-test-deps)");
@@ -318,6 +326,7 @@ async fn reports_match_each_ecosystem_and_follow_the_database() {
     assert_eq!(findings(&r, "GO-0001"), pairs(&[("golang.org/x/text", "v0.3.7")]));
     assert_eq!(findings(&r, "GO-0002"), pairs(&[("stdlib", "1.21.3")]));
     assert_eq!(findings(&r, "RUSTSEC-2021-0003"), pairs(&[("smallvec", "1.6.0")]));
+    assert_eq!(findings(&r, "GHSA-crate-0001"), pairs(&[("time", "0.2.22")]));
     let found = ids(&r);
     for absent in ["DSA-0002", "DSA-0003"] {
         assert!(!found.contains(&absent.to_owned()), "{absent} in {found:?}");

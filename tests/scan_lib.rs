@@ -270,4 +270,17 @@ async fn the_queue_backfills_shares_layers_takes_over_and_gives_up() {
         other => panic!("expected the recorded failure, got {other:?}"),
     }
     assert_eq!(state.due(QUEUE, SystemTime::now(), 10).await.unwrap().len(), 1, "queued again");
+
+    // The facts of a blob the collector deleted are swept (after a grace).
+    let gone = tar(&[("srv/gone", &noise(4096, 11))]);
+    let g = push(&r1, "new/gone", "1", &[&gone]).await;
+    s1.scan(&"new/gone".parse().unwrap(), &g).await.unwrap();
+    let gd = Digest::sha256(&gone);
+    let fact = format!("blobs/sha256/{}/inventory-v{}", gd.hex(), berth::ext::scan::inventory::FORMAT);
+    assert!(r1.derived("scan").head(&fact).await.unwrap().is_some());
+    assert_eq!(s1.sweep(Duration::ZERO).await.unwrap(), 0, "nothing to sweep while every blob is stored");
+    fs.delete(&format!("blobs/sha256/{}/{}", &gd.hex()[..2], gd.hex())).await.unwrap();
+    assert_eq!(s1.sweep(Duration::from_secs(3600)).await.unwrap(), 0, "a young fact is kept");
+    assert_eq!(s1.sweep(Duration::ZERO).await.unwrap(), 1, "the deleted blob's inventory");
+    assert!(r1.derived("scan").head(&fact).await.unwrap().is_none());
 }

@@ -32,6 +32,22 @@ fn valid(path: &str) -> bool {
 }
 
 impl Registry {
+    /// Every stored blob's digest, in key order (for sweeping derived facts
+    /// of blobs the collector deleted). Names digests only; reading content
+    /// still needs typed access.
+    pub async fn stored_blobs(&self) -> Result<std::collections::HashSet<Digest>, OciError> {
+        let mut out = std::collections::HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.list(keys::BLOBS_PREFIX, after.as_deref(), 1000).await?;
+            out.extend(page.objects.iter().filter_map(|o| keys::parse_blob_key(&o.key)));
+            match page.next_start_after {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// The derived-data area of `extension`.
     pub fn derived(&self, extension: &'static str) -> DerivedStore {
         DerivedStore { registry: self.clone(), prefix: format!("{}{extension}/", keys::DERIVED_PREFIX) }

@@ -36,7 +36,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             ratio: 100,
-            floor: 512 << 20,
+            floor: 256 << 20,
             max_uncompressed: 64 << 30,
             max_entries: 2_000_000,
             max_file: 64 << 20,

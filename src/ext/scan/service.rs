@@ -47,7 +47,7 @@ const BUSY: &str = "is being inventoried by another worker";
 /// Attempts before a job's failure is recorded.
 pub const MAX_ATTEMPTS: i64 = 6;
 /// Reports kept in memory.
-const REPORT_CACHE: usize = 512;
+const REPORT_CACHE: usize = 64;
 const MAX_INVENTORY: u64 = 256 << 20;
 const MAX_REPORT: u64 = 256 << 20;
 
@@ -132,7 +132,7 @@ fn inventory_path(digest: &Digest) -> String {
 }
 
 fn failure_path(digest: &Digest) -> String {
-    DerivedStore::blob_path(digest, "scan-failure")
+    format!("failures/{}/{}", digest.algorithm().as_str(), digest.hex())
 }
 
 fn report_path(db: &str, digest: &Digest) -> String {
@@ -237,6 +237,8 @@ impl Scanner {
             let this = self.clone();
             handles.push(tokio::spawn(async move { this.worker().await }));
         }
+        let this = self.clone();
+        handles.push(tokio::spawn(async move { this.sweeper().await }));
         if self.config.backfill {
             let this = self.clone();
             handles.push(tokio::spawn(async move {
@@ -653,6 +655,57 @@ impl Scanner {
             "audit"
         );
         Err(OciError::PolicyDenied(message))
+    }
+
+    /// Delete the facts of blobs that are no longer stored (the collector
+    /// deleted them): one listing of the blobs and one of the facts. A fact
+    /// younger than `grace` is kept (its blob may be listed in a page
+    /// already read). Returns the number of facts deleted.
+    pub async fn sweep(&self, grace: Duration) -> Result<usize, OciError> {
+        let facts = self.derived.list("blobs").await?;
+        if facts.is_empty() {
+            return Ok(0);
+        }
+        let stored = self.registry.stored_blobs().await?;
+        let mut doomed = Vec::new();
+        for path in facts {
+            // blobs/<alg>/<hex>/<name>
+            let mut parts = path.splitn(4, '/');
+            let (_, Some(alg), Some(hex)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let Ok(digest) = format!("{alg}:{hex}").parse::<Digest>() else { continue };
+            if stored.contains(&digest) {
+                continue;
+            }
+            let young = match self.derived.head(&path).await? {
+                Some(meta) => meta.last_modified.and_then(|t| t.elapsed().ok()).is_none_or(|age| age < grace),
+                None => true,
+            };
+            if !young {
+                doomed.push(path);
+            }
+        }
+        self.derived.delete_many(&doomed).await?;
+        Ok(doomed.len())
+    }
+
+    async fn sweeper(&self) {
+        let state = self.registry.state();
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match state.try_lock("scan:sweep", Duration::from_secs(3000)).await {
+                Ok(Some(lease)) => {
+                    match self.sweep(Duration::from_secs(3600)).await {
+                        Ok(n) if n > 0 => tracing::info!(deleted = n, "scan: facts of deleted blobs removed"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "scan: sweep failed"),
+                    }
+                    let _ = state.unlock(&lease).await;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "scan: sweep lease unavailable"),
+            }
+        }
     }
 
     /// Queue every tagged manifest once per inventory format: the first
