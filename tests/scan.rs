@@ -557,6 +557,29 @@ fn gzip_bomb() -> Vec<u8> {
     out
 }
 
+/// 4 MiB of incompressible data, then a GNU long name of 300 MiB: the tar
+/// reader would hold the name in memory, were it not refused first.
+fn long_name_layer() -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    let noise = common::bytes(4 << 20, 5);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(noise.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "noise.bin", noise.as_slice()).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(300 << 20);
+    h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_cksum();
+    b.append(&h, std::io::Read::take(std::io::repeat(b'a'), 300 << 20)).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "after", &b"abc"[..]).unwrap();
+    b.into_inner().unwrap().finish().unwrap()
+}
+
 /// A GNU sparse tar of a 10 GiB file at `var/lib/dpkg/status`, made by GNU tar.
 fn sparse_layer() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
@@ -628,6 +651,7 @@ async fn hostile_layers_are_reported_per_layer_and_the_registry_keeps_serving() 
         )],
     )
     .await;
+    let long_name = push_image(&base, "bad/longname", "1", &[(LAYER_GZIP, long_name_layer())]).await;
     let bdb = push_image(
         &base,
         "bad/bdb",
@@ -675,6 +699,7 @@ async fn hostile_layers_are_reported_per_layer_and_the_registry_keeps_serving() 
     let l = report(&base, "bad/loops", "1").await;
     assert_eq!(l["artifact"]["digest"], loops.as_str());
     assert!(l["os"].is_null());
+    expect(&report(&base, "bad/longname", "1").await, &long_name, "errors: a tar extension header");
     expect(
         &report(&base, "bad/bdb", "1").await,
         &bdb,

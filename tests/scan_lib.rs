@@ -167,6 +167,13 @@ async fn layers_are_read_once_and_never_for_a_new_database() {
     let r2 = ready(&scanner, "apps/a", "1").await;
     assert_eq!(r2.database.as_ref().unwrap().version, v2);
     assert!(r2.findings.is_empty(), "fixed in the installed version: {:?}", r2.findings);
+    // The same manifest in another repository: its report names that
+    // repository, never the first one's.
+    let c = push(&registry, "apps/c", "1", &[&base, &app_a]).await;
+    assert_eq!(c, a);
+    let rc = ready(&scanner, "apps/c", "1").await;
+    assert_eq!(rc.artifact.repository, "apps/c");
+    assert_eq!(ready(&scanner, "apps/a", "1").await.artifact.repository, "apps/a");
     let reports = read() - before;
     eprintln!("bytes read by two reports across two database versions: {reports}");
     assert!((reports as usize) < app_a.len() / 4, "a layer was read: {reports} bytes");
@@ -208,7 +215,7 @@ async fn the_queue_backfills_shares_layers_takes_over_and_gives_up() {
     // Two replicas: same store, same shared state.
     let r1 = Registry::new(fs.clone(), state.clone(), RegistryOptions::default());
     let r2 = Registry::new(fs.clone(), state.clone(), RegistryOptions::default());
-    let timing = |s: Scanner| s.with_timing(Duration::from_millis(300), Duration::from_millis(10));
+    let timing = |s: Scanner| s.with_timing(Duration::from_millis(300), Duration::from_millis(10), Duration::from_secs(3600));
     let s1 = timing(Scanner::new(r1.clone(), ScanConfig::default()));
     let s2 = timing(Scanner::new(r2.clone(), ScanConfig::default()));
     let m = berth::metrics::get();
@@ -263,12 +270,28 @@ async fn the_queue_backfills_shares_layers_takes_over_and_gives_up() {
     drain(&[&s1], &state).await;
     assert_eq!(count(&m.scan_jobs_failed) - failed, 1);
     assert_eq!(count(&m.scan_jobs_retried) - retried, berth::ext::scan::service::MAX_ATTEMPTS as u64 - 1);
-    match s1.report(&access::<Pull>("new/broken"), &"1".parse().unwrap()).await {
-        Err(berth::oci::OciError::Unavailable { cause, .. }) => {
-            assert!(cause.contains("failed after 6 attempts"), "{cause}")
+    // Answered while the failure is recent (readers polling do not restart
+    // the job), queued again once it is old.
+    for _ in 0..3 {
+        match s1.report(&access::<Pull>("new/broken"), &"1".parse().unwrap()).await {
+            Err(berth::oci::OciError::Unavailable { cause, .. }) => {
+                assert!(cause.contains("failed after 6 attempts"), "{cause}")
+            }
+            other => panic!("expected the recorded failure, got {other:?}"),
         }
-        other => panic!("expected the recorded failure, got {other:?}"),
     }
+    assert!(state.due(QUEUE, SystemTime::now(), 10).await.unwrap().is_empty());
+    // Another repository holding the same image sees no failure of this one.
+    let elsewhere = push(&r1, "other/broken", "1", &[&broken_layer]).await;
+    assert_eq!(elsewhere, b);
+    assert!(matches!(s1.report(&access::<Pull>("other/broken"), &"1".parse().unwrap()).await, Ok(Outcome::Pending { .. })));
+    state.unschedule(QUEUE, &member(&"other/broken".parse().unwrap(), &b)).await.unwrap();
+    let later = Scanner::new(r1.clone(), ScanConfig::default()).with_timing(
+        Duration::from_millis(300),
+        Duration::from_millis(10),
+        Duration::ZERO,
+    );
+    assert!(matches!(later.report(&access::<Pull>("new/broken"), &"1".parse().unwrap()).await, Ok(Outcome::Pending { .. })));
     assert_eq!(state.due(QUEUE, SystemTime::now(), 10).await.unwrap().len(), 1, "queued again");
 
     // The facts of a blob the collector deleted are swept (after a grace).

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped whenever analyzers change what they find: stored inventories of
 /// another format are recomputed.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// The kind of package, which decides the ecosystem it is matched in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -112,6 +112,9 @@ pub struct LayerInventory {
     pub links: BTreeMap<String, String>,
     #[serde(default)]
     pub files: Vec<FileFacts>,
+    /// Executable files: each replaces whatever lower layers had at its path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub executables: Vec<String>,
     /// `.wh.<name>` entries: the path they delete from lower layers.
     #[serde(default)]
     pub whiteouts: Vec<String>,

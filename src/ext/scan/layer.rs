@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::analyzers::{apk, cargo, dpkg, golang, npm, os, python, rpm};
-use super::inventory::{FileFacts, LayerInventory, Package, FORMAT};
+use super::inventory::{FileFacts, LayerInventory, OsRelease, Package, FORMAT};
 
 /// Every analyzer, by the name reports use.
 pub const ANALYZERS: [&str; 10] =
@@ -30,6 +30,9 @@ pub struct Limits {
     pub max_file: u64,
     /// The largest executable read into memory to look for build info.
     pub max_binary: u64,
+    /// All bytes read into memory for analysis in one layer (databases,
+    /// manifests, executables, sparse holes included).
+    pub max_analyzed: u64,
 }
 
 impl Default for Limits {
@@ -41,15 +44,24 @@ impl Default for Limits {
             max_entries: 2_000_000,
             max_file: 64 << 20,
             max_binary: 256 << 20,
+            max_analyzed: 2 << 30,
         }
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     compressed: AtomicU64,
     uncompressed: AtomicU64,
+    /// How far the tar reader may read before the walker sees the next
+    /// entry: the unread rest of the current entry plus room for headers.
+    /// A long name or pax record bigger than that room is refused before
+    /// the tar reader holds it in memory.
+    fence: AtomicU64,
 }
+
+/// Room for the headers between two entries (long names, pax records).
+const HEADER_ROOM: u64 = 1 << 20;
 
 struct Counting<R> {
     inner: R,
@@ -73,6 +85,7 @@ struct Bounded<R> {
 }
 
 const BOMB: &str = "decompression bomb";
+const FENCE: &str = "extension header";
 
 impl<R: Read> Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -80,8 +93,12 @@ impl<R: Read> Read for Bounded<R> {
         let allowed = (c.compressed.load(Ordering::Relaxed).saturating_mul(self.limits.ratio))
             .max(self.limits.floor)
             .min(self.limits.max_uncompressed);
-        if c.uncompressed.load(Ordering::Relaxed) > allowed {
+        let at = c.uncompressed.load(Ordering::Relaxed);
+        if at > allowed {
             return Err(io::Error::other(BOMB));
+        }
+        if at > c.fence.load(Ordering::Relaxed) {
+            return Err(io::Error::other(FENCE));
         }
         self.inner.read(buf)
     }
@@ -151,9 +168,31 @@ fn want(path: &str) -> Option<Want> {
     None
 }
 
+/// The most packages one layer may list, and warnings it may carry.
+pub const MAX_PACKAGES: usize = 200_000;
+const MAX_WARNINGS: usize = 100;
+
+/// At most `max` characters of a name taken from the layer, for messages.
+fn shown(name: &str) -> String {
+    let mut out: String = name.chars().take(200).collect();
+    if out.len() < name.len() {
+        out.push('…');
+    }
+    out
+}
+
+fn warn(inv: &mut LayerInventory, dropped: &mut u64, message: String) {
+    if inv.warnings.len() < MAX_WARNINGS {
+        inv.warnings.push(message);
+    } else {
+        *dropped += 1;
+    }
+}
+
 /// Analyze one layer blob. Errors land in the inventory, never in a panic.
 pub fn analyze<R: Read>(digest: &str, blob: R, limits: &Limits) -> LayerInventory {
-    let counters = Arc::new(Counters::default());
+    let counters =
+        Arc::new(Counters { compressed: AtomicU64::new(0), uncompressed: AtomicU64::new(0), fence: AtomicU64::new(HEADER_ROOM) });
     let mut inv = LayerInventory { format: FORMAT, digest: digest.to_owned(), ..Default::default() };
     let mut input =
         BufReader::with_capacity(64 << 10, Counting { inner: blob, counter: counters.clone(), compressed: true });
@@ -181,7 +220,11 @@ pub fn analyze<R: Read>(digest: &str, blob: R, limits: &Limits) -> LayerInventor
         inner: Counting { inner: decoded, counter: counters.clone(), compressed: false },
         limits: limits.clone(),
     };
-    walk(stream, limits, &mut inv);
+    let mut dropped = 0u64;
+    walk(stream, limits, &mut inv, &mut dropped, &counters);
+    if dropped > 0 {
+        inv.warnings.push(format!("... and {dropped} more warnings"));
+    }
     inv.compressed_bytes = counters.compressed.load(Ordering::Relaxed);
     inv.uncompressed_bytes = counters.uncompressed.load(Ordering::Relaxed);
     inv.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -189,7 +232,9 @@ pub fn analyze<R: Read>(digest: &str, blob: R, limits: &Limits) -> LayerInventor
 }
 
 fn stream_error(e: &io::Error, entries: u64) -> String {
-    if e.to_string().contains(BOMB) {
+    if e.to_string().contains(FENCE) {
+        format!("a tar extension header (long name or pax records) over {HEADER_ROOM} bytes after {entries} entries; the rest was not analyzed")
+    } else if e.to_string().contains(BOMB) {
         format!("decompression bomb: the layer inflates past its limit (after {entries} entries); the rest was not analyzed")
     } else if entries == 0 {
         format!("not a tar archive (plain, gzip or zstd): {e}")
@@ -198,16 +243,23 @@ fn stream_error(e: &io::Error, entries: u64) -> String {
     }
 }
 
-fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory) {
+fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory, dropped: &mut u64, counters: &Counters) {
     let mut archive = tar::Archive::new(stream);
-    let entries = match archive.entries() {
+    let mut entries = match archive.entries() {
         Ok(e) => e,
         Err(e) => {
             inv.errors.push(stream_error(&e, 0));
             return;
         }
     };
-    for entry in entries {
+    let mut analyzed = 0u64;
+    // Bytes of the current entry the walker has not read (the tar reader
+    // skips them before the next header).
+    let mut unread = 0u64;
+    loop {
+        let here = counters.uncompressed.load(Ordering::Relaxed);
+        counters.fence.store(here.saturating_add(unread).saturating_add(HEADER_ROOM + 1024), Ordering::Relaxed);
+        let Some(entry) = entries.next() else { break };
         let mut entry = match entry {
             Ok(e) => e,
             Err(e) => {
@@ -216,18 +268,24 @@ fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory) {
             }
         };
         inv.entries += 1;
+        // What the archive holds for this entry (a sparse file's data only).
+        unread = if entry.header().entry_type().is_gnu_sparse() {
+            entry.header().entry_size().unwrap_or(u64::MAX)
+        } else {
+            entry.size()
+        };
         if inv.entries > limits.max_entries {
             inv.errors.push(format!("more than {} entries; the rest was not analyzed", limits.max_entries));
             return;
         }
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         if raw.len() > 4096 {
-            inv.warnings.push(format!("an entry name of {} bytes was ignored", raw.len()));
+            warn(inv, dropped, format!("an entry name of {} bytes was ignored", raw.len()));
             continue;
         }
         let Some(path) = normalize(&raw) else {
             if !matches!(raw.trim_matches('/'), "" | ".") {
-                inv.warnings.push(format!("entry {raw:?} escapes the layer's root and was ignored"));
+                warn(inv, dropped, format!("entry {:?} escapes the layer's root and was ignored", shown(&raw)));
             }
             continue;
         };
@@ -257,26 +315,36 @@ fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory) {
             continue;
         }
         // A sparse file's size is what it expands to, not its bytes here.
-        let size = if kind.is_gnu_sparse() { entry.header().size().unwrap_or(u64::MAX) } else { entry.size() };
+        let sparse = kind.is_gnu_sparse();
+        let size = if sparse { entry.header().size().unwrap_or(u64::MAX) } else { entry.size() };
         let executable = entry.header().mode().map(|m| m & 0o111 != 0).unwrap_or(false);
+        if executable {
+            // Replaces whatever a lower layer had at this path (a Go binary
+            // replaced by a script no longer lists Go modules).
+            inv.executables.push(path.clone());
+        }
         if let Some(w) = want(&path) {
-            // A later layer's file replaces an earlier one's at merge time,
-            // even when it reads to nothing.
-            inv.os_release.remove(&path);
             if let Want::RpmUnsupported(format) = w {
-                inv.warnings.push(format!(
-                    "{path}: a {format} rpmdb, which is not supported (only the SQLite rpmdb is); its packages are not listed"
-                ));
-                inv.files.push(FileFacts { path, analyzer: "rpm".into(), packages: Vec::new() });
+                warn(
+                    inv,
+                    dropped,
+                    format!("{path}: a {format} rpmdb, which is not supported (only the SQLite rpmdb is); its packages are not listed"),
+                );
+                push(inv, path, "rpm", Vec::new());
                 continue;
             }
-            if size > limits.max_file {
-                inv.warnings.push(format!(
-                    "{path}: {size} bytes, over the {} byte limit for a file to analyze; not analyzed",
-                    limits.max_file
-                ));
+            if size > limits.max_file || analyzed.saturating_add(size) > limits.max_analyzed {
+                warn(
+                    inv,
+                    dropped,
+                    format!("{path}: {size} bytes, over the {} byte limit for a file to analyze; not analyzed", limits.max_file),
+                );
+                // Still a file at this path: it hides what lower layers had.
+                placeholder(inv, path, &w);
                 continue;
             }
+            analyzed += size;
+            unread = unread.saturating_sub(size);
             let data = match read_all(&mut entry, size) {
                 Ok(d) => d,
                 Err(e) => {
@@ -284,11 +352,13 @@ fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory) {
                     return;
                 }
             };
-            analyze_file(inv, path, w, &data);
+            analyze_file(inv, dropped, path, w, &data);
             continue;
         }
-        if executable && size >= 64 {
+        // Sparse executables are no build output worth expanding.
+        if executable && !sparse && size >= 64 {
             let mut magic = [0u8; 4];
+            unread = unread.saturating_sub(4);
             if let Err(e) = entry.read_exact(&mut magic) {
                 inv.errors.push(stream_error(&e, inv.entries));
                 return;
@@ -296,13 +366,16 @@ fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory) {
             if &magic != b"\x7fELF" {
                 continue;
             }
-            if size > limits.max_binary {
-                inv.warnings.push(format!(
-                    "{path}: an executable of {size} bytes, over the {} byte limit; not analyzed",
-                    limits.max_binary
-                ));
+            if size > limits.max_binary || analyzed.saturating_add(size) > limits.max_analyzed {
+                warn(
+                    inv,
+                    dropped,
+                    format!("{path}: an executable of {size} bytes, over the {} byte limit; not analyzed", limits.max_binary),
+                );
                 continue;
             }
+            analyzed += size;
+            unread = unread.saturating_sub(size - 4);
             let mut data = magic.to_vec();
             match read_all(&mut entry, size - 4) {
                 Ok(rest) => data.extend(rest),
@@ -311,8 +384,23 @@ fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory) {
                     return;
                 }
             }
-            analyze_binary(inv, path, &data);
+            analyze_binary(inv, dropped, path, &data);
         }
+        if inv.files.iter().map(|f| f.packages.len()).sum::<usize>() > MAX_PACKAGES {
+            inv.errors.push(format!("more than {MAX_PACKAGES} packages in one layer; the rest was not analyzed"));
+            return;
+        }
+    }
+}
+
+/// The record of a wanted file that could not be read: present, listing
+/// nothing, so it still replaces a lower layer's file at that path.
+fn placeholder(inv: &mut LayerInventory, path: String, w: &Want) {
+    match w {
+        Want::OsRelease => {
+            inv.os_release.insert(path, OsRelease::default());
+        }
+        _ => push(inv, path, "unreadable", Vec::new()),
     }
 }
 
@@ -326,58 +414,70 @@ fn push(inv: &mut LayerInventory, path: String, analyzer: &str, packages: Vec<Pa
     inv.files.push(FileFacts { path, analyzer: analyzer.to_owned(), packages });
 }
 
-fn analyze_file(inv: &mut LayerInventory, path: String, w: Want, data: &[u8]) {
+fn analyze_file(inv: &mut LayerInventory, dropped: &mut u64, path: String, w: Want, data: &[u8]) {
     match w {
         Want::OsRelease => match os::parse(data) {
             Some(o) => {
                 inv.os_release.insert(path, o);
             }
-            None => inv.warnings.push(format!("{path}: no ID in this os-release file")),
+            None => {
+                warn(inv, dropped, format!("{path}: no ID in this os-release file"));
+                placeholder(inv, path, &w);
+            }
         },
         Want::Dpkg => push(inv, path, "dpkg", dpkg::parse(data)),
         Want::Apk => push(inv, path, "apk", apk::parse(data)),
         Want::RpmSqlite => match rpm::parse_sqlite(data) {
             Ok(p) => push(inv, path, "rpm", p),
             Err(e) => {
-                inv.warnings.push(format!("{path}: {e}"));
+                warn(inv, dropped, format!("{path}: {e}"));
                 push(inv, path, "rpm", Vec::new());
             }
         },
         Want::RpmUnsupported(_) => {}
         Want::CargoLock => match cargo::parse_lockfile(data) {
             Ok(p) => push(inv, path, "cargo-lock", p),
-            Err(e) => inv.warnings.push(format!("{path}: {e}")),
+            Err(e) => {
+                warn(inv, dropped, format!("{path}: {e}"));
+                placeholder(inv, path, &w);
+            }
         },
         Want::Python => match python::parse(data) {
             Some(p) => push(inv, path, "python", vec![p]),
-            None => inv.warnings.push(format!("{path}: no Name and Version")),
-        },
-        Want::NpmManifest => {
-            if let Some(p) = npm::parse_manifest(data) {
-                push(inv, path, "npm", vec![p]);
+            None => {
+                warn(inv, dropped, format!("{path}: no Name and Version"));
+                placeholder(inv, path, &w);
             }
-        }
+        },
+        Want::NpmManifest => match npm::parse_manifest(data) {
+            Some(p) => push(inv, path, "npm", vec![p]),
+            // A package.json of a package's own sources: no package.
+            None => placeholder(inv, path, &w),
+        },
         Want::NpmLock => match npm::parse_lockfile(data) {
             Ok(p) => push(inv, path, "npm-lock", p),
-            Err(e) => inv.warnings.push(format!("{path}: {e}")),
+            Err(e) => {
+                warn(inv, dropped, format!("{path}: {e}"));
+                placeholder(inv, path, &w);
+            }
         },
     }
 }
 
-fn analyze_binary(inv: &mut LayerInventory, path: String, data: &[u8]) {
+fn analyze_binary(inv: &mut LayerInventory, dropped: &mut u64, path: String, data: &[u8]) {
     use object::{Object, ObjectSection};
     if let Ok(file) = object::File::parse(data) {
         if let Some(section) = file.section_by_name(".dep-v0") {
             match section.data().map_err(|e| e.to_string()).and_then(cargo::parse_audit_section) {
                 Ok(p) => push(inv, path.clone(), "cargo-auditable", p),
-                Err(e) => inv.warnings.push(format!("{path}: {e}")),
+                Err(e) => warn(inv, dropped, format!("{path}: {e}")),
             }
         }
     }
     match golang::parse(data) {
         Ok(Some(p)) => push(inv, path, "gobinary", p),
         Ok(None) => {}
-        Err(e) => inv.warnings.push(format!("{path}: {e}")),
+        Err(e) => warn(inv, dropped, format!("{path}: {e}")),
     }
 }
 

@@ -3,7 +3,7 @@
 //! earlier one at the same path, a whiteout deletes a path and everything
 //! under it, an opaque directory hides what lower layers put in it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -54,20 +54,36 @@ fn resolve_target(link: &str, target: &str) -> String {
     parts.join("/")
 }
 
-fn under(path: &str, dir: &str) -> bool {
-    dir.is_empty() || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
-}
-
 pub fn merge(layers: &[LayerInventory]) -> ImageInventory {
     let mut files: BTreeMap<String, (usize, FileFacts)> = BTreeMap::new();
     let mut os: BTreeMap<String, OsRelease> = BTreeMap::new();
     let mut links: BTreeMap<String, String> = BTreeMap::new();
     let mut out = ImageInventory::default();
     for (i, layer) in layers.iter().enumerate() {
+        // A path is hidden when it, or a directory above it, is whited out
+        // or opaque: a lookup per ancestor, whatever the number of
+        // whiteouts.
+        let whiteouts: HashSet<&str> = layer.whiteouts.iter().map(String::as_str).collect();
+        let opaque: HashSet<&str> = layer.opaque_dirs.iter().map(String::as_str).collect();
+        let root_opaque = opaque.contains("");
         let hidden = |p: &str| {
-            layer.opaque_dirs.iter().any(|d| under(p, d)) || layer.whiteouts.iter().any(|w| p == w || under(p, w))
+            if root_opaque || whiteouts.contains(p) {
+                return true;
+            }
+            let mut at = p;
+            while let Some((dir, _)) = at.rsplit_once('/') {
+                if whiteouts.contains(dir) || opaque.contains(dir) {
+                    return true;
+                }
+                at = dir;
+            }
+            false
         };
         files.retain(|p, _| !hidden(p));
+        // An executable at a path replaces what lower layers analyzed there.
+        for e in &layer.executables {
+            files.remove(e);
+        }
         os.retain(|p, _| !hidden(p));
         links.retain(|p, _| !hidden(p));
         for f in &layer.files {
@@ -98,7 +114,8 @@ pub fn merge(layers: &[LayerInventory]) -> ImageInventory {
             path = resolve_target(&path, target);
         }
         if let Some(o) = os.get(&path) {
-            out.os = Some(o.clone());
+            // An os-release without an ID still hides lower layers' files.
+            out.os = (!o.id.is_empty()).then(|| o.clone());
             break;
         }
     }
@@ -154,6 +171,26 @@ mod tests {
         assert_eq!(merged.os.as_ref().map(|o| o.id.as_str()), Some("debian"));
         // Without the top layer everything is there.
         assert_eq!(merge(std::slice::from_ref(&base)).packages.len(), 5);
+    }
+
+    #[test]
+    fn an_executable_replaces_a_lower_binary() {
+        let mut l1 = layer("l1");
+        l1.files = vec![FileFacts {
+            path: "app/server".into(),
+            analyzer: "gobinary".into(),
+            packages: vec![Package::new(PackageType::Golang, "stdlib", "1.21.0")],
+        }];
+        let mut l2 = layer("l2");
+        l2.executables = vec!["app/server".into()];
+        assert_eq!(merge(&[l1.clone()]).packages.len(), 1);
+        assert!(merge(&[l1, l2]).packages.is_empty());
+        // An os-release without an ID hides the lower one.
+        let mut low = layer("a");
+        low.os_release.insert("etc/os-release".into(), OsRelease { id: "debian".into(), ..Default::default() });
+        let mut high = layer("b");
+        high.os_release.insert("etc/os-release".into(), OsRelease::default());
+        assert!(merge(&[low, high]).os.is_none());
     }
 
     #[test]

@@ -142,7 +142,8 @@ fn os_ecosystem(os: &OsRelease) -> Option<(&'static str, String)> {
         "rocky" => ("rocky linux", major),
         "almalinux" => ("almalinux", major),
         "rhel" => ("red hat", major),
-        "opensuse-leap" | "opensuse-tumbleweed" | "opensuse" => ("opensuse", os.version_id.clone()),
+        "opensuse-leap" | "opensuse" => ("opensuse", os.version_id.clone()),
+        "opensuse-tumbleweed" => ("opensuse", "Tumbleweed".to_owned()),
         "sles" => ("suse", os.version_id.clone()),
         "mageia" => ("mageia", os.version_id.clone()),
         "openeuler" => ("openeuler", os.version_id.clone()),
@@ -210,12 +211,33 @@ impl Query {
         }
         match &self.release {
             None => true,
-            Some(r) => {
-                release.is_empty()
-                    || release == r
-                    || release.strip_prefix(r.as_str()).is_some_and(|t| t.starts_with(':'))
-            }
+            Some(r) => release.is_empty() || release_matches(&base, release, r),
         }
+    }
+}
+
+/// Whether an OSV ecosystem's release part names the image's release, as
+/// each distribution writes it: `12` (Debian), `v3.20` (Alpine),
+/// `22.04:LTS` (Ubuntu), `enterprise_linux:9::appstream` (Red Hat),
+/// `Linux Enterprise Server 15 SP5` (SUSE, os-release `15.5`), `Leap 15.5`
+/// and `Tumbleweed` (openSUSE), `24.03-LTS` (openEuler).
+pub fn release_matches(base: &str, release: &str, ours: &str) -> bool {
+    if release == ours || release.strip_prefix(ours).is_some_and(|t| t.starts_with(':')) {
+        return true;
+    }
+    match base {
+        "red hat" => release.split(':').any(|t| t == ours),
+        "suse" => {
+            let sp = match ours.split_once('.') {
+                Some((major, "0")) => major.to_owned(),
+                Some((major, minor)) => format!("{major} SP{minor}"),
+                None => ours.to_owned(),
+            };
+            release.ends_with(&format!(" {sp}"))
+        }
+        "opensuse" => release.ends_with(&format!(" {ours}")),
+        "openeuler" => release.strip_prefix(ours).is_some_and(|t| t.starts_with('-')),
+        _ => false,
     }
 }
 
@@ -244,7 +266,7 @@ pub fn match_packages(
             match e.verdict(q.scheme, &q.version) {
                 Verdict::Affected { fixed } => {
                     // One finding per (advisory, package, file).
-                    if !seen.insert((e.id.clone(), p.package.name.clone(), p.path.clone())) {
+                    if !seen.insert((e.id.clone(), p.package.name.clone(), p.package.version.clone(), p.path.clone())) {
                         continue;
                     }
                     out.push(Finding {
@@ -526,5 +548,35 @@ impl Report {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_as_each_distribution_writes_them() {
+        for (base, release, ours, want) in [
+            ("debian", "12", "12", true),
+            ("debian", "11", "12", false),
+            ("alpine", "v3.20", "v3.20", true),
+            ("alpine", "v3.2", "v3.20", false),
+            ("ubuntu", "22.04:LTS", "22.04", true),
+            ("ubuntu", "Pro:22.04:LTS", "22.04", false),
+            ("red hat", "enterprise_linux:9::appstream", "9", true),
+            ("red hat", "enterprise_linux:8::appstream", "9", false),
+            ("suse", "Linux Enterprise Server 15 SP5", "15.5", true),
+            ("suse", "Linux Enterprise Server 15 SP4", "15.5", false),
+            ("suse", "Linux Enterprise Server 15", "15.0", true),
+            ("opensuse", "Leap 15.5", "15.5", true),
+            ("opensuse", "Tumbleweed", "Tumbleweed", true),
+            ("opensuse", "Leap 15.5", "Tumbleweed", false),
+            ("openeuler", "24.03-LTS", "24.03", true),
+            ("openeuler", "24.03-LTS-SP1", "24.03", true),
+            ("openeuler", "22.03-LTS", "24.03", false),
+        ] {
+            assert_eq!(release_matches(base, release, ours), want, "{base} {release:?} vs {ours:?}");
+        }
     }
 }

@@ -90,6 +90,7 @@ pub struct Scanner {
     wake: tokio::sync::Notify,
     lease: Duration,
     retry_base: Duration,
+    failure_cooldown: Duration,
 }
 
 fn now_secs() -> u64 {
@@ -117,6 +118,10 @@ pub fn member(repo: &RepoName, digest: &Digest) -> String {
     format!("{repo}\n{digest}")
 }
 
+fn attempts_key(member: &str) -> String {
+    format!("scan:attempts:{member}")
+}
+
 /// The lock a worker holds while it runs a job.
 pub fn job_lock(member: &str) -> String {
     format!("scan:job:{member}")
@@ -131,28 +136,53 @@ fn inventory_path(digest: &Digest) -> String {
     DerivedStore::blob_path(digest, &format!("inventory-v{FORMAT}"))
 }
 
-fn failure_path(digest: &Digest) -> String {
-    format!("failures/{}/{}", digest.algorithm().as_str(), digest.hex())
+/// A job that ran out of attempts, per repository (its error may name it).
+fn failure_path(repo: &RepoName, digest: &Digest) -> String {
+    format!("failures/{}/{}/{repo}", digest.algorithm().as_str(), digest.hex())
 }
 
+/// Reports depend on the manifest, the database and the inventory format
+/// (never on the repository: that is filled in per request).
 fn report_path(db: &str, digest: &Digest) -> String {
-    format!("reports/{db}/{}/{}", digest.algorithm().as_str(), digest.hex())
+    format!("reports/{db}/v{FORMAT}/{}/{}", digest.algorithm().as_str(), digest.hex())
+}
+
+/// How long a recorded failure is answered before the job is tried again.
+const FAILURE_COOLDOWN: Duration = Duration::from_secs(3600);
+
+/// Extend a lease every third of its time until `stop`; `false` once the
+/// lease was lost.
+async fn heartbeat(state: Arc<dyn berth_state::SharedState>, lease: berth_state::Lease, ttl: Duration) {
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match state.extend(&lease, ttl).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(lease = %lease.name, "scan: lease lost while working");
+                return;
+            }
+            Err(e) => tracing::warn!(lease = %lease.name, error = %e, "scan: cannot extend a lease"),
+        }
+    }
 }
 
 /// Bridge a byte stream to a blocking reader (the tar walker is
 /// synchronous): chunks cross a bounded channel, so memory stays bounded.
 struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Result<Bytes, String>>,
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
     chunk: Bytes,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.chunk.is_empty() {
-            match self.rx.recv() {
-                Ok(Ok(b)) => self.chunk = b,
-                Ok(Err(e)) => return Err(std::io::Error::other(e)),
-                Err(_) => return Ok(0),
+            match self.rx.blocking_recv() {
+                Some(b) => self.chunk = b,
+                // The sender ends the stream (all read, or the read failed:
+                // the caller then discards the result).
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.chunk.len());
@@ -182,13 +212,15 @@ impl Scanner {
             wake: tokio::sync::Notify::new(),
             lease: JOB_LEASE,
             retry_base: RETRY_BASE,
+            failure_cooldown: FAILURE_COOLDOWN,
         }
     }
 
     /// Shorter leases and retries (tests of takeover and backoff).
-    pub fn with_timing(mut self, lease: Duration, retry_base: Duration) -> Scanner {
+    pub fn with_timing(mut self, lease: Duration, retry_base: Duration, failure_cooldown: Duration) -> Scanner {
         self.lease = lease;
         self.retry_base = retry_base;
+        self.failure_cooldown = failure_cooldown;
         self
     }
 
@@ -276,8 +308,10 @@ impl Scanner {
                 state.unlock(&lease).await?;
                 continue;
             };
+            let beat = tokio::spawn(heartbeat(state.clone(), lease.clone(), self.lease));
             let result = self.scan(&repo, &digest).await;
-            let attempts_key = format!("scan:attempts:{m}");
+            beat.abort();
+            let attempts_key = attempts_key(&m);
             match result {
                 Ok(()) => {
                     state.unschedule(QUEUE, &m).await?;
@@ -296,7 +330,7 @@ impl Scanner {
                         tracing::warn!(repository = %repo, digest = %digest, error = %e, attempts, "scan: job failed");
                         let f = Failure { error: e.to_string(), attempts, at: now_secs() };
                         let body = serde_json::to_vec(&f).map_err(OciError::internal)?;
-                        self.derived.put(&failure_path(&digest), Bytes::from(body)).await?;
+                        self.derived.put(&failure_path(&repo, &digest), Bytes::from(body)).await?;
                         state.unschedule(QUEUE, &m).await?;
                         state.delete(&attempts_key).await?;
                         metrics::inc(&metrics::get().scan_jobs_failed);
@@ -394,45 +428,55 @@ impl Scanner {
                 cause: format!("layer {digest} {BUSY}"),
             });
         };
-        let result = self.compute_inventory(access, digest).await;
+        let beat = tokio::spawn(heartbeat(state.clone(), lease.clone(), self.lease));
+        let result = match self.compute_inventory(access, digest).await {
+            Ok(inv) => match serde_json::to_vec(&inv) {
+                // Stored before the lease ends: no second worker computes it.
+                Ok(body) => self.derived.put(&inventory_path(digest), Bytes::from(body)).await,
+                Err(e) => Err(OciError::internal(e)),
+            },
+            Err(e) => Err(e),
+        };
+        beat.abort();
         let _ = state.unlock(&lease).await;
-        let inv = result?;
-        let body = serde_json::to_vec(&inv).map_err(OciError::internal)?;
-        self.derived.put(&inventory_path(digest), Bytes::from(body)).await
+        result
     }
 
     async fn compute_inventory(&self, access: &Access<Pull>, digest: &Digest) -> Result<LayerInventory, OciError> {
         let started = Instant::now();
         let blob = self.registry.blob_get(access, digest, None).await?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Bytes, String>>(8);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let limits = self.limits.clone();
         let name = digest.to_string();
         let worker = tokio::task::spawn_blocking(move || {
             layer::analyze(&name, ChannelReader { rx, chunk: Bytes::new() }, &limits)
         });
         let mut body = blob.body;
+        let mut storage_error = None;
         while let Some(chunk) = body.next().await {
-            let item = chunk.map_err(|e| e.to_string());
-            let failed = item.is_err();
-            // The walker may stop early (an error, a bomb): then it hangs
-            // up and the rest of the blob is not read.
-            let sent = {
-                let tx = tx.clone();
-                tokio::task::spawn_blocking(move || tx.send(item).is_ok()).await.unwrap_or(false)
-            };
-            if !sent || failed {
-                break;
+            match chunk {
+                // The walker may stop early (an error, a bomb): then it
+                // hangs up and the rest of the blob is not read.
+                Ok(b) => {
+                    if tx.send(b).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    storage_error = Some(e);
+                    break;
+                }
             }
         }
         drop(tx);
         let inv = worker.await.map_err(OciError::internal)?;
-        if inv.errors.iter().any(|e| e.contains("cannot be read") || e.contains("breaks after")) && inv.entries == 0 {
-            // A storage read failure is retried, not recorded as a fact.
-            if let Some(e) = inv.errors.first() {
-                if e.contains("error decoding") || e.contains("connection") {
-                    return Err(OciError::Unavailable { retry_after: Duration::from_secs(5), cause: e.clone() });
-                }
-            }
+        if let Some(e) = storage_error {
+            // A read that failed says nothing about the layer: retried,
+            // never stored as its inventory.
+            return Err(match OciError::from(e) {
+                OciError::Internal(e) => OciError::Unavailable { retry_after: Duration::from_secs(5), cause: e.to_string() },
+                other => other,
+            });
         }
         let m = metrics::get();
         metrics::inc(&m.scan_layers);
@@ -459,16 +503,24 @@ impl Scanner {
         let db = self.db.current(&self.derived).await?;
         let db_version = db.as_ref().map(|d| d.manifest.version.clone()).unwrap_or_else(|| "none".into());
         let key = (stored.digest.clone(), db_version.clone());
-        if let Some(r) = self.reports.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(Outcome::Ready(r.clone()));
+        // The cached report is the manifest's; the artifact's repository and
+        // reference are the caller's, filled in for each request.
+        let answer = |r: &Arc<Report>| {
+            let mut mine = Report::clone(r);
+            mine.artifact.repository = access.repo().to_string();
+            mine.artifact.reference = reference.to_string();
+            Outcome::Ready(Arc::new(mine))
+        };
+        let cached = self.reports.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        if let Some(r) = cached {
+            return Ok(answer(&r));
         }
         let path = report_path(&db_version, &stored.digest);
         if let Some(b) = self.derived.get(&path, MAX_REPORT).await? {
-            if let Ok(mut r) = serde_json::from_slice::<Report>(&b) {
-                r.artifact.reference = reference.to_string();
+            if let Ok(r) = serde_json::from_slice::<Report>(&b) {
                 let r = Arc::new(r);
                 self.remember(key, r.clone());
-                return Ok(Outcome::Ready(r));
+                return Ok(answer(&r));
             }
         }
         let images = self.images(access, &stored.digest, &stored.bytes, &stored.media_type).await?;
@@ -485,23 +537,34 @@ impl Scanner {
             layer_sets.push(invs);
         }
         if missing {
-            if let Some(b) = self.derived.get(&failure_path(&stored.digest), 1 << 20).await? {
+            let failure = failure_path(access.repo(), &stored.digest);
+            if let Some(b) = self.derived.get(&failure, 1 << 20).await? {
                 let f: Failure = serde_json::from_slice(&b).map_err(OciError::internal)?;
-                // A recorded failure is answered once, then the job retries.
-                self.derived.delete(&failure_path(&stored.digest)).await?;
-                self.enqueue(access.repo(), &stored.digest).await?;
-                return Err(OciError::Unavailable {
-                    retry_after: Duration::from_secs(30),
-                    cause: format!("the scan failed after {} attempts: {}; queued again", f.attempts, f.error),
-                });
+                // Answered for an hour, then the job is tried again.
+                let age = Duration::from_secs(now_secs().saturating_sub(f.at));
+                if age < self.failure_cooldown {
+                    return Err(OciError::Unavailable {
+                        retry_after: (self.failure_cooldown - age).max(Duration::from_secs(1)),
+                        cause: format!("the scan failed after {} attempts: {}", f.attempts, f.error),
+                    });
+                }
+                self.derived.delete(&failure).await?;
             }
-            self.enqueue(access.repo(), &stored.digest).await?;
+            // A job retrying after a failure keeps its backoff: readers
+            // polling the report do not restart it.
+            let m = member(access.repo(), &stored.digest);
+            if self.registry.state().get(&attempts_key(&m)).await?.is_none() {
+                self.enqueue(access.repo(), &stored.digest).await?;
+            }
             return Ok(Outcome::Pending { retry_after: Duration::from_secs(2) });
         }
         let mut platforms = Vec::new();
         let mut findings = Vec::new();
         for (image, invs) in images.iter().zip(layer_sets) {
-            let merged = merge::merge(&invs);
+            // Merging is CPU work proportional to the image: off the runtime.
+            let (mut merged, invs) = tokio::task::spawn_blocking(move || (merge::merge(&invs), invs))
+                .await
+                .map_err(OciError::internal)?;
             let mut notes = Vec::new();
             let mut found = Vec::new();
             if let Some(db) = &db {
@@ -514,7 +577,16 @@ impl Scanner {
                 wanted.sort_unstable();
                 wanted.dedup();
                 let shards = db.shards(&self.derived, &wanted).await?;
-                found = report::match_packages(&merged, &shards, &mut notes);
+                let (m, f, n) = tokio::task::spawn_blocking(move || {
+                    let mut notes = Vec::new();
+                    let found = report::match_packages(&merged, &shards, &mut notes);
+                    (merged, found, notes)
+                })
+                .await
+                .map_err(OciError::internal)?;
+                found = f;
+                notes.extend(n);
+                merged = m;
             } else {
                 notes.push("no vulnerability database imported: inventory only (berth vulndb import)".into());
             }
@@ -589,7 +661,7 @@ impl Scanner {
         self.derived.put(&path, Bytes::from(body)).await?;
         let report = Arc::new(report);
         self.remember(key, report.clone());
-        Ok(Outcome::Ready(report))
+        Ok(answer(&report))
     }
 
     fn remember(&self, key: (Digest, String), report: Arc<Report>) {

@@ -202,17 +202,17 @@ fn range_verdict(range: &Range, scheme: Scheme, version: &str) -> Result<Option<
             _ => cmp(a.version(), b.version()),
         }
     };
-    let mut events: Vec<&Event> = range.events.iter().collect();
-    let mut failure = None;
-    events.sort_by(|a, b| {
-        key_cmp(a, b).unwrap_or_else(|e| {
-            failure = Some(e);
-            Ordering::Equal
-        })
-    });
-    if let Some(e) = failure {
-        return Err(e);
+    // Every event's version must be readable first: sorting with a
+    // comparator that cannot order some pairs is no total order.
+    for e in &range.events {
+        let v = e.version();
+        if v != "0" && v != "*" {
+            cmp(v, v)?;
+        }
     }
+    let mut events: Vec<&Event> = range.events.iter().filter(|e| e.version() != "*").collect();
+    events.sort_by(|a, b| key_cmp(a, b).unwrap_or(Ordering::Equal));
+    let limit_any = range.events.iter().any(|e| matches!(e, Event::Limit(v) if v == "*"));
     let mut affected = false;
     let mut limits = Vec::new();
     for e in &events {
@@ -235,7 +235,7 @@ fn range_verdict(range: &Range, scheme: Scheme, version: &str) -> Result<Option<
             Event::Limit(v) => limits.push(v),
         }
     }
-    if affected && !limits.is_empty() {
+    if affected && !limits.is_empty() && !limit_any {
         let mut below = false;
         for l in &limits {
             if l.as_str() == "*" || cmp(version, l)? == Ordering::Less {
