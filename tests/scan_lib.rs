@@ -215,7 +215,8 @@ async fn the_queue_backfills_shares_layers_takes_over_and_gives_up() {
     // Two replicas: same store, same shared state.
     let r1 = Registry::new(fs.clone(), state.clone(), RegistryOptions::default());
     let r2 = Registry::new(fs.clone(), state.clone(), RegistryOptions::default());
-    let timing = |s: Scanner| s.with_timing(Duration::from_millis(300), Duration::from_millis(10), Duration::from_secs(3600));
+    let timing =
+        |s: Scanner| s.with_timing(Duration::from_millis(300), Duration::from_millis(10), Duration::from_secs(3600));
     let s1 = timing(Scanner::new(r1.clone(), ScanConfig::default()));
     let s2 = timing(Scanner::new(r2.clone(), ScanConfig::default()));
     let m = berth::metrics::get();
@@ -284,14 +285,20 @@ async fn the_queue_backfills_shares_layers_takes_over_and_gives_up() {
     // Another repository holding the same image sees no failure of this one.
     let elsewhere = push(&r1, "other/broken", "1", &[&broken_layer]).await;
     assert_eq!(elsewhere, b);
-    assert!(matches!(s1.report(&access::<Pull>("other/broken"), &"1".parse().unwrap()).await, Ok(Outcome::Pending { .. })));
+    assert!(matches!(
+        s1.report(&access::<Pull>("other/broken"), &"1".parse().unwrap()).await,
+        Ok(Outcome::Pending { .. })
+    ));
     state.unschedule(QUEUE, &member(&"other/broken".parse().unwrap(), &b)).await.unwrap();
     let later = Scanner::new(r1.clone(), ScanConfig::default()).with_timing(
         Duration::from_millis(300),
         Duration::from_millis(10),
         Duration::ZERO,
     );
-    assert!(matches!(later.report(&access::<Pull>("new/broken"), &"1".parse().unwrap()).await, Ok(Outcome::Pending { .. })));
+    assert!(matches!(
+        later.report(&access::<Pull>("new/broken"), &"1".parse().unwrap()).await,
+        Ok(Outcome::Pending { .. })
+    ));
     assert_eq!(state.due(QUEUE, SystemTime::now(), 10).await.unwrap().len(), 1, "queued again");
 
     // The facts of a blob the collector deleted are swept (after a grace).

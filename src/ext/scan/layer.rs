@@ -191,8 +191,11 @@ fn warn(inv: &mut LayerInventory, dropped: &mut u64, message: String) {
 
 /// Analyze one layer blob. Errors land in the inventory, never in a panic.
 pub fn analyze<R: Read>(digest: &str, blob: R, limits: &Limits) -> LayerInventory {
-    let counters =
-        Arc::new(Counters { compressed: AtomicU64::new(0), uncompressed: AtomicU64::new(0), fence: AtomicU64::new(HEADER_ROOM) });
+    let counters = Arc::new(Counters {
+        compressed: AtomicU64::new(0),
+        uncompressed: AtomicU64::new(0),
+        fence: AtomicU64::new(HEADER_ROOM),
+    });
     let mut inv = LayerInventory { format: FORMAT, digest: digest.to_owned(), ..Default::default() };
     let mut input =
         BufReader::with_capacity(64 << 10, Counting { inner: blob, counter: counters.clone(), compressed: true });
@@ -253,12 +256,7 @@ fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory, dropped: 
         }
     };
     let mut analyzed = 0u64;
-    // Bytes of the current entry the walker has not read (the tar reader
-    // skips them before the next header).
-    let mut unread = 0u64;
     loop {
-        let here = counters.uncompressed.load(Ordering::Relaxed);
-        counters.fence.store(here.saturating_add(unread).saturating_add(HEADER_ROOM + 1024), Ordering::Relaxed);
         let Some(entry) = entries.next() else { break };
         let mut entry = match entry {
             Ok(e) => e,
@@ -269,11 +267,15 @@ fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory, dropped: 
         };
         inv.entries += 1;
         // What the archive holds for this entry (a sparse file's data only).
-        unread = if entry.header().entry_type().is_gnu_sparse() {
+        let unread = if entry.header().entry_type().is_gnu_sparse() {
             entry.header().entry_size().unwrap_or(u64::MAX)
         } else {
             entry.size()
         };
+        // The fence: this entry's data (read by us or skipped by the tar
+        // reader) and then the next entry's headers; nothing more.
+        let here = counters.uncompressed.load(Ordering::Relaxed);
+        counters.fence.store(here.saturating_add(unread).saturating_add(HEADER_ROOM + 1024), Ordering::Relaxed);
         if inv.entries > limits.max_entries {
             inv.errors.push(format!("more than {} entries; the rest was not analyzed", limits.max_entries));
             return;
@@ -337,14 +339,16 @@ fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory, dropped: 
                 warn(
                     inv,
                     dropped,
-                    format!("{path}: {size} bytes, over the {} byte limit for a file to analyze; not analyzed", limits.max_file),
+                    format!(
+                        "{path}: {size} bytes, over the {} byte limit for a file to analyze; not analyzed",
+                        limits.max_file
+                    ),
                 );
                 // Still a file at this path: it hides what lower layers had.
                 placeholder(inv, path, &w);
                 continue;
             }
             analyzed += size;
-            unread = unread.saturating_sub(size);
             let data = match read_all(&mut entry, size) {
                 Ok(d) => d,
                 Err(e) => {
@@ -358,7 +362,6 @@ fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory, dropped: 
         // Sparse executables are no build output worth expanding.
         if executable && !sparse && size >= 64 {
             let mut magic = [0u8; 4];
-            unread = unread.saturating_sub(4);
             if let Err(e) = entry.read_exact(&mut magic) {
                 inv.errors.push(stream_error(&e, inv.entries));
                 return;
@@ -370,12 +373,14 @@ fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory, dropped: 
                 warn(
                     inv,
                     dropped,
-                    format!("{path}: an executable of {size} bytes, over the {} byte limit; not analyzed", limits.max_binary),
+                    format!(
+                        "{path}: an executable of {size} bytes, over the {} byte limit; not analyzed",
+                        limits.max_binary
+                    ),
                 );
                 continue;
             }
             analyzed += size;
-            unread = unread.saturating_sub(size - 4);
             let mut data = magic.to_vec();
             match read_all(&mut entry, size - 4) {
                 Ok(rest) => data.extend(rest),

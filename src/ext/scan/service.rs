@@ -474,7 +474,9 @@ impl Scanner {
             // A read that failed says nothing about the layer: retried,
             // never stored as its inventory.
             return Err(match OciError::from(e) {
-                OciError::Internal(e) => OciError::Unavailable { retry_after: Duration::from_secs(5), cause: e.to_string() },
+                OciError::Internal(e) => {
+                    OciError::Unavailable { retry_after: Duration::from_secs(5), cause: e.to_string() }
+                }
                 other => other,
             });
         }
@@ -562,9 +564,8 @@ impl Scanner {
         let mut findings = Vec::new();
         for (image, invs) in images.iter().zip(layer_sets) {
             // Merging is CPU work proportional to the image: off the runtime.
-            let (mut merged, invs) = tokio::task::spawn_blocking(move || (merge::merge(&invs), invs))
-                .await
-                .map_err(OciError::internal)?;
+            let (mut merged, invs) =
+                tokio::task::spawn_blocking(move || (merge::merge(&invs), invs)).await.map_err(OciError::internal)?;
             let mut notes = Vec::new();
             let mut found = Vec::new();
             if let Some(db) = &db {
