@@ -580,6 +580,29 @@ fn long_name_layer() -> Vec<u8> {
     b.into_inner().unwrap().finish().unwrap()
 }
 
+/// A legitimate layer that starts with 300 MiB of text compressing several
+/// hundred to one, then 8 MiB of incompressible data and a Python package:
+/// within 100 times the blob's size, so no bomb.
+fn compressible_layer() -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(300 << 20);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "var/log/app.log", std::io::Read::take(std::io::repeat(b'x'), 300 << 20)).unwrap();
+    let noise = common::bytes(8 << 20, 6);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(noise.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "opt/noise.bin", noise.as_slice()).unwrap();
+    let meta = b"Name: six\nVersion: 1.16.0\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_size(meta.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "usr/lib/python3/site-packages/six-1.16.0.dist-info/METADATA", &meta[..]).unwrap();
+    b.into_inner().unwrap().finish().unwrap()
+}
+
 /// A GNU sparse tar of a 10 GiB file at `var/lib/dpkg/status`, made by GNU tar.
 fn sparse_layer() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
@@ -651,6 +674,7 @@ async fn hostile_layers_are_reported_per_layer_and_the_registry_keeps_serving() 
         )],
     )
     .await;
+    let compressible = push_image(&base, "good/compressible", "1", &[(LAYER_GZIP, compressible_layer())]).await;
     let long_name = push_image(&base, "bad/longname", "1", &[(LAYER_GZIP, long_name_layer())]).await;
     let bdb = push_image(
         &base,
@@ -699,6 +723,10 @@ async fn hostile_layers_are_reported_per_layer_and_the_registry_keeps_serving() 
     let l = report(&base, "bad/loops", "1").await;
     assert_eq!(l["artifact"]["digest"], loops.as_str());
     assert!(l["os"].is_null());
+    let c = report(&base, "good/compressible", "1").await;
+    assert_eq!(c["artifact"]["digest"], compressible.as_str());
+    assert!(layer_problems(&c).is_empty(), "{:?}", layer_problems(&c));
+    assert_eq!(packages(&c), ["six@1.16.0"]);
     expect(&report(&base, "bad/longname", "1").await, &long_name, "errors: a tar extension header");
     expect(
         &report(&base, "bad/bdb", "1").await,

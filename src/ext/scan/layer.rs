@@ -58,6 +58,8 @@ struct Counters {
     /// A long name or pax record bigger than that room is refused before
     /// the tar reader holds it in memory.
     fence: AtomicU64,
+    /// The blob's stored size.
+    stored: u64,
 }
 
 /// Room for the headers between two entries (long names, pax records).
@@ -90,7 +92,7 @@ const FENCE: &str = "extension header";
 impl<R: Read> Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let c = &self.inner.counter;
-        let allowed = (c.compressed.load(Ordering::Relaxed).saturating_mul(self.limits.ratio))
+        let allowed = (c.compressed.load(Ordering::Relaxed).max(c.stored).saturating_mul(self.limits.ratio))
             .max(self.limits.floor)
             .min(self.limits.max_uncompressed);
         let at = c.uncompressed.load(Ordering::Relaxed);
@@ -190,11 +192,15 @@ fn warn(inv: &mut LayerInventory, dropped: &mut u64, message: String) {
 }
 
 /// Analyze one layer blob. Errors land in the inventory, never in a panic.
-pub fn analyze<R: Read>(digest: &str, blob: R, limits: &Limits) -> LayerInventory {
+/// `size` is the blob's stored size: the decompression limit is a ratio of
+/// it (a layer of text that compresses 1000 to 1 early on is no bomb as
+/// long as the whole stays within the ratio).
+pub fn analyze<R: Read>(digest: &str, blob: R, limits: &Limits, size: u64) -> LayerInventory {
     let counters = Arc::new(Counters {
         compressed: AtomicU64::new(0),
         uncompressed: AtomicU64::new(0),
         fence: AtomicU64::new(HEADER_ROOM),
+        stored: size,
     });
     let mut inv = LayerInventory { format: FORMAT, digest: digest.to_owned(), ..Default::default() };
     let mut input =
@@ -248,7 +254,7 @@ fn stream_error(e: &io::Error, entries: u64) -> String {
 
 fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory, dropped: &mut u64, counters: &Counters) {
     let mut archive = tar::Archive::new(stream);
-    let mut entries = match archive.entries() {
+    let entries = match archive.entries() {
         Ok(e) => e,
         Err(e) => {
             inv.errors.push(stream_error(&e, 0));
@@ -256,8 +262,7 @@ fn walk<R: Read>(stream: R, limits: &Limits, inv: &mut LayerInventory, dropped: 
         }
     };
     let mut analyzed = 0u64;
-    loop {
-        let Some(entry) = entries.next() else { break };
+    for entry in entries {
         let mut entry = match entry {
             Ok(e) => e,
             Err(e) => {

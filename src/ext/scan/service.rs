@@ -445,11 +445,12 @@ impl Scanner {
     async fn compute_inventory(&self, access: &Access<Pull>, digest: &Digest) -> Result<LayerInventory, OciError> {
         let started = Instant::now();
         let blob = self.registry.blob_get(access, digest, None).await?;
+        let stored = blob.size;
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let limits = self.limits.clone();
         let name = digest.to_string();
         let worker = tokio::task::spawn_blocking(move || {
-            layer::analyze(&name, ChannelReader { rx, chunk: Bytes::new() }, &limits)
+            layer::analyze(&name, ChannelReader { rx, chunk: Bytes::new() }, &limits, stored)
         });
         let mut body = blob.body;
         let mut storage_error = None;
