@@ -100,6 +100,8 @@ struct Scripts {
     unlock: Script,
     incr: Script,
     rate_limit: Script,
+    heartbeat: Script,
+    members: Script,
 }
 
 impl Scripts {
@@ -154,6 +156,25 @@ impl Scripts {
                   if now < allow_at then return allow_at - now end
                   redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, new_tat - now))
                   return 0",
+            ),
+            // A sorted set scored by expiry on Redis's clock. KEYS: group.
+            // ARGV: member, ttl ms. The set itself outlives its members by
+            // a margin, so an abandoned group disappears.
+            heartbeat: Script::new(
+                r"local t = redis.call('TIME')
+                  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+                  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+                  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 4)
+                  return 0",
+            ),
+            // KEYS: group. Members whose expiry is still ahead, sorted.
+            members: Script::new(
+                r"local t = redis.call('TIME')
+                  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+                  local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+                  table.sort(live)
+                  return live",
             ),
         }
     }
@@ -343,6 +364,31 @@ impl SharedState for RedisState {
         c.zrangebyscore_limit(self.key(queue), f64::NEG_INFINITY, unix_ms(now), 0, limit as isize)
             .await
             .map_err(map_err)
+    }
+
+    async fn heartbeat(&self, group: &str, member: &str, ttl: Duration) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .heartbeat
+            .key(self.key(group))
+            .arg(member)
+            .arg(ms(ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<String>> {
+        let mut c = self.conn.clone();
+        self.scripts.members.key(self.key(group)).invoke_async(&mut c).await.map_err(map_err)
+    }
+
+    async fn leave(&self, group: &str, member: &str) -> Result<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = c.zrem(self.key(group), member).await.map_err(map_err)?;
+        Ok(())
     }
 
     async fn publish(&self, channel: &str, message: Bytes) -> Result<()> {

@@ -55,6 +55,7 @@ pub struct Lease {
 /// - `set_fenced` writes only while the given lease is the current holder;
 /// - `incr` is atomic;
 /// - `due` returns scheduled members whose time has passed, oldest first;
+/// - `members` returns exactly the members whose heartbeat has not expired;
 /// - a message published after `subscribe` returned reaches that subscriber
 ///   (best effort: a slow subscriber may miss messages, never see reordering).
 #[async_trait]
@@ -92,6 +93,14 @@ pub trait SharedState: Send + Sync + fmt::Debug + 'static {
     async fn unschedule(&self, queue: &str, member: &str) -> Result<()>;
     /// Members of `queue` due at `now`, oldest first, at most `limit`.
     async fn due(&self, queue: &str, now: SystemTime, limit: usize) -> Result<Vec<String>>;
+
+    /// Record `member` in `group` for `ttl` from now (replacing an earlier
+    /// expiry): membership that lasts only while it is renewed.
+    async fn heartbeat(&self, group: &str, member: &str, ttl: Duration) -> Result<()>;
+    /// Members of `group` whose last heartbeat has not expired, sorted.
+    async fn members(&self, group: &str) -> Result<Vec<String>>;
+    /// Remove `member` from `group` at once.
+    async fn leave(&self, group: &str, member: &str) -> Result<()>;
 
     async fn publish(&self, channel: &str, message: Bytes) -> Result<()>;
     async fn subscribe(&self, channel: &str) -> Result<BoxStream<'static, Bytes>>;

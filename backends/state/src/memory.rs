@@ -46,6 +46,8 @@ struct Tables {
     /// name's tokens increasing without remembering each name forever.
     last_token: u64,
     queues: HashMap<String, Queue>,
+    /// Heartbeat groups: each member's expiry.
+    groups: HashMap<String, HashMap<String, Instant>>,
     /// Size of `values` after the last sweep of expired entries.
     swept_at_len: usize,
 }
@@ -213,6 +215,34 @@ impl SharedState for MemoryState {
             .get(queue)
             .map(|q| q.order.iter().take_while(|(due, _)| *due <= now).take(limit).map(|(_, m)| m.clone()).collect())
             .unwrap_or_default())
+    }
+
+    async fn heartbeat(&self, group: &str, member: &str, ttl: Duration) -> Result<()> {
+        let now = Instant::now();
+        let mut t = self.tables();
+        let g = t.groups.entry(group.to_owned()).or_default();
+        g.retain(|_, expires| *expires > now);
+        g.insert(member.to_owned(), now + ttl);
+        Ok(())
+    }
+
+    async fn members(&self, group: &str) -> Result<Vec<String>> {
+        let now = Instant::now();
+        let t = self.tables();
+        let mut live: Vec<String> = t
+            .groups
+            .get(group)
+            .map(|g| g.iter().filter(|(_, expires)| **expires > now).map(|(m, _)| m.clone()).collect())
+            .unwrap_or_default();
+        live.sort();
+        Ok(live)
+    }
+
+    async fn leave(&self, group: &str, member: &str) -> Result<()> {
+        if let Some(g) = self.tables().groups.get_mut(group) {
+            g.remove(member);
+        }
+        Ok(())
     }
 
     async fn publish(&self, channel: &str, message: Bytes) -> Result<()> {

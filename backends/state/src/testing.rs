@@ -37,6 +37,7 @@ pub async fn run_all(state: Arc<dyn SharedState>) {
     counters(state.clone()).await;
     rate_limits(state.clone()).await;
     schedules(state.as_ref()).await;
+    memberships(state.clone()).await;
     pubsub(state.as_ref()).await;
 }
 
@@ -177,6 +178,36 @@ pub async fn schedules(s: &dyn SharedState) {
     s.unschedule(q, "late").await.unwrap();
     s.unschedule(q, "early").await.unwrap();
     assert!(s.due(q, t0 + Duration::from_secs(100), 10).await.unwrap().is_empty());
+}
+
+/// Heartbeat groups: members are listed while their heartbeat lasts, a
+/// renewed heartbeat extends it, `leave` removes at once, groups are
+/// independent.
+pub async fn memberships(s: Arc<dyn SharedState>) {
+    let g = "conf:group";
+    let long = Duration::from_secs(60);
+    assert!(s.members(g).await.unwrap().is_empty());
+    s.heartbeat(g, "b:2", long).await.unwrap();
+    s.heartbeat(g, "a:1", long).await.unwrap();
+    s.heartbeat(g, "a:1", long).await.unwrap();
+    s.heartbeat("conf:other-group", "z", long).await.unwrap();
+    assert_eq!(s.members(g).await.unwrap(), ["a:1", "b:2"]);
+    s.heartbeat(g, "short", Duration::from_millis(150)).await.unwrap();
+    assert_eq!(s.members(g).await.unwrap(), ["a:1", "b:2", "short"]);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let s = s.clone();
+            async move { s.members(g).await.unwrap() == ["a:1", "b:2"] }
+        })
+        .await,
+        "an expired member is still listed"
+    );
+    s.leave(g, "b:2").await.unwrap();
+    s.leave(g, "absent").await.unwrap();
+    assert_eq!(s.members(g).await.unwrap(), ["a:1"]);
+    s.leave(g, "a:1").await.unwrap();
+    s.leave("conf:other-group", "z").await.unwrap();
+    assert!(s.members(g).await.unwrap().is_empty());
 }
 
 pub async fn pubsub(s: &dyn SharedState) {
