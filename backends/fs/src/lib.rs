@@ -22,6 +22,7 @@ use berth_storage::{
     Result, StorageError,
 };
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 
 const BACKEND: &str = "fs";
@@ -305,6 +306,41 @@ impl Inner {
     }
 }
 
+/// Read `len` bytes at `pos` of `file`. The read is first tried without
+/// blocking (RWF_NOWAIT succeeds when the bytes are in the page cache, the
+/// common case for hot layers) on the calling runtime thread; only bytes
+/// that need the disk go through the blocking pool. A file shorter than
+/// `pos + len` is an `UnexpectedEof` error.
+pub async fn read_at(file: &Arc<File>, pos: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    let filled = read_cached(file, &mut buf, pos);
+    if filled < len {
+        let file = file.clone();
+        let (returned, result) = tokio::task::spawn_blocking(move || {
+            let result = file.read_exact_at(&mut buf[filled..], pos + filled as u64);
+            (buf, result)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        result?;
+        buf = returned;
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Stream `range` of an open file in pieces of 256 KiB, read as
+/// [`read_at`] does; the reads land in the buffers handed to the client.
+pub fn stream_file(file: Arc<File>, range: Range<u64>) -> BoxStream<'static, io::Result<Bytes>> {
+    let end = range.end;
+    futures::stream::iter((range.start..end).step_by(READ_CHUNK))
+        .then(move |pos| {
+            let file = file.clone();
+            let len = (end - pos).min(READ_CHUNK as u64) as usize;
+            async move { read_at(&file, pos, len).await }
+        })
+        .boxed()
+}
+
 /// Read what the page cache already holds of `buf.len()` bytes at `pos`
 /// without blocking; returns how many bytes were read.
 fn read_cached(file: &File, buf: &mut [u8], pos: u64) -> usize {
@@ -434,35 +470,7 @@ impl ObjectStore for FsStore {
                 Ok((file, meta, range))
             })
             .await?;
-        // Each piece is first read without blocking (RWF_NOWAIT succeeds when
-        // the bytes are in the page cache, the common case for hot layers),
-        // on the runtime thread; only bytes that need the disk go through the
-        // blocking pool. Reads land in the buffers handed to the client.
-        let file = Arc::new(file);
-        let end = range.end;
-        let body = futures::stream::iter((range.start..end).step_by(READ_CHUNK))
-            .then(move |pos| {
-                let file = file.clone();
-                let len = (end - pos).min(READ_CHUNK as u64) as usize;
-                async move {
-                    let mut buf = vec![0u8; len];
-                    let mut filled = read_cached(&file, &mut buf, pos);
-                    if filled < len {
-                        let (returned, result) = tokio::task::spawn_blocking(move || {
-                            let result = file.read_exact_at(&mut buf[filled..], pos + filled as u64);
-                            (buf, result)
-                        })
-                        .await
-                        .map_err(|e| StorageError::Backend { backend: BACKEND, source: Box::new(e) })?;
-                        result.map_err(backend_err)?;
-                        buf = returned;
-                        filled = len;
-                    }
-                    debug_assert_eq!(filled, buf.len());
-                    Ok(Bytes::from(buf))
-                }
-            })
-            .boxed();
+        let body = stream_file(Arc::new(file), range.clone()).map(|r| r.map_err(backend_err)).boxed();
         Ok(GetResult { meta, range, body })
     }
 
