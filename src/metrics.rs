@@ -62,6 +62,38 @@ pub struct Metrics {
     pub scan_findings_unknown: AtomicU64,
     /// Pulls the scan policy refused.
     pub scan_policy_denials: AtomicU64,
+    /// Blob reads through the blob cache, and how they were served: from a
+    /// cached file (hit), from a fill (miss; `fill_joins` of them followed
+    /// a fill another request started), or passed through.
+    pub blob_cache_requests: AtomicU64,
+    pub blob_cache_hits: AtomicU64,
+    pub blob_cache_misses: AtomicU64,
+    pub blob_cache_fill_joins: AtomicU64,
+    pub blob_cache_passthrough: AtomicU64,
+    /// Object-store GETs the cache made (fills, resumptions, pass-through),
+    /// and those it saved (reads served without one of their own).
+    pub blob_cache_store_gets: AtomicU64,
+    pub blob_cache_store_gets_saved: AtomicU64,
+    /// Bytes sent to clients from the cache, and bytes written into it.
+    pub blob_cache_served_bytes: AtomicU64,
+    pub blob_cache_filled_bytes: AtomicU64,
+    /// Files discarded because they did not match their digest.
+    pub blob_cache_corrupt: AtomicU64,
+    pub blob_cache_evictions: AtomicU64,
+    /// Gauges: bytes and blobs cached, fills in progress.
+    pub blob_cache_bytes: AtomicU64,
+    pub blob_cache_blobs: AtomicU64,
+    pub blob_cache_fills_in_flight: AtomicU64,
+    /// Fills that asked the owning peer, and those that fell back to the
+    /// object store (peer gone, slow, or failed mid-stream).
+    pub mesh_peer_fetches: AtomicU64,
+    pub mesh_peer_fallbacks: AtomicU64,
+    /// Blob requests the internal listener served to peers, and
+    /// connections it refused (no or untrusted client certificate).
+    pub mesh_served: AtomicU64,
+    pub mesh_refused: AtomicU64,
+    /// Gauge: live members this replica sees (itself included).
+    pub mesh_members: AtomicU64,
 }
 
 static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();

@@ -246,6 +246,65 @@ impl Collector for Core {
             None,
             MetricType::Counter,
         )?)?;
+        let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 13] = [
+            ("berth_blob_cache_requests", "Blob reads through the blob cache.", &m.blob_cache_requests),
+            ("berth_blob_cache_hits", "Blob reads served from a cached file.", &m.blob_cache_hits),
+            ("berth_blob_cache_misses", "Blob reads served from a fill or passed through.", &m.blob_cache_misses),
+            (
+                "berth_blob_cache_fill_joins",
+                "Blob reads that followed a fill another read started.",
+                &m.blob_cache_fill_joins,
+            ),
+            (
+                "berth_blob_cache_passthrough",
+                "Blob reads passed through (too big for the budget, disk refused).",
+                &m.blob_cache_passthrough,
+            ),
+            ("berth_blob_cache_store_gets", "Object-store GETs the blob cache made.", &m.blob_cache_store_gets),
+            (
+                "berth_blob_cache_store_gets_saved",
+                "Blob reads served without an object-store GET of their own.",
+                &m.blob_cache_store_gets_saved,
+            ),
+            ("berth_blob_cache_served_bytes", "Bytes sent to clients from the blob cache.", &m.blob_cache_served_bytes),
+            ("berth_blob_cache_filled_bytes", "Bytes written into the blob cache.", &m.blob_cache_filled_bytes),
+            (
+                "berth_blob_cache_corrupt",
+                "Cached or fetched blobs discarded for not matching their digest.",
+                &m.blob_cache_corrupt,
+            ),
+            ("berth_blob_cache_evictions", "Blobs evicted to stay within the budget.", &m.blob_cache_evictions),
+            ("berth_mesh_peer_fetches", "Fills that asked the digest's owner.", &m.mesh_peer_fetches),
+            (
+                "berth_mesh_peer_fallbacks",
+                "Peer fetches abandoned for the object store (owner gone, slow or failed).",
+                &m.mesh_peer_fallbacks,
+            ),
+        ];
+        for (name, help, c) in counters {
+            ConstCounter::new(v(c)).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        ConstCounter::new(v(&m.mesh_served)).encode(encoder.encode_descriptor(
+            "berth_mesh_served",
+            "Blob requests the internal listener served to peers.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(v(&m.mesh_refused)).encode(encoder.encode_descriptor(
+            "berth_mesh_refused_connections",
+            "Connections to the internal listener refused (no or untrusted client certificate).",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let gauges: [(&str, &str, &std::sync::atomic::AtomicU64); 4] = [
+            ("berth_blob_cache_bytes", "Bytes of cached blobs on this replica's disk.", &m.blob_cache_bytes),
+            ("berth_blob_cache_blobs", "Blobs cached on this replica's disk.", &m.blob_cache_blobs),
+            ("berth_blob_cache_fills_in_flight", "Fills in progress.", &m.blob_cache_fills_in_flight),
+            ("berth_mesh_members", "Live mesh members this replica sees, itself included.", &m.mesh_members),
+        ];
+        for (name, help, g) in gauges {
+            ConstGauge::new(v(g) as i64).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
         Ok(())
     }
 }

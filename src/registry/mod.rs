@@ -3,8 +3,10 @@
 //! method that touches a repository takes an [`Access`] for it.
 
 pub mod access;
+pub mod blobcache;
 pub mod cache;
 pub mod cursor;
+pub mod delivery;
 pub mod derived;
 pub mod gc;
 pub mod hooks;
@@ -68,6 +70,8 @@ pub struct RegistryOptions {
     pub pull_record_every: Duration,
     /// Storage quotas, checked at manifest PUT.
     pub quotas: Vec<gc::usage::Quota>,
+    /// How blob GETs are answered, per repository.
+    pub delivery: delivery::DeliveryRules,
 }
 
 impl Default for RegistryOptions {
@@ -83,6 +87,7 @@ impl Default for RegistryOptions {
             gc: gc::GcOptions::default(),
             pull_record_every: Duration::from_secs(3600),
             quotas: Vec::new(),
+            delivery: delivery::DeliveryRules::default(),
         }
     }
 }
@@ -104,6 +109,8 @@ pub struct Registry {
     pulls: Arc<gc::PullNotes>,
     /// Immutable facts the quota check reuses.
     quota_caches: Arc<gc::usage::QuotaCaches>,
+    /// Blob bytes on this replica's disk (`delivery = cache`).
+    blob_cache: Option<Arc<blobcache::BlobCache>>,
 }
 
 /// Size of a blob visible in a repository.
@@ -153,6 +160,28 @@ impl Registry {
             hook: None,
             pulls: Arc::default(),
             quota_caches: Arc::default(),
+            blob_cache: None,
+        }
+    }
+
+    /// Serve blobs of repositories whose delivery is `cache` from `cache`.
+    pub fn with_blob_cache(mut self, cache: Arc<blobcache::BlobCache>) -> Registry {
+        self.blob_cache = Some(cache);
+        self
+    }
+
+    /// The blob cache, when there is one.
+    pub fn blob_cache(&self) -> Option<&Arc<blobcache::BlobCache>> {
+        self.blob_cache.as_ref()
+    }
+
+    /// The blob cache, if `repo`'s blobs are delivered from it.
+    fn cache_for(&self, repo: &RepoName) -> Option<&Arc<blobcache::BlobCache>> {
+        let d = self.options.delivery.for_repo(repo.as_str());
+        if d.mode == delivery::DeliveryMode::Cache {
+            self.blob_cache.as_ref()
+        } else {
+            None
         }
     }
 
@@ -229,6 +258,9 @@ impl Registry {
         if !self.is_linked(access.repo(), digest).await? {
             return Err(OciError::BlobUnknown(digest.to_string()));
         }
+        if let Some(size) = self.cache_for(access.repo()).and_then(|c| c.cached_size(digest)) {
+            return Ok(BlobMeta { size });
+        }
         match self.store.head(&keys::blob(digest)).await {
             Ok(meta) => Ok(BlobMeta { size: meta.size }),
             Err(e) if e.is_not_found() => Err(OciError::BlobUnknown(digest.to_string())),
@@ -246,8 +278,16 @@ impl Registry {
         if !self.is_linked(access.repo(), digest).await? {
             return Err(OciError::BlobUnknown(digest.to_string()));
         }
-        match self.store.get(&keys::blob(digest), range).await {
-            Ok(got) => Ok(BlobRead { size: got.meta.size, range: got.range, body: got.body }),
+        let read = match self.cache_for(access.repo()) {
+            Some(cache) => cache.read(digest, range, false).await,
+            None => self.store.get(&keys::blob(digest), range).await.map(|got| BlobRead {
+                size: got.meta.size,
+                range: got.range,
+                body: got.body,
+            }),
+        };
+        match read {
+            Ok(read) => Ok(read),
             Err(StorageError::NotFound { .. }) => Err(OciError::BlobUnknown(digest.to_string())),
             Err(StorageError::InvalidRange { size }) => Err(OciError::RangeNotSatisfiable { size }),
             Err(e) => Err(e.into()),
@@ -260,10 +300,47 @@ impl Registry {
     /// `Ok(None)` means "stream it" (redirects are off or unsupported).
     pub async fn blob_redirect(&self, access: &Access<Pull>, digest: &Digest) -> Result<Option<String>> {
         let Some(ttl) = self.options.redirect_ttl else { return Ok(None) };
+        let d = self.options.delivery.for_repo(access.repo().as_str());
+        if d.mode != delivery::DeliveryMode::Redirect && d.redirect_above.is_none() {
+            return Ok(None);
+        }
         if !self.is_linked(access.repo(), digest).await? {
             return Err(OciError::BlobUnknown(digest.to_string()));
         }
+        if let (Some(limit), false) = (d.redirect_above, d.mode == delivery::DeliveryMode::Redirect) {
+            let size = match self.blob_cache.as_ref().and_then(|c| c.cached_size(digest)) {
+                Some(size) => size,
+                None => match self.store.head(&keys::blob(digest)).await {
+                    Ok(meta) => meta.size,
+                    Err(e) if e.is_not_found() => return Err(OciError::BlobUnknown(digest.to_string())),
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            if size <= limit {
+                return Ok(None);
+            }
+        }
         Ok(self.store.presign_get(&keys::blob(digest), ttl).await?)
+    }
+
+    /// Read a blob by digest for a peer of the mesh: no repository, no
+    /// access check (the replica the client talked to authorized the pull;
+    /// the internal listener admits peers only), through the blob cache.
+    pub async fn blob_for_peer(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobRead> {
+        let read = match &self.blob_cache {
+            Some(cache) => cache.read(digest, range, true).await,
+            None => self.store.get(&keys::blob(digest), range).await.map(|got| BlobRead {
+                size: got.meta.size,
+                range: got.range,
+                body: got.body,
+            }),
+        };
+        match read {
+            Ok(read) => Ok(read),
+            Err(StorageError::NotFound { .. }) => Err(OciError::BlobUnknown(digest.to_string())),
+            Err(StorageError::InvalidRange { size }) => Err(OciError::RangeNotSatisfiable { size }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Unlink a blob from a repository. The bytes stay for other
