@@ -13,6 +13,7 @@ pub mod conn;
 pub mod ext;
 pub mod flavor;
 pub mod glob;
+pub mod mesh;
 pub mod metrics;
 pub mod oci;
 pub mod ratelimit;

@@ -347,6 +347,9 @@ async fn serve(cfg: Config, components: berth::server::Components, config_file: 
     }
     // Tests and scripts read the bound address (useful with port 0) from here.
     println!("listening on {}", server.local_addr()?);
+    if let Some((addr, advertise)) = server.mesh_addr() {
+        println!("mesh on {addr} as {advertise}");
+    }
     server.run(berth::server::shutdown_signal()).await
 }
 

@@ -45,6 +45,8 @@ pub struct Components {
     pub trusted_proxies: TrustedProxies,
     pub rate_limits: Option<crate::ratelimit::RateLimits>,
     pub metrics_access: Option<api::MetricsAccess>,
+    /// The mesh's server and client TLS (`[mesh]`).
+    pub mesh_tls: Option<(crate::tls::ReloadingTls, crate::tls::ReloadingClientTls)>,
 }
 
 impl Components {
@@ -74,7 +76,14 @@ impl Components {
             Some(m) => Some(api::MetricsAccess::from_config(m, &ids).map_err(|e| key("metrics", e))?),
             None => None,
         };
-        Ok(Components { gate, tls, trusted_proxies, rate_limits, metrics_access })
+        let mesh_tls = match &config.mesh {
+            Some(m) => Some((
+                crate::mesh::server_tls(m).map_err(|e| key("mesh", e.to_string()))?,
+                crate::mesh::client_tls(m).map_err(|e| key("mesh", e.to_string()))?,
+            )),
+            None => None,
+        };
+        Ok(Components { gate, tls, trusted_proxies, rate_limits, metrics_access, mesh_tls })
     }
 }
 
@@ -104,6 +113,16 @@ pub struct Server {
     revocation_reload: Duration,
     /// The configuration file whose access policies are reloaded.
     config_file: Option<std::path::PathBuf>,
+    mesh: Option<MeshParts>,
+}
+
+/// The mesh, bound and ready to run.
+#[derive(Debug)]
+struct MeshParts {
+    mesh: Arc<crate::mesh::Mesh>,
+    listener: TcpListener,
+    server_tls: crate::tls::ReloadingTls,
+    client_tls: crate::tls::ReloadingClientTls,
 }
 
 /// Open the object store and shared state the configuration names, and the
@@ -143,8 +162,8 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
         upload_ttl: config.uploads.session_ttl.0,
         // A lease must outlive the longest pause a client may take mid-body.
         upload_lock_ttl: (body_idle * 2).max(Duration::from_secs(30)),
-        redirect_ttl: (config.storage.delivery == crate::config::BlobDelivery::Redirect)
-            .then_some(config.storage.redirect_ttl.0),
+        redirect_ttl: redirects(config).then_some(config.storage.redirect_ttl.0),
+        delivery: delivery_rules(config),
         cache: crate::registry::cache::CacheOptions {
             manifest_bytes: config.cache.manifest_bytes,
             tag_ttl: config.cache.tag_ttl.0,
@@ -158,14 +177,61 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
             .collect(),
         ..RegistryOptions::default()
     };
-    Ok(Registry::new(store, state, options))
+    let mut registry = Registry::new(store.clone(), state, options);
+    if let Some(b) = &config.cache.blobs {
+        let opts = crate::registry::blobcache::BlobCacheOptions {
+            dir: b.dir.clone(),
+            max_bytes: b.max_bytes.0,
+            first_byte_timeout: config.mesh.as_ref().map_or(Duration::from_secs(2), |m| m.first_byte_timeout.0),
+            idle_timeout: config.mesh.as_ref().map_or(Duration::from_secs(5), |m| m.idle_timeout.0),
+        };
+        let cache = tokio::task::spawn_blocking(move || crate::registry::blobcache::BlobCache::open(store, opts))
+            .await?
+            .with_context(|| format!("cannot use the blob cache directory {} (cache.blobs.dir)", b.dir.display()))?;
+        registry = registry.with_blob_cache(Arc::new(cache));
+    }
+    Ok(registry)
+}
+
+/// Whether any repository's blobs may be redirected.
+fn redirects(config: &Config) -> bool {
+    let s = &config.storage;
+    s.delivery == crate::config::BlobDelivery::Redirect
+        || s.redirect_above.is_some()
+        || s.delivery_rules
+            .iter()
+            .any(|r| r.delivery == crate::config::BlobDelivery::Redirect || r.redirect_above.is_some())
+}
+
+fn delivery_of(
+    d: crate::config::BlobDelivery,
+    above: Option<crate::config::ByteSize>,
+) -> crate::registry::delivery::Delivery {
+    use crate::config::BlobDelivery as B;
+    use crate::registry::delivery::DeliveryMode as M;
+    let mode = match d {
+        B::Proxy => M::Proxy,
+        B::Redirect => M::Redirect,
+        B::Cache => M::Cache,
+    };
+    crate::registry::delivery::Delivery { mode, redirect_above: above.map(|b| b.0) }
+}
+
+/// `storage.delivery` and `[[storage.delivery_rules]]`.
+pub fn delivery_rules(config: &Config) -> crate::registry::delivery::DeliveryRules {
+    let s = &config.storage;
+    s.delivery_rules
+        .iter()
+        .fold(crate::registry::delivery::DeliveryRules::new(delivery_of(s.delivery, s.redirect_above)), |rules, r| {
+            rules.with_rule(&r.repositories, delivery_of(r.delivery, r.redirect_above))
+        })
 }
 
 impl Server {
     /// Open the backends and bind the listener, with the components built
     /// from the configuration's files.
     pub async fn bind(config: &Config, components: Components) -> anyhow::Result<Server> {
-        let Components { gate, tls, trusted_proxies, rate_limits, metrics_access } = components;
+        let Components { gate, tls, trusted_proxies, rate_limits, metrics_access, mesh_tls } = components;
         let registry = open_registry(config).await?;
         let body_idle = config.server.body_idle_timeout.0;
         if matches!(config.state.backend, StateBackend::Memory) {
@@ -198,6 +264,32 @@ impl Server {
                 }
             }
         }
+        let mesh = match (&config.mesh, mesh_tls) {
+            (Some(m), Some((server_tls, client_tls))) => {
+                let listener = TcpListener::bind(m.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (mesh.listen)", m.listen))?;
+                let advertise = match &m.advertise {
+                    Some(a) => a.clone(),
+                    None => listener.local_addr()?.to_string(),
+                };
+                let opts = crate::mesh::MeshOptions {
+                    advertise,
+                    server_name: m.server_name.clone(),
+                    heartbeat: m.heartbeat.0,
+                    member_ttl: m.member_ttl.0,
+                    first_byte_timeout: m.first_byte_timeout.0,
+                };
+                let mesh = Arc::new(
+                    crate::mesh::Mesh::new(opts, registry.state(), client_tls.clone()).map_err(anyhow::Error::msg)?,
+                );
+                if let Some(cache) = registry.blob_cache() {
+                    cache.set_peers(mesh.clone());
+                }
+                Some(MeshParts { mesh, listener, server_tls, client_tls })
+            }
+            _ => None,
+        };
         let mut app = App::new(registry, gate, body_idle);
         if let Some(limits) = rate_limits {
             app.limiter = Some(crate::ratelimit::RateLimiter::new(app.registry.state(), limits));
@@ -239,6 +331,7 @@ impl Server {
             tls,
             revocation_reload: config.auth.revocation_reload.0,
             config_file: None,
+            mesh,
         })
     }
 
@@ -250,6 +343,12 @@ impl Server {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The mesh's internal listener and the address peers dial, with `[mesh]`.
+    pub fn mesh_addr(&self) -> Option<(SocketAddr, String)> {
+        let m = self.mesh.as_ref()?;
+        Some((m.listener.local_addr().ok()?, m.mesh.me().to_owned()))
     }
 
     /// The health listener's address, when one is configured.
@@ -272,6 +371,21 @@ impl Server {
             self.app.registry.spawn_revocation_sync(self.app.gate.revocations().clone(), self.revocation_reload)
         });
         let cache_listener = self.app.registry.spawn_cache_listener();
+        let (mesh, mesh_tasks) = match self.mesh {
+            Some(m) => {
+                tracing::info!(addr = %m.listener.local_addr()?, advertise = %m.mesh.me(), "mesh listener (mutual TLS, peers only)");
+                let mut tasks = crate::mesh::spawn_server(
+                    m.listener,
+                    m.server_tls,
+                    m.client_tls,
+                    self.app.registry.clone(),
+                    self.auth_reload_interval,
+                );
+                tasks.push(m.mesh.spawn_heartbeat());
+                (Some(m.mesh), tasks)
+            }
+            None => (None, Vec::new()),
+        };
         #[cfg(feature = "scan")]
         let scan_tasks = self.app.scanner.as_ref().map(|s| s.spawn()).unwrap_or_default();
         let health = self.health_listener.map(|listener| {
@@ -344,6 +458,14 @@ impl Server {
             r.abort();
         }
         cache_listener.abort();
+        if let Some(mesh) = &mesh {
+            // Peers stop choosing this replica now; fills they have running
+            // from it fall back to the object store when it closes.
+            for t in &mesh_tasks {
+                t.abort();
+            }
+            mesh.leave().await;
+        }
         #[cfg(feature = "scan")]
         for t in scan_tasks {
             t.abort();

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::server::WebPkiClientVerifier;
-use rustls::ServerConfig;
+use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -44,11 +44,11 @@ pub enum TlsError {
     Invalid { path: PathBuf, message: String },
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
@@ -94,14 +94,73 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// A client configuration presenting `cert_file`/`key_file` and trusting
+/// only the CAs in `ca_file` (the replica mesh's fleet CA).
+pub fn client_config(ca_file: &Path, cert_file: &Path, key_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs(ca_file)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Invalid { path: ca_file.to_owned(), message: format!("bad CA certificate: {e}") })?;
+    }
+    let chain = certs(cert_file)?;
+    let key_pem = read(key_file)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Invalid {
+        path: key_file.to_owned(),
+        message: "no PEM private key (PKCS#8, PKCS#1 or SEC1) in the file".into(),
+    })?;
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Invalid { path: cert_file.to_owned(), message: e.to_string() })?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsError::Invalid { path: key_file.to_owned(), message: e.to_string() })?;
+    Ok(Arc::new(config))
+}
+
 type Stamp = Vec<(Option<SystemTime>, u64)>;
 
+fn stamp_of(paths: &[&Path]) -> Stamp {
+    paths.iter().map(|p| std::fs::metadata(p).map(|m| (m.modified().ok(), m.len())).unwrap_or((None, 0))).collect()
+}
+
 fn stamp(files: &TlsFiles) -> Stamp {
-    [Some(&files.cert_file), Some(&files.key_file), files.client_ca_file.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|p| std::fs::metadata(p).map(|m| (m.modified().ok(), m.len())).unwrap_or((None, 0)))
-        .collect()
+    let mut paths = vec![files.cert_file.as_path(), files.key_file.as_path()];
+    paths.extend(files.client_ca_file.as_deref());
+    stamp_of(&paths)
+}
+
+/// The mesh's client configuration, rebuilt when its files change.
+#[derive(Debug, Clone)]
+pub struct ReloadingClientTls {
+    files: [PathBuf; 3],
+    current: Arc<RwLock<(Arc<ClientConfig>, Stamp)>>,
+}
+
+impl ReloadingClientTls {
+    pub fn load(ca_file: &Path, cert_file: &Path, key_file: &Path) -> Result<ReloadingClientTls, TlsError> {
+        let files = [ca_file.to_owned(), cert_file.to_owned(), key_file.to_owned()];
+        let config = client_config(ca_file, cert_file, key_file)?;
+        let stamp = stamp_of(&[ca_file, cert_file, key_file]);
+        Ok(ReloadingClientTls { files, current: Arc::new(RwLock::new((config, stamp))) })
+    }
+
+    pub fn config(&self) -> Arc<ClientConfig> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
+    /// Rebuild if any file changed; a broken set keeps the old one.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let [ca, cert, key] = &self.files;
+        let now = stamp_of(&[ca, cert, key]);
+        if self.current.read().unwrap_or_else(|p| p.into_inner()).1 == now {
+            return Ok(false);
+        }
+        let config = client_config(ca, cert, key)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (config, now);
+        Ok(true)
+    }
 }
 
 /// The current server configuration, rebuilt when the files change.

@@ -53,6 +53,102 @@ pub struct Config {
     pub quotas: Vec<QuotaConfig>,
     /// Vulnerability scanning (the `scan` extension).
     pub scan: ScanConfig,
+    /// The replica mesh: an internal mutual-TLS listener over which
+    /// replicas fetch blobs from the replica that owns each digest.
+    pub mesh: Option<MeshConfig>,
+}
+
+/// `[mesh]`: replicas find each other through shared state (a heartbeat
+/// with the internal address) and fetch each blob from its owner, chosen
+/// by rendezvous hashing over the live members, over mutual TLS with the
+/// fleet CA. Needs `[cache.blobs]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Address of the internal listener (mutual TLS, peers only).
+    pub listen: SocketAddr,
+    /// `host:port` other replicas dial to reach this one; default: `listen`
+    /// when it names one address (not 0.0.0.0 or ::).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The fleet CA: peers' client and server certificates must chain to it.
+    pub ca_file: PathBuf,
+    /// This replica's certificate (used as server and client certificate)
+    /// and key, PEM; re-read when they change.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The DNS name every replica's certificate carries, checked when
+    /// dialing a peer (peers are dialed by address).
+    #[serde(default = "MeshConfig::default_server_name")]
+    pub server_name: String,
+    /// How often membership is renewed, and how long it lasts unrenewed.
+    #[serde(default = "MeshConfig::default_heartbeat")]
+    pub heartbeat: HumanDuration,
+    #[serde(default = "MeshConfig::default_member_ttl")]
+    pub member_ttl: HumanDuration,
+    /// A peer that has not started sending within this time, or pauses
+    /// this long mid-stream, is abandoned for the object store.
+    #[serde(default = "MeshConfig::default_first_byte_timeout")]
+    pub first_byte_timeout: HumanDuration,
+    #[serde(default = "MeshConfig::default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+}
+
+impl MeshConfig {
+    fn default_server_name() -> String {
+        "berth-mesh".into()
+    }
+    fn default_heartbeat() -> HumanDuration {
+        HumanDuration(Duration::from_secs(2))
+    }
+    fn default_member_ttl() -> HumanDuration {
+        HumanDuration(Duration::from_secs(6))
+    }
+    fn default_first_byte_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(2))
+    }
+    fn default_idle_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
+    }
+
+    /// The address peers dial.
+    pub fn advertised(&self) -> Option<String> {
+        match &self.advertise {
+            Some(a) => Some(a.clone()),
+            None if !self.listen.ip().is_unspecified() => Some(self.listen.to_string()),
+            None => None,
+        }
+    }
+}
+
+/// `host:port` (a DNS name, an IPv4 address, or `[v6]`) split in two.
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => {
+            let inner = v6.strip_suffix(']')?;
+            inner.parse::<std::net::Ipv6Addr>().ok()?;
+            inner
+        }
+        None if host.contains(':') => return None,
+        None => host,
+    };
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b)) {
+        return None;
+    }
+    Some((host, port))
+}
+
+/// `[cache.blobs]`: blob bytes kept on this replica's disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobCacheConfig {
+    /// A directory of its own (its contents are managed: files that are not
+    /// verified blobs are removed).
+    pub dir: PathBuf,
+    /// Budget on disk; the least recently used blobs are evicted past it.
+    pub max_bytes: ByteSize,
 }
 
 /// `[scan]`: package inventories of pushed images and their matching
@@ -454,11 +550,13 @@ pub struct CacheConfig {
     /// through this process, or announced by other replicas, apply at once;
     /// this bounds a missed announcement.
     pub tag_ttl: HumanDuration,
+    /// Blob bytes on local disk (`storage.delivery = "cache"`).
+    pub blobs: Option<BlobCacheConfig>,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { manifest_bytes: 32 * 1024 * 1024, tag_ttl: HumanDuration(Duration::from_secs(5)) }
+        CacheConfig { manifest_bytes: 32 * 1024 * 1024, tag_ttl: HumanDuration(Duration::from_secs(5)), blobs: None }
     }
 }
 
@@ -593,6 +691,22 @@ pub enum BlobDelivery {
     /// A 307 redirect to a presigned URL of the object store, issued after
     /// authorization (S3 only).
     Redirect,
+    /// From this replica's blob cache (`[cache.blobs]`), filled once per
+    /// blob from the owning peer (`[mesh]`) or the object store.
+    Cache,
+}
+
+/// `[[storage.delivery_rules]]`: how blobs of the repositories one glob
+/// matches are delivered (the longest matching glob decides; others use
+/// `storage.delivery`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryRule {
+    pub repositories: String,
+    pub delivery: BlobDelivery,
+    /// Blobs larger than this are redirected instead (S3 only).
+    #[serde(default)]
+    pub redirect_above: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -603,6 +717,11 @@ pub struct StorageConfig {
     pub delivery: BlobDelivery,
     /// Lifetime of a presigned URL handed out by `delivery = "redirect"`.
     pub redirect_ttl: HumanDuration,
+    /// With `proxy` or `cache`, blobs larger than this are redirected (S3
+    /// only): huge blobs bypass the fleet, hot layers stay cached.
+    pub redirect_above: Option<ByteSize>,
+    /// Per repository glob exceptions to `delivery`.
+    pub delivery_rules: Vec<DeliveryRule>,
     pub fs: FsConfig,
     pub s3: S3Config,
 }
@@ -613,6 +732,8 @@ impl Default for StorageConfig {
             backend: StorageBackend::Fs,
             delivery: BlobDelivery::Proxy,
             redirect_ttl: HumanDuration(Duration::from_secs(60)),
+            redirect_above: None,
+            delivery_rules: Vec::new(),
             fs: FsConfig::default(),
             s3: S3Config::default(),
         }
@@ -915,6 +1036,97 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
 }
 
 impl Config {
+    /// Blob delivery, the blob cache and the mesh.
+    fn validate_delivery(&self) -> Result<(), ConfigError> {
+        let st = &self.storage;
+        let mut deliveries = vec![("storage.delivery".to_owned(), st.delivery, st.redirect_above)];
+        for (i, r) in st.delivery_rules.iter().enumerate() {
+            if let Err(e) = access::check_pattern(&r.repositories) {
+                return Err(ConfigError::Key { key: format!("storage.delivery_rules[{i}].repositories"), message: e });
+            }
+            deliveries.push((format!("storage.delivery_rules[{i}].delivery"), r.delivery, r.redirect_above));
+        }
+        let mut redirects = false;
+        for (key, delivery, above) in &deliveries {
+            if *delivery == BlobDelivery::Redirect || above.is_some() {
+                redirects = true;
+                if !matches!(st.backend, StorageBackend::S3) {
+                    return Err(ConfigError::Key {
+                        key: key.clone(),
+                        message: "redirects need an object store that presigns URLs: use backend = \"s3\"".into(),
+                    });
+                }
+            }
+            if *delivery == BlobDelivery::Cache && self.cache.blobs.is_none() {
+                return Err(ConfigError::Key {
+                    key: key.clone(),
+                    message: "\"cache\" needs a blob cache: set [cache.blobs] dir and max_bytes".into(),
+                });
+            }
+        }
+        if redirects {
+            let ttl = st.redirect_ttl.0;
+            if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(7 * 24 * 3600) {
+                return Err(ConfigError::Key {
+                    key: "storage.redirect_ttl".into(),
+                    message: "must be between 1s and 7d (S3's limit for presigned URLs)".into(),
+                });
+            }
+        }
+        if let Some(b) = &self.cache.blobs {
+            if b.max_bytes.0 < 1 << 20 {
+                return Err(ConfigError::Key {
+                    key: "cache.blobs.max_bytes".into(),
+                    message: "must be at least 1MiB".into(),
+                });
+            }
+            if b.dir.as_os_str().is_empty() {
+                return Err(ConfigError::Key { key: "cache.blobs.dir".into(), message: "required".into() });
+            }
+        }
+        if let Some(m) = &self.mesh {
+            if self.cache.blobs.is_none() {
+                return Err(ConfigError::Key {
+                    key: "mesh".into(),
+                    message: "the mesh serves peers from the blob cache: set [cache.blobs] too".into(),
+                });
+            }
+            match m.advertised() {
+                None => {
+                    return Err(ConfigError::Key {
+                        key: "mesh.advertise".into(),
+                        message: "required when mesh.listen is a wildcard address: the host:port peers dial".into(),
+                    })
+                }
+                Some(a) if split_host_port(&a).is_none() => {
+                    return Err(ConfigError::Key {
+                        key: "mesh.advertise".into(),
+                        message: format!("{a:?} is not host:port"),
+                    })
+                }
+                Some(_) => {}
+            }
+            if rustls_pki_types::ServerName::try_from(m.server_name.as_str()).is_err() {
+                return Err(ConfigError::Key {
+                    key: "mesh.server_name".into(),
+                    message: format!("{:?} is not a DNS name", m.server_name),
+                });
+            }
+            if m.heartbeat.0 < Duration::from_millis(100) || m.member_ttl.0 < m.heartbeat.0 * 2 {
+                return Err(ConfigError::Key {
+                    key: "mesh.member_ttl".into(),
+                    message: "heartbeat must be at least 100ms and member_ttl at least twice the heartbeat".into(),
+                });
+            }
+            for (key, d) in [("mesh.first_byte_timeout", m.first_byte_timeout), ("mesh.idle_timeout", m.idle_timeout)] {
+                if d.0.is_zero() {
+                    return Err(ConfigError::Key { key: key.into(), message: "must be more than 0s".into() });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn validate_scan(&self) -> Result<(), ConfigError> {
         if !cfg!(feature = "scan") && self.scan != ScanConfig::default() {
             return Err(ConfigError::Key {
@@ -1105,21 +1317,7 @@ impl Config {
                 });
             }
         }
-        if self.storage.delivery == BlobDelivery::Redirect {
-            if !matches!(self.storage.backend, StorageBackend::S3) {
-                return Err(ConfigError::Key {
-                    key: "storage.delivery".into(),
-                    message: "\"redirect\" needs an object store that presigns URLs: use backend = \"s3\"".into(),
-                });
-            }
-            let ttl = self.storage.redirect_ttl.0;
-            if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(7 * 24 * 3600) {
-                return Err(ConfigError::Key {
-                    key: "storage.redirect_ttl".into(),
-                    message: "must be between 1s and 7d (S3's limit for presigned URLs)".into(),
-                });
-            }
-        }
+        self.validate_delivery()?;
         if let Some(l) = &self.auth.ldap {
             if l.user_base.is_empty() || l.bind_dn.is_empty() {
                 return Err(ConfigError::Key {
