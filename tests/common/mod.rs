@@ -263,9 +263,17 @@ pub struct LocalFleet {
 impl LocalFleet {
     /// Start `replicas` replicas; `env` (BERTH__* settings) applies to each.
     pub fn up(replicas: usize, env: &[(&str, &str)]) -> LocalFleet {
+        LocalFleet::up_with(replicas, &[], env)
+    }
+
+    /// Start `replicas` replicas with extra `scripts/fleet up` flags.
+    pub fn up_with(replicas: usize, flags: &[&str], env: &[(&str, &str)]) -> LocalFleet {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fleet = LocalFleet { dir, vars: Default::default() };
-        let out = fleet.command(&["up", "--replicas", &replicas.to_string()], env);
+        let n = replicas.to_string();
+        let mut args = vec!["up", "--replicas", n.as_str()];
+        args.extend_from_slice(flags);
+        let out = fleet.command(&args, env);
         fleet.vars = out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
         assert!(fleet.vars.contains_key("lb_url"), "scripts/fleet up printed no lb_url:\n{out}");
         fleet
