@@ -65,6 +65,17 @@ locals {
       BERTH__LOG__LEVEL              = var.log_level
     },
     var.storage_prefix == "" ? {} : { BERTH__STORAGE__S3__PREFIX = var.storage_prefix },
+    # The blob cache and the mesh. `mesh.advertise` (the task's own address,
+    # known only at run time) comes from the file the init container writes.
+    !var.mesh_enabled ? {} : {
+      BERTH__STORAGE__DELIVERY       = "cache"
+      BERTH__CACHE__BLOBS__DIR       = local.cache_dir
+      BERTH__CACHE__BLOBS__MAX_BYTES = var.blob_cache_max_bytes
+      BERTH__MESH__LISTEN            = "0.0.0.0:${local.mesh_port}"
+      BERTH__MESH__CA_FILE           = "${local.secrets_dir}/mesh-ca.crt"
+      BERTH__MESH__CERT_FILE         = "${local.secrets_dir}/mesh.crt"
+      BERTH__MESH__KEY_FILE          = "${local.secrets_dir}/mesh.key"
+    },
     var.extra_environment,
   )
 
@@ -86,23 +97,42 @@ locals {
     readonlyRootFilesystem = true
     privileged             = false
     entryPoint             = ["/bin/sh", "-c"]
-    command = [join(" && ", [
+    command = [join(" && ", concat([
       "set -eu",
       "umask 022",
       "printf '%s' \"$BERTH_HTPASSWD\" > ${local.secrets_dir}/htpasswd",
       "printf '%s\\n' \"$BERTH_TLS_CERT\" > ${local.secrets_dir}/tls.crt",
       "printf '%s\\n' \"$BERTH_TLS_KEY\" > ${local.secrets_dir}/tls.key",
       "chmod 1777 /tmp",
-    ])]
-    secrets = [
+      ], !var.mesh_enabled ? [] : [
+      "printf '%s\\n' \"$BERTH_MESH_CA\" > ${local.secrets_dir}/mesh-ca.crt",
+      "printf '%s\\n' \"$BERTH_MESH_CERT\" > ${local.secrets_dir}/mesh.crt",
+      "printf '%s\\n' \"$BERTH_MESH_KEY\" > ${local.secrets_dir}/mesh.key",
+      # The task's own address in the VPC, from the ECS task metadata
+      # endpoint: what the other tasks dial.
+      "ip=$(wget -qO- \"$ECS_CONTAINER_METADATA_URI_V4\" | sed -n 's/.*\"IPv4Addresses\":\\[\"\\([0-9.]*\\)\".*/\\1/p')",
+      "test -n \"$ip\"",
+      "printf '[mesh]\\nadvertise = \"%s:${local.mesh_port}\"\\n' \"$ip\" > ${local.secrets_dir}/mesh.toml",
+      # Fargate lets no container add CAP_CHOWN: like /tmp, the volume (this
+      # task's alone) becomes writable for uid 65532, which creates the
+      # cache's directories itself.
+      "chmod 1777 ${local.cache_dir}",
+    ]))]
+    secrets = concat([
       { name = "BERTH_HTPASSWD", valueFrom = aws_secretsmanager_secret.htpasswd.arn },
       { name = "BERTH_TLS_CERT", valueFrom = "${aws_secretsmanager_secret.tls.arn}:cert::" },
       { name = "BERTH_TLS_KEY", valueFrom = "${aws_secretsmanager_secret.tls.arn}:key::" },
-    ]
-    mountPoints = [
+      ], !var.mesh_enabled ? [] : [
+      { name = "BERTH_MESH_CA", valueFrom = "${aws_secretsmanager_secret.mesh_tls[0].arn}:ca::" },
+      { name = "BERTH_MESH_CERT", valueFrom = "${aws_secretsmanager_secret.mesh_tls[0].arn}:cert::" },
+      { name = "BERTH_MESH_KEY", valueFrom = "${aws_secretsmanager_secret.mesh_tls[0].arn}:key::" },
+    ])
+    mountPoints = concat([
       { sourceVolume = "secrets", containerPath = local.secrets_dir, readOnly = false },
       { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },
-    ]
+      ], !var.mesh_enabled ? [] : [
+      { sourceVolume = "cache", containerPath = local.cache_dir, readOnly = false },
+    ])
     linuxParameters = {
       initProcessEnabled = true
       capabilities       = { drop = ["ALL"] }
@@ -114,24 +144,30 @@ locals {
   }
 
   berth_container = {
-    name                   = "berth"
-    image                  = var.image
-    essential              = true
-    command                = ["serve"]
+    name      = "berth"
+    image     = var.image
+    essential = true
+    # With the mesh, the file the init container wrote supplies
+    # mesh.advertise; everything else comes from the environment.
+    command                = var.mesh_enabled ? ["serve", "--config", "${local.secrets_dir}/mesh.toml"] : ["serve"]
     user                   = "65532"
     readonlyRootFilesystem = true
     privileged             = false
-    portMappings = [
+    portMappings = concat([
       { containerPort = local.container_port, protocol = "tcp" },
-    ]
+      ], !var.mesh_enabled ? [] : [
+      { containerPort = local.mesh_port, protocol = "tcp" },
+    ])
     environment = [for k in sort(keys(local.berth_environment)) : { name = k, value = local.berth_environment[k] }]
     secrets = [
       { name = "BERTH__STATE__REDIS__PASSWORD", valueFrom = aws_secretsmanager_secret.redis_auth.arn },
     ]
-    mountPoints = [
+    mountPoints = concat([
       { sourceVolume = "secrets", containerPath = local.secrets_dir, readOnly = true },
       { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },
-    ]
+      ], !var.mesh_enabled ? [] : [
+      { sourceVolume = "cache", containerPath = local.cache_dir, readOnly = false },
+    ])
     dependsOn = [
       { containerName = "secrets-init", condition = "SUCCESS" },
     ]
@@ -173,6 +209,16 @@ resource "aws_ecs_task_definition" "berth" {
 
   volume {
     name = "tmp"
+  }
+
+  # The blob cache (with mesh_enabled): verified copies of hot blobs, lost
+  # with the task and refilled from the mesh or S3.
+  volume {
+    name = "cache"
+  }
+
+  ephemeral_storage {
+    size_in_gib = var.ephemeral_storage_gib
   }
 
   container_definitions = jsonencode([local.init_container, local.berth_container])

@@ -29,6 +29,10 @@ locals {
 
   container_port = 5000
   redis_port     = 6379
+  # The replica mesh's internal listener (mutual TLS, replicas only).
+  mesh_port = 5443
+  # Where the blob cache lives, on the task's ephemeral storage.
+  cache_dir = "/var/cache/berth"
 
   # Files the init container writes for Berth; the volume is mounted
   # read-only into the Berth container.

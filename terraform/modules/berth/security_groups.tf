@@ -2,6 +2,9 @@
 #   clients --443/80--> ALB --5000--> replicas --6379--> Redis
 #                                     replicas --443---> S3, ECR, Secrets
 #                                                        Manager, CloudWatch
+#                                     replicas --5443--> replicas (the mesh,
+#                                                        mutual TLS; with
+#                                                        mesh_enabled)
 # DNS to the VPC resolver is not subject to security groups.
 
 resource "aws_security_group" "alb" {
@@ -111,6 +114,30 @@ resource "aws_vpc_security_group_ingress_rule" "redis_from_service" {
   ip_protocol                  = "tcp"
   from_port                    = local.redis_port
   to_port                      = local.redis_port
+  referenced_security_group_id = aws_security_group.service.id
+  tags                         = local.tags
+}
+
+# --- the replica mesh (mesh_enabled) ----------------------------------------
+
+resource "aws_vpc_security_group_ingress_rule" "service_mesh" {
+  count                        = var.mesh_enabled ? 1 : 0
+  security_group_id            = aws_security_group.service.id
+  description                  = "Replica mesh (mutual TLS) from the other Berth replicas"
+  ip_protocol                  = "tcp"
+  from_port                    = local.mesh_port
+  to_port                      = local.mesh_port
+  referenced_security_group_id = aws_security_group.service.id
+  tags                         = local.tags
+}
+
+resource "aws_vpc_security_group_egress_rule" "service_mesh" {
+  count                        = var.mesh_enabled ? 1 : 0
+  security_group_id            = aws_security_group.service.id
+  description                  = "Replica mesh (mutual TLS) to the other Berth replicas"
+  ip_protocol                  = "tcp"
+  from_port                    = local.mesh_port
+  to_port                      = local.mesh_port
   referenced_security_group_id = aws_security_group.service.id
   tags                         = local.tags
 }

@@ -401,3 +401,35 @@ variable "waf_web_acl_arn" {
   type        = string
   default     = null
 }
+
+# ---------------------------------------------------------------------------
+# Blob cache and replica mesh
+# ---------------------------------------------------------------------------
+
+variable "mesh_enabled" {
+  description = "Serve blobs from a cache on each task's ephemeral storage, filled once per blob for the whole service through the replica mesh (mutual TLS between tasks on port 5443). Off, every pull reads S3."
+  type        = bool
+  default     = true
+}
+
+variable "blob_cache_max_bytes" {
+  description = "Budget of each task's blob cache, e.g. \"16GiB\" (least recently used blobs are evicted past it). Keep it below ephemeral_storage_gib with room for /tmp."
+  type        = string
+  default     = "16GiB"
+
+  validation {
+    condition     = can(regex("^[0-9]+(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$", var.blob_cache_max_bytes))
+    error_message = "blob_cache_max_bytes must be a size such as 16GiB or 500MB."
+  }
+}
+
+variable "ephemeral_storage_gib" {
+  description = "Ephemeral storage of each Fargate task in GiB (21-200), which holds the blob cache."
+  type        = number
+  default     = 24
+
+  validation {
+    condition     = var.ephemeral_storage_gib >= 21 && var.ephemeral_storage_gib <= 200
+    error_message = "ephemeral_storage_gib must be between 21 and 200 (Fargate's limits)."
+  }
+}
