@@ -184,6 +184,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
             max_bytes: b.max_bytes.0,
             first_byte_timeout: config.mesh.as_ref().map_or(Duration::from_secs(2), |m| m.first_byte_timeout.0),
             idle_timeout: config.mesh.as_ref().map_or(Duration::from_secs(5), |m| m.idle_timeout.0),
+            reverify_after: b.reverify_after.0,
         };
         let cache = tokio::task::spawn_blocking(move || crate::registry::blobcache::BlobCache::open(store, opts))
             .await?

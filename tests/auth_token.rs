@@ -366,6 +366,10 @@ fn auth_examples_pass_config_check() {
     std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
     std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
     std::fs::write(dir.path().join("client-ca.pem"), ca.pem()).unwrap();
+    // The mesh example's fleet CA and replica certificate.
+    std::fs::write(dir.path().join("fleet-ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path().join("mesh.pem"), server.pem()).unwrap();
+    std::fs::write(dir.path().join("mesh.key"), server_key.serialize_pem()).unwrap();
     std::fs::write(dir.path().join("ldap-ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.path().join("ldap-bind-password"), "example\n").unwrap();
     let sso = SigningKey::generate_es256().unwrap();

@@ -186,6 +186,7 @@ struct Setup {
     _store_dir: tempfile::TempDir,
     cache_dir: tempfile::TempDir,
     store: Arc<TestStore>,
+    reverify_after: Duration,
 }
 
 fn setup() -> Setup {
@@ -195,7 +196,12 @@ fn setup() -> Setup {
         berth_storage_fs::FsOptions { fsync: false, direct_io: false },
     )
     .unwrap();
-    Setup { _store_dir: store_dir, cache_dir: tempfile::tempdir().unwrap(), store: TestStore::new(Arc::new(fs)) }
+    Setup {
+        _store_dir: store_dir,
+        cache_dir: tempfile::tempdir().unwrap(),
+        store: TestStore::new(Arc::new(fs)),
+        reverify_after: Duration::from_secs(3600),
+    }
 }
 
 impl Setup {
@@ -208,6 +214,7 @@ impl Setup {
             max_bytes,
             first_byte_timeout: Duration::from_millis(300),
             idle_timeout: Duration::from_millis(300),
+            reverify_after: self.reverify_after,
         };
         Arc::new(BlobCache::open(self.store.clone(), opts).unwrap())
     }
@@ -364,18 +371,31 @@ async fn a_restart_keeps_the_cache_and_discards_damage_and_leftovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_damaged_while_serving_fails_that_download_and_is_refetched() {
+async fn a_file_damaged_while_serving_fails_that_download_once_due_and_is_refetched() {
+    // Within the re-check period, cached reads are not hashed again.
     let s = setup();
     let cache = s.cache(64 * MIB as u64);
     let (d, data) = s.blob(MIB + 7, 7).await;
     assert!(read_all(&cache, &d).await.unwrap() == data);
-    let path = cache.file_path(&d);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[10] ^= 0x80;
-    std::fs::write(&path, bytes).unwrap();
-    assert!(read_all(&cache, &d).await.is_err(), "a damaged file was served whole");
+    let damage = |path: &Path| {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[10] ^= 0x80;
+        std::fs::write(path, bytes).unwrap();
+    };
+    damage(&cache.file_path(&d));
+    assert!(read_all(&cache, &d).await.unwrap() != data, "the hour-long re-check period was not honoured");
+    // With the period over (zero here), the next full read hashes the file.
+    let mut s = s;
+    s.reverify_after = Duration::ZERO;
+    drop(cache);
+    let cache = s.cache(64 * MIB as u64);
+    // Adoption after a restart finds the damage before serving.
     assert!(read_all(&cache, &d).await.unwrap() == data);
     assert_eq!(s.store.gets(), 2);
+    damage(&cache.file_path(&d));
+    assert!(read_all(&cache, &d).await.is_err(), "a damaged file was served whole");
+    assert!(read_all(&cache, &d).await.unwrap() == data);
+    assert_eq!(s.store.gets(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -228,6 +228,53 @@ async fn the_internal_port_serves_fleet_certificates_only() {
     // The main listener has no such route.
     let resp = client().get(format!("{}/_berth/mesh/v1/blobs/{digest}", fleet.replica(1))).send().await.unwrap();
     assert_eq!(resp.status(), 404);
+
+    // Certificates are re-read on change: replica 1's is replaced by a new
+    // one of the same CA, and new handshakes present it without a restart.
+    assert_eq!(server_cn(mesh_addr, &pki_dir).await, "replica-1");
+    let work = tempfile::tempdir().unwrap();
+    let [key, csr, ext, crt] =
+        ["new.key", "new.csr", "new.ext", "new.crt"].map(|f| work.path().join(f).to_string_lossy().into_owned());
+    std::fs::write(&ext, "subjectAltName = DNS:berth-mesh\nextendedKeyUsage = serverAuth, clientAuth\n").unwrap();
+    let ca_crt = pki_dir.join("ca.crt").to_string_lossy().into_owned();
+    let ca_key = pki_dir.join("ca.key").to_string_lossy().into_owned();
+    for args in [
+        vec!["req", "-new", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+            .into_iter()
+            .chain(["-keyout", &key, "-out", &csr, "-subj", "/CN=rotated"])
+            .collect::<Vec<&str>>(),
+        vec!["x509", "-req", "-in", &csr, "-CA", &ca_crt, "-CAkey", &ca_key, "-set_serial", "0x5eed"]
+            .into_iter()
+            .chain(["-days", "2", "-extfile", &ext, "-out", &crt])
+            .collect(),
+    ] {
+        let out = std::process::Command::new("openssl").args(&args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::copy(&key, pki_dir.join("r1.key")).unwrap();
+    std::fs::copy(&crt, pki_dir.join("r1.crt")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server_cn(mesh_addr, &pki_dir).await != "rotated" {
+        assert!(Instant::now() < deadline, "the new mesh certificate was not picked up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And the rotated replica still serves its peers.
+    let resp = client_with(Some(&peer)).get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// The common name of the certificate the mesh listener at `addr`
+/// presents, handshaking as replica 2.
+async fn server_cn(addr: std::net::SocketAddr, pki_dir: &std::path::Path) -> String {
+    let config =
+        berth::tls::client_config(&pki_dir.join("ca.crt"), &pki_dir.join("r2.crt"), &pki_dir.join("r2.key")).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("berth-mesh").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let der = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let cn = cert.subject().iter_common_name().next().and_then(|c| c.as_str().ok()).unwrap_or_default().to_owned();
+    cn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,15 +110,6 @@ impl MeshConfig {
     fn default_idle_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(5))
     }
-
-    /// The address peers dial.
-    pub fn advertised(&self) -> Option<String> {
-        match &self.advertise {
-            Some(a) => Some(a.clone()),
-            None if !self.listen.ip().is_unspecified() => Some(self.listen.to_string()),
-            None => None,
-        }
-    }
 }
 
 /// `host:port` (a DNS name, an IPv4 address, or `[v6]`) split in two.
@@ -149,6 +140,17 @@ pub struct BlobCacheConfig {
     pub dir: PathBuf,
     /// Budget on disk; the least recently used blobs are evicted past it.
     pub max_bytes: ByteSize,
+    /// A cached blob whose last check is older than this is hashed again
+    /// by the next full read that serves it (a file damaged on disk then
+    /// fails that one download and is fetched again).
+    #[serde(default = "BlobCacheConfig::default_reverify_after")]
+    pub reverify_after: HumanDuration,
+}
+
+impl BlobCacheConfig {
+    fn default_reverify_after() -> HumanDuration {
+        HumanDuration(Duration::from_secs(3600))
+    }
 }
 
 /// `[scan]`: package inventories of pushed images and their matching
@@ -1091,20 +1093,22 @@ impl Config {
                     message: "the mesh serves peers from the blob cache: set [cache.blobs] too".into(),
                 });
             }
-            match m.advertised() {
-                None => {
-                    return Err(ConfigError::Key {
-                        key: "mesh.advertise".into(),
-                        message: "required when mesh.listen is a wildcard address: the host:port peers dial".into(),
-                    })
-                }
-                Some(a) if split_host_port(&a).is_none() => {
+            // Without `advertise`, the bound address of `listen` is used
+            // (port 0 included), unless it is a wildcard.
+            match &m.advertise {
+                Some(a) if split_host_port(a).is_none() => {
                     return Err(ConfigError::Key {
                         key: "mesh.advertise".into(),
                         message: format!("{a:?} is not host:port"),
                     })
                 }
-                Some(_) => {}
+                None if m.listen.ip().is_unspecified() => {
+                    return Err(ConfigError::Key {
+                        key: "mesh.advertise".into(),
+                        message: "required when mesh.listen is a wildcard address: the host:port peers dial".into(),
+                    })
+                }
+                _ => {}
             }
             if rustls_pki_types::ServerName::try_from(m.server_name.as_str()).is_err() {
                 return Err(ConfigError::Key {
@@ -1582,6 +1586,57 @@ mod tests {
         .unwrap();
         c.validate().unwrap();
         assert!(!c.to_redacted_toml().contains("= \"s\""), "a secret was printed");
+    }
+
+    #[test]
+    fn delivery_cache_and_mesh_settings_are_checked() {
+        let cache = "[cache.blobs]\ndir = \"/var/cache/berth\"\nmax_bytes = \"1GiB\"\n";
+        let mesh =
+            "[mesh]\nlisten = \"127.0.0.1:0\"\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+        let refused = [
+            ("[storage]\ndelivery = \"cache\"\n".to_owned(), "storage.delivery"),
+            (
+                "[[storage.delivery_rules]]\nrepositories = \"base/**\"\ndelivery = \"cache\"\n".to_owned(),
+                "storage.delivery_rules[0].delivery",
+            ),
+            (
+                format!("{cache}[[storage.delivery_rules]]\nrepositories = \"ml/**\"\ndelivery = \"redirect\"\n"),
+                "storage.delivery_rules[0].delivery",
+            ),
+            ("[storage]\nredirect_above = \"1GiB\"\n".to_owned(), "storage.delivery"),
+            (
+                format!("{cache}[[storage.delivery_rules]]\nrepositories = \"team//app\"\ndelivery = \"cache\"\n"),
+                "storage.delivery_rules[0].repositories",
+            ),
+            ("[cache.blobs]\ndir = \"/c\"\nmax_bytes = 1000\n".to_owned(), "cache.blobs.max_bytes"),
+            (mesh.to_owned(), "mesh"),
+            (format!("{cache}{}", mesh.replace("127.0.0.1:0", "0.0.0.0:5443")), "mesh.advertise"),
+            (format!("{cache}{mesh}advertise = \"no-port\"\n"), "mesh.advertise"),
+            (format!("{cache}{mesh}advertise = \"[::1\"\n"), "mesh.advertise"),
+            (format!("{cache}{mesh}server_name = \"not a name\"\n"), "mesh.server_name"),
+            (format!("{cache}{mesh}heartbeat = \"5s\"\nmember_ttl = \"6s\"\n"), "mesh.member_ttl"),
+            (format!("{cache}{mesh}idle_timeout = \"0s\"\n"), "mesh.idle_timeout"),
+        ];
+        for (text, key) in refused {
+            let c = match load_str(&text, &[]) {
+                Ok(c) => c,
+                Err(e) => panic!("{text}: {e}"),
+            };
+            let err = c.validate().err().unwrap_or_else(|| panic!("accepted: {text}")).to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let ok = format!(
+            "[storage]\nbackend = \"s3\"\ndelivery = \"cache\"\nredirect_above = \"4GiB\"\n[storage.s3]\nbucket = \"b\"\n\
+             [[storage.delivery_rules]]\nrepositories = \"ml/**\"\ndelivery = \"redirect\"\n{cache}{}advertise = \"[fd00::7]:5443\"\n",
+            mesh.replace("127.0.0.1:0", "[::]:5443")
+        );
+        let c = load_str(&ok, &[]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.mesh.as_ref().and_then(|m| m.advertise.as_deref()), Some("[fd00::7]:5443"));
+        assert_eq!(split_host_port("berth-1.mesh:5443"), Some(("berth-1.mesh", 5443)));
+        assert_eq!(split_host_port("[fd00::7]:5443"), Some(("fd00::7", 5443)));
+        assert_eq!(split_host_port("fd00::7:5443"), None);
+        assert_eq!(split_host_port("host:0"), None);
     }
 
     #[test]

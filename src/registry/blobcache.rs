@@ -15,9 +15,11 @@
 //!   the blob's last byte gets that last piece only after the fill verified
 //!   the digest; a fill that fails verification is discarded and its
 //!   readers' downloads fail rather than complete wrong. A verified file is
-//!   renamed into `blobs/<alg>/<hex>`; a full read of a cached file is
-//!   hashed again as it is served, and a mismatch (a file damaged on disk)
-//!   discards the file and fails that download (the next one refills).
+//!   renamed into `blobs/<alg>/<hex>`. A cached file last hashed longer
+//!   ago than `reverify_after` (an hour by default) is hashed again by the
+//!   next full read that serves it, and a mismatch (a file damaged on disk)
+//!   discards the file and fails that download (the next one refills); a
+//!   herd of reads in between costs no hashing.
 //! - **Restarts keep the cache.** The index is rebuilt from
 //!   `blobs/<alg>/<hex>`; what is in `tmp/` (a fill a crash interrupted) is
 //!   removed. An adopted file is hashed once before it is first served.
@@ -41,7 +43,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use berth_storage::{ByteStream, ObjectStore, StorageError};
@@ -70,6 +72,10 @@ pub struct BlobCacheOptions {
     /// sending for `idle_timeout`, is abandoned for the object store.
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A cached file last hashed longer ago than this is hashed again by
+    /// the next full read that serves it (its last piece held back until
+    /// it matches). Zero: every full read.
+    pub reverify_after: Duration,
 }
 
 /// Another replica that may hold a blob: the owner of its digest in the
@@ -90,6 +96,8 @@ struct Entry {
     /// Whether the file on disk matches its digest: known at once for
     /// files this process filled, checked on first use for adopted ones.
     verified: Arc<OnceCell<bool>>,
+    /// When the file was last hashed whole (fill, adoption or a serve).
+    checked: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -110,13 +118,13 @@ impl Index {
         self.tick
     }
 
-    fn touch(&mut self, digest: &Digest) -> Option<(u64, Arc<OnceCell<bool>>)> {
+    fn touch(&mut self, digest: &Digest) -> Option<(u64, Arc<OnceCell<bool>>, Instant)> {
         let tick = self.next_tick();
         let e = self.entries.get_mut(digest)?;
         self.lru.remove(&e.tick);
         e.tick = tick;
         self.lru.insert(tick, digest.clone());
-        Some((e.size, e.verified.clone()))
+        Some((e.size, e.verified.clone(), e.checked))
     }
 
     fn insert(&mut self, digest: Digest, size: u64, verified: Arc<OnceCell<bool>>) {
@@ -124,7 +132,7 @@ impl Index {
         let tick = self.next_tick();
         self.lru.insert(tick, digest.clone());
         self.bytes += size;
-        self.entries.insert(digest, Entry { size, tick, verified });
+        self.entries.insert(digest, Entry { size, tick, verified, checked: Instant::now() });
     }
 
     fn remove(&mut self, digest: &Digest) -> bool {
@@ -389,12 +397,13 @@ impl BlobCache {
     ) -> Result<Option<BlobRead>, StorageError> {
         let m = metrics::get();
         let touched = self.lock_index().touch(digest);
-        if let Some((size, verified)) = touched {
+        if let Some((size, verified, checked)) = touched {
             let this = self.clone();
             let d = digest.clone();
             let ok = *verified.get_or_init(|| async move { this.verify_file(&d, size).await }).await;
             if ok {
-                match self.open_cached(digest, size, range.clone()).await {
+                let recheck = checked.elapsed() >= self.opts.reverify_after;
+                match self.open_cached(digest, size, range.clone(), recheck).await {
                     Ok(read) => {
                         metrics::inc(&m.blob_cache_hits);
                         metrics::inc(&m.blob_cache_store_gets_saved);
@@ -444,13 +453,14 @@ impl BlobCache {
         ok
     }
 
-    /// Serve a cached file; a full read is hashed on the way and its last
-    /// piece released only if the digest matches.
+    /// Serve a cached file; with `recheck`, a full read is hashed on the
+    /// way and its last piece released only if the digest matches.
     async fn open_cached(
         self: &Arc<Self>,
         digest: &Digest,
         size: u64,
         range: Option<Range<u64>>,
+        recheck: bool,
     ) -> Result<BlobRead, StorageError> {
         let path = self.path(digest);
         let file = tokio::task::spawn_blocking(move || -> io::Result<(File, u64)> {
@@ -469,7 +479,7 @@ impl BlobCache {
             Some(r) if r.start < size || (size == 0 && r.start == 0) => r.start..r.end.min(size),
             Some(_) => return Err(StorageError::InvalidRange { size }),
         };
-        let full = range.start == 0 && range.end == size;
+        let full = range.start == 0 && range.end == size && recheck;
         let body = berth_storage_fs::stream_file(Arc::new(file), range.clone()).map(|r| {
             let piece = r.map_err(cache_err)?;
             metrics::get().blob_cache_served_bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
@@ -486,11 +496,16 @@ impl BlobCache {
             let piece = piece?;
             hasher.update(&piece);
             seen += piece.len() as u64;
-            if seen == size && hasher.finish() != digest {
-                tracing::warn!(%digest, "cached blob damaged on disk; discarded, the download fails");
-                metrics::inc(&metrics::get().blob_cache_corrupt);
-                this.discard(&digest);
-                return Err(cache_err("cached blob does not match its digest"));
+            if seen == size {
+                if hasher.finish() != digest {
+                    tracing::warn!(%digest, "cached blob damaged on disk; discarded, the download fails");
+                    metrics::inc(&metrics::get().blob_cache_corrupt);
+                    this.discard(&digest);
+                    return Err(cache_err("cached blob does not match its digest"));
+                }
+                if let Some(e) = this.lock_index().entries.get_mut(&digest) {
+                    e.checked = Instant::now();
+                }
             }
             Ok(piece)
         });
