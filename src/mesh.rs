@@ -55,6 +55,8 @@ use crate::tls::{ReloadingClientTls, ReloadingTls, TlsError, TlsFiles};
 
 /// Shared-state group of the live members.
 const GROUP: &str = "mesh:members";
+/// Connections the internal listener serves at once.
+const MAX_CONNECTIONS: usize = 1024;
 /// Path prefix of the one resource the internal listener serves.
 const BLOBS_PATH: &str = "/_berth/mesh/v1/blobs/";
 
@@ -278,7 +280,11 @@ pub fn spawn_server(
         Router::new().route("/_berth/mesh/v1/blobs/{digest}", axum::routing::get(serve_blob)).with_state(registry);
     let accept = tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()).http1_only());
+        // Peers open one connection per fill; strangers are refused in the
+        // handshake, and cannot hold more than this many sockets meanwhile.
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
             let (stream, peer) = match listener.accept().await {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -290,7 +296,10 @@ pub fn spawn_server(
             let config = tls.config();
             let router = router.clone();
             let builder = builder.clone();
-            tokio::spawn(async move { serve_peer(stream, peer, config, router, &builder).await });
+            tokio::spawn(async move {
+                serve_peer(stream, peer, config, router, &builder).await;
+                drop(permit);
+            });
         }
     });
     vec![reloader, client_reloader, accept]

@@ -300,11 +300,36 @@ async fn readers_stream_a_fill_as_it_grows() {
     let r = cache.read(&d, Some(1000..200_000), false).await.unwrap();
     assert!(collect(r.body).await.unwrap() == data[1000..200_000]);
     assert_eq!(cache.usage().fills, 1, "the fill is still in progress");
+    assert_eq!(s.store.gets(), 1);
     release.notify_one();
     got.extend(collect(first).await.unwrap());
     got2.extend(collect(second).await.unwrap());
     assert!(got == data && got2 == data);
     assert_eq!(s.store.gets(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_far_ahead_of_a_fill_is_read_from_the_object_store() {
+    let s = setup();
+    let cache = s.cache(128 * MIB as u64);
+    let (d, data) = s.blob(40 * MIB, 22).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    s.store.push_fault(Fault::Pause { after: MIB, release: release.clone() });
+    let mut first = cache.read(&d, None, false).await.unwrap().body;
+    let mut got = Vec::new();
+    while got.len() < MIB {
+        got.extend_from_slice(&first.next().await.unwrap().unwrap());
+    }
+    // The fill is held at 1 MiB; the last 100 bytes do not wait for it.
+    let end = data.len() as u64;
+    let r = cache.read(&d, Some(end - 100..end), false).await.unwrap();
+    assert_eq!(r.range, end - 100..end);
+    assert!(collect(r.body).await.unwrap() == data[data.len() - 100..]);
+    assert_eq!(s.store.gets(), 2);
+    release.notify_one();
+    got.extend(collect(first).await.unwrap());
+    assert!(got == data);
+    assert_eq!(cache.usage().blobs, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,8 @@
 //!   that reads the blob from upstream once, writes it to a temporary file
 //!   and hashes it. Every request that arrives meanwhile follows the fill,
 //!   reading the temporary file as it grows, ranges included; nobody waits
-//!   for the whole blob.
+//!   for the whole blob (a range starting more than 16 MiB beyond what has
+//!   arrived is read from the object store instead).
 //! - **Nothing unverified is released whole.** A reader whose range ends at
 //!   the blob's last byte gets that last piece only after the fill verified
 //!   the digest; a fill that fails verification is discarded and its
@@ -58,6 +59,9 @@ use crate::oci::Digest;
 const BACKEND: &str = "blob-cache";
 /// Size of the pieces readers are sent.
 const CHUNK: u64 = 256 * 1024;
+/// A range starting this far beyond what a fill has written is read from
+/// the object store instead of waiting for the fill.
+const AHEAD: u64 = 16 * 1024 * 1024;
 /// Times a fill resumes from the object store before giving up.
 const STORE_ATTEMPTS: u32 = 3;
 
@@ -379,6 +383,14 @@ impl BlobCache {
                 Some(r) if r.start < size => r.start..r.end.min(size),
                 Some(_) => return Err(StorageError::InvalidRange { size }),
             };
+            if range.start > fill.progress.borrow().written + AHEAD {
+                // Far beyond what has arrived: read that range from the
+                // object store rather than wait for the fill to reach it
+                // (the fill goes on for the next readers).
+                metrics::inc(&m.blob_cache_store_gets);
+                let got = self.store.get(&keys::blob(digest), Some(range)).await?;
+                return Ok(BlobRead { size: got.meta.size, range: got.range, body: got.body });
+            }
             return Ok(BlobRead { size, range: range.clone(), body: self.follow(digest.clone(), fill, range) });
         }
         // Pass-through: today's behaviour.
