@@ -575,8 +575,8 @@ impl BlobCache {
             if task.await.is_err() {
                 // A panic must not leave readers waiting for a verdict.
                 this.lock_index().reserved -= f.size;
-                f.progress.send_modify(|p| p.phase = Phase::Failed);
                 this.lock_fills().remove(&d);
+                f.progress.send_modify(|p| p.phase = Phase::Failed);
             }
         });
         self.publish_usage();
@@ -742,8 +742,10 @@ impl BlobCache {
             let _ = std::fs::remove_file(&temp);
             phase
         };
-        fill.progress.send_modify(|p| p.phase = phase);
+        // Unlisted before the verdict goes out: a reader that saw a failed
+        // fill and asks again starts a new one rather than joining it.
         self.lock_fills().remove(&digest);
+        fill.progress.send_modify(|p| p.phase = phase);
         self.publish_usage();
     }
 
