@@ -94,6 +94,9 @@ pub struct Metrics {
     pub mesh_refused: AtomicU64,
     /// Gauge: live members this replica sees (itself included).
     pub mesh_members: AtomicU64,
+    /// Bytes read from and written to the object store (bodies only).
+    pub store_read_bytes: AtomicU64,
+    pub store_written_bytes: AtomicU64,
 }
 
 static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
@@ -114,6 +117,32 @@ pub fn observe_request(method: &http::Method, operation: &'static str, status: u
     crate::ext::prometheus::observe(method, operation, status, elapsed);
     #[cfg(not(feature = "metrics"))]
     let _ = (method, operation, status, elapsed);
+}
+
+/// Which way bytes crossed between the replica and the object store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreDirection {
+    Read,
+    Written,
+}
+
+/// Count one object-store call: its operation (a name of the trait's
+/// methods), outcome (a closed set) and latency. Recorded by the `metrics`
+/// extension; a no-op in builds without it.
+pub fn observe_store(operation: &'static str, outcome: &'static str, elapsed: std::time::Duration) {
+    #[cfg(feature = "metrics")]
+    crate::ext::prometheus::observe_store(operation, outcome, elapsed);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (operation, outcome, elapsed);
+}
+
+/// Count bytes read from or written to the object store.
+pub fn store_bytes(direction: StoreDirection, n: u64) {
+    let m = get();
+    match direction {
+        StoreDirection::Read => m.store_read_bytes.fetch_add(n, Ordering::Relaxed),
+        StoreDirection::Written => m.store_written_bytes.fetch_add(n, Ordering::Relaxed),
+    };
 }
 
 /// The method as a label or span name: the registry's own methods by name,

@@ -140,6 +140,9 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
         }
         StorageBackend::S3 => Arc::new(open_s3(&config.storage.s3).await?),
     };
+    // Every call is counted and timed (`berth_store_*` metrics).
+    let store: Arc<dyn berth_storage::ObjectStore> =
+        Arc::new(crate::registry::instrumented::InstrumentedStore::new(store));
     let state: Arc<dyn berth_state::SharedState> = match config.state.backend {
         StateBackend::Memory => Arc::new(berth_state::MemoryState::new()),
         StateBackend::Redis => {

@@ -227,3 +227,47 @@ fn shutdown_delay_turns_readiness_off_first() {
     let status = b.terminate().expect("berth exited");
     assert!(status.success());
 }
+
+/// Object-store calls are counted by operation and outcome, timed, and
+/// their bytes summed: a push and a pull show up, a missing blob's HEAD is
+/// a `not_found_or_exists` outcome, and no label carries a key.
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_store_calls_are_counted_by_operation_and_outcome() {
+    let b = Berth::start("");
+    let c = client();
+    let data = bytes(300_000, 5);
+    let digest = common::sha256(&data);
+    let resp = c
+        .post(b.url(&format!("/v2/store/metrics/blobs/uploads/?digest={digest}")))
+        .header("content-type", "application/octet-stream")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let got = c.get(b.url(&format!("/v2/store/metrics/blobs/{digest}"))).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap().len(), data.len());
+    let unknown = common::sha256(b"not there");
+    let missing = c.head(b.url(&format!("/v2/store/metrics/blobs/{unknown}"))).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let text = c.get(b.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert!(value(r#"berth_store_requests_total{operation="put_part",outcome="ok"}"#) >= 1.0);
+    assert!(value(r#"berth_store_requests_total{operation="complete_multipart",outcome="ok"}"#) >= 1.0);
+    assert!(value(r#"berth_store_requests_total{operation="get",outcome="ok"}"#) >= 1.0);
+    assert!(value(r#"berth_store_requests_total{operation="head",outcome="not_found_or_exists"}"#) >= 1.0);
+    assert!(value(r#"berth_store_bytes_total{direction="written"}"#) >= data.len() as f64);
+    assert!(value(r#"berth_store_bytes_total{direction="read"}"#) >= data.len() as f64);
+    assert!(value(r#"berth_store_request_duration_seconds_count{operation="get"}"#) >= 1.0);
+    assert!(
+        !text.contains("store/metrics") && !text.contains(digest.trim_start_matches("sha256:")),
+        "a key in a label"
+    );
+}

@@ -54,6 +54,38 @@ fn http() -> &'static Http {
     })
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreCall {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreOp {
+    operation: &'static str,
+}
+
+#[derive(Debug)]
+struct Store {
+    requests: Family<StoreCall, Counter>,
+    duration: Family<StoreOp, Histogram, fn() -> Histogram>,
+}
+
+fn store() -> &'static Store {
+    static STORE: OnceLock<Store> = OnceLock::new();
+    STORE.get_or_init(|| Store {
+        requests: Family::default(),
+        duration: Family::new_with_constructor(histogram as fn() -> Histogram),
+    })
+}
+
+/// Count one object-store call and its latency.
+pub fn observe_store(operation: &'static str, outcome: &'static str, elapsed: Duration) {
+    let s = store();
+    s.requests.get_or_create(&StoreCall { operation, outcome }).inc();
+    s.duration.get_or_create(&StoreOp { operation }).observe(elapsed.as_secs_f64());
+}
+
 /// Count one answered request and its latency.
 pub fn observe(method: &http::Method, operation: &'static str, status: u16, elapsed: Duration) {
     let method = crate::metrics::method_label(method);
@@ -296,6 +328,17 @@ impl Collector for Core {
             None,
             MetricType::Counter,
         )?)?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_store_bytes",
+                "Body bytes read from and written to the object store.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (direction, c) in [("read", &m.store_read_bytes), ("written", &m.store_written_bytes)] {
+                ConstCounter::new(v(c)).encode(family.encode_family(&[("direction", direction)])?)?;
+            }
+        }
         let gauges: [(&str, &str, &std::sync::atomic::AtomicU64); 4] = [
             ("berth_blob_cache_bytes", "Bytes of cached blobs on this replica's disk.", &m.blob_cache_bytes),
             ("berth_blob_cache_blobs", "Blobs cached on this replica's disk.", &m.blob_cache_blobs),
@@ -318,6 +361,17 @@ pub fn render() -> String {
         "berth_http_request_duration_seconds",
         "Time from the request's arrival to its response headers, by method and operation.",
         h.duration.clone(),
+    );
+    let s = store();
+    registry.register(
+        "berth_store_requests",
+        "Object-store calls, by operation and outcome (ok, not_found_or_exists, unavailable, error).",
+        s.requests.clone(),
+    );
+    registry.register(
+        "berth_store_request_duration_seconds",
+        "Object-store call latency by operation (reads: until the response, before the body).",
+        s.duration.clone(),
     );
     registry.register_collector(Box::new(Core));
     let mut out = String::new();
@@ -353,6 +407,11 @@ mod tests {
         assert!(text.contains(r#"berth_rate_limited_requests_total{class="read"}"#), "{text}");
         assert!(text.contains("berth_rate_limit_backend_down "), "{text}");
         assert!(text.contains("berth_panics_total "), "{text}");
+        observe_store("get", "unavailable", Duration::from_millis(40));
+        let text = render();
+        assert!(text.contains(r#"berth_store_requests_total{operation="get",outcome="unavailable"}"#), "{text}");
+        assert!(text.contains("berth_store_request_duration_seconds_bucket"), "{text}");
+        assert!(text.contains(r#"berth_store_bytes_total{direction="read"}"#), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

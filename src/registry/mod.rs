@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod derived;
 pub mod gc;
 pub mod hooks;
+pub mod instrumented;
 pub mod keys;
 mod manifests;
 pub mod revocations;
