@@ -97,6 +97,38 @@ pub struct Metrics {
     /// Bytes read from and written to the object store (bodies only).
     pub store_read_bytes: AtomicU64,
     pub store_written_bytes: AtomicU64,
+    /// Gauge: upload requests (PATCH, PUT, monolithic POST) streaming a body
+    /// into this process now.
+    pub uploads_in_flight: AtomicU64,
+    /// Upload body bytes received.
+    pub upload_bytes: AtomicU64,
+    /// Upload completions, by outcome; cancellations; sessions expired.
+    pub upload_completed: AtomicU64,
+    pub upload_failed: AtomicU64,
+    pub upload_cancelled: AtomicU64,
+    pub upload_expired: AtomicU64,
+    /// Read-path caches (registry/cache.rs): hits and misses.
+    pub cache_tag_hits: AtomicU64,
+    pub cache_tag_misses: AtomicU64,
+    pub cache_manifest_hits: AtomicU64,
+    pub cache_manifest_misses: AtomicU64,
+}
+
+/// Counts a gauge up while it lives.
+#[derive(Debug)]
+pub struct GaugeGuard(&'static AtomicU64);
+
+impl GaugeGuard {
+    pub fn enter(gauge: &'static AtomicU64) -> GaugeGuard {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();

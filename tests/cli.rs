@@ -252,6 +252,23 @@ async fn object_store_calls_are_counted_by_operation_and_outcome() {
     let unknown = common::sha256(b"not there");
     let missing = c.head(b.url(&format!("/v2/store/metrics/blobs/{unknown}"))).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    // An upload cancelled, one refused at completion (wrong digest), a tag
+    // that is not there (a cache miss).
+    for refused in [false, true] {
+        let start = c.post(b.url("/v2/store/metrics/blobs/uploads/")).send().await.unwrap();
+        assert_eq!(start.status(), 202);
+        let location = start.headers()["location"].to_str().unwrap().to_owned();
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let resp = if refused {
+            c.put(b.url(&format!("{location}{sep}digest={unknown}"))).body(b"other bytes".to_vec()).send().await
+        } else {
+            c.delete(b.url(&location)).send().await
+        };
+        let status = resp.unwrap().status();
+        assert_eq!(status, if refused { 400 } else { 204 });
+    }
+    let tag = c.get(b.url("/v2/store/metrics/manifests/absent")).send().await.unwrap();
+    assert_eq!(tag.status(), 404);
     let text = c.get(b.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let value = |series: &str| -> f64 {
         text.lines()
@@ -270,4 +287,13 @@ async fn object_store_calls_are_counted_by_operation_and_outcome() {
         !text.contains("store/metrics") && !text.contains(digest.trim_start_matches("sha256:")),
         "a key in a label"
     );
+    // Uploads, caches and the build.
+    assert_eq!(value(r#"berth_uploads_ended_total{outcome="completed"}"#), 1.0);
+    assert_eq!(value(r#"berth_uploads_ended_total{outcome="failed"}"#), 1.0);
+    assert_eq!(value(r#"berth_uploads_ended_total{outcome="cancelled"}"#), 1.0);
+    assert!(value("berth_upload_received_bytes_total") >= data.len() as f64);
+    assert_eq!(value("berth_uploads_in_flight"), 0.0);
+    assert!(value(r#"berth_cache_lookups_total{cache="tag",result="miss"}"#) >= 1.0);
+    let build = format!(r#"berth_build_info{{version="{}",flavor="full"}}"#, env!("CARGO_PKG_VERSION"));
+    assert_eq!(value(&build), 1.0);
 }

@@ -339,6 +339,61 @@ impl Collector for Core {
                 ConstCounter::new(v(c)).encode(family.encode_family(&[("direction", direction)])?)?;
             }
         }
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_build_info",
+                "The running build: version and flavor (minimal, full or custom).",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(1).encode(
+                family.encode_family(&[("version", env!("CARGO_PKG_VERSION")), ("flavor", crate::flavor::flavor())])?,
+            )?;
+        }
+        ConstGauge::new(v(&m.uploads_in_flight) as i64).encode(encoder.encode_descriptor(
+            "berth_uploads_in_flight",
+            "Upload requests streaming a body into this process now.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(v(&m.upload_bytes)).encode(encoder.encode_descriptor(
+            "berth_upload_received_bytes",
+            "Upload body bytes received.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_uploads_ended",
+                "Upload sessions ended: completed, failed (completion refused), cancelled, expired.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, c) in [
+                ("completed", &m.upload_completed),
+                ("failed", &m.upload_failed),
+                ("cancelled", &m.upload_cancelled),
+                ("expired", &m.upload_expired),
+            ] {
+                ConstCounter::new(v(c)).encode(family.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_cache_lookups",
+                "Read-path cache look-ups, by cache (tag, manifest) and result (hit, miss).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (cache, result, c) in [
+                ("tag", "hit", &m.cache_tag_hits),
+                ("tag", "miss", &m.cache_tag_misses),
+                ("manifest", "hit", &m.cache_manifest_hits),
+                ("manifest", "miss", &m.cache_manifest_misses),
+            ] {
+                ConstCounter::new(v(c)).encode(family.encode_family(&[("cache", cache), ("result", result)])?)?;
+            }
+        }
         let gauges: [(&str, &str, &std::sync::atomic::AtomicU64); 4] = [
             ("berth_blob_cache_bytes", "Bytes of cached blobs on this replica's disk.", &m.blob_cache_bytes),
             ("berth_blob_cache_blobs", "Blobs cached on this replica's disk.", &m.blob_cache_blobs),

@@ -84,9 +84,15 @@ impl Caches {
     }
 
     pub fn tag(&self, repo: &str, tag: &str) -> Option<Digest> {
-        let tags = lock(&self.tags);
-        let (digest, at) = tags.get(&(repo.to_owned(), tag.to_owned()))?;
-        (at.elapsed() < self.options.tag_ttl).then(|| digest.clone())
+        let found = {
+            let tags = lock(&self.tags);
+            tags.get(&(repo.to_owned(), tag.to_owned()))
+                .filter(|(_, at)| at.elapsed() < self.options.tag_ttl)
+                .map(|(digest, _)| digest.clone())
+        };
+        let m = crate::metrics::get();
+        crate::metrics::inc(if found.is_some() { &m.cache_tag_hits } else { &m.cache_tag_misses });
+        found
     }
 
     pub fn put_tag(&self, repo: &str, tag: &str, digest: Digest, read_at_generation: u64) {
@@ -107,7 +113,10 @@ impl Caches {
     }
 
     pub fn manifest(&self, repo: &str, digest: &Digest) -> Option<StoredManifest> {
-        lock(&self.manifests).entries.get(&(repo.to_owned(), digest.clone())).cloned()
+        let found = lock(&self.manifests).entries.get(&(repo.to_owned(), digest.clone())).cloned();
+        let m = crate::metrics::get();
+        crate::metrics::inc(if found.is_some() { &m.cache_manifest_hits } else { &m.cache_manifest_misses });
+        found
     }
 
     pub fn put_manifest(&self, repo: &str, manifest: StoredManifest, read_at_generation: u64) {

@@ -320,9 +320,12 @@ impl Registry {
         let limits = self.store.part_limits();
         let part_size = limits.preferred_part_size.max(limits.min_part_size) as usize;
         let mut received = 0u64;
+        let m = crate::metrics::get();
+        let _in_flight = crate::metrics::GaugeGuard::enter(&m.uploads_in_flight);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(body_error)?;
             received += chunk.len() as u64;
+            m.upload_bytes.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             if declared_len.is_some_and(|len| received > len) {
                 return Err(OciError::SizeInvalid("the body is longer than Content-Length".into()));
             }
@@ -397,6 +400,21 @@ impl Registry {
 
     /// Close an upload, with an optional last chunk, and verify `digest`.
     pub async fn upload_complete(
+        &self,
+        access: &Access<Push>,
+        id: &str,
+        digest: &Digest,
+        start: Option<u64>,
+        declared_len: Option<u64>,
+        body: Option<BodyStream>,
+    ) -> Result<Digest> {
+        let r = self.complete_upload(access, id, digest, start, declared_len, body).await;
+        let m = crate::metrics::get();
+        crate::metrics::inc(if r.is_ok() { &m.upload_completed } else { &m.upload_failed });
+        r
+    }
+
+    async fn complete_upload(
         &self,
         access: &Access<Push>,
         id: &str,
@@ -486,6 +504,7 @@ impl Registry {
     pub async fn upload_cancel(&self, access: &Access<Push>, id: &str) -> Result<()> {
         let locked = self.lock_session(access, id).await?;
         self.end_session(locked).await;
+        crate::metrics::inc(&crate::metrics::get().upload_cancelled);
         Ok(())
     }
 
@@ -542,7 +561,10 @@ impl Registry {
         let mut removed = 0;
         for id in due {
             match self.expire_one(&id).await {
-                Ok(true) => removed += 1,
+                Ok(true) => {
+                    removed += 1;
+                    crate::metrics::inc(&crate::metrics::get().upload_expired);
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(upload = %id, error = %e, "cannot expire upload"),
             }
