@@ -168,6 +168,15 @@ pub fn observe_store(operation: &'static str, outcome: &'static str, elapsed: st
     let _ = (operation, outcome, elapsed);
 }
 
+/// Count one shared-state call (Redis, or memory in the embedded shape):
+/// its operation, outcome (ok, unavailable, fenced, error) and latency.
+pub fn observe_state(operation: &'static str, outcome: &'static str, elapsed: std::time::Duration) {
+    #[cfg(feature = "metrics")]
+    crate::ext::prometheus::observe_state(operation, outcome, elapsed);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (operation, outcome, elapsed);
+}
+
 /// Count bytes read from or written to the object store.
 pub fn store_bytes(direction: StoreDirection, n: u64) {
     let m = get();

@@ -160,6 +160,9 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
             Arc::new(state)
         }
     };
+    // Every call is counted and timed (`berth_state_*` metrics).
+    let state: Arc<dyn berth_state::SharedState> =
+        Arc::new(crate::registry::instrumented_state::InstrumentedState::new(state));
     let body_idle = config.server.body_idle_timeout.0;
     let options = RegistryOptions {
         upload_ttl: config.uploads.session_ttl.0,

@@ -296,4 +296,7 @@ async fn object_store_calls_are_counted_by_operation_and_outcome() {
     assert!(value(r#"berth_cache_lookups_total{cache="tag",result="miss"}"#) >= 1.0);
     let build = format!(r#"berth_build_info{{version="{}",flavor="full"}}"#, env!("CARGO_PKG_VERSION"));
     assert_eq!(value(&build), 1.0);
+    // Shared-state calls (memory here): upload sessions are locked.
+    assert!(value(r#"berth_state_requests_total{operation="try_lock",outcome="ok"}"#) >= 1.0);
+    assert!(value(r#"berth_state_request_duration_seconds_count{operation="try_lock"}"#) >= 1.0);
 }

@@ -86,6 +86,21 @@ pub fn observe_store(operation: &'static str, outcome: &'static str, elapsed: Du
     s.duration.get_or_create(&StoreOp { operation }).observe(elapsed.as_secs_f64());
 }
 
+fn state() -> &'static Store {
+    static STATE: OnceLock<Store> = OnceLock::new();
+    STATE.get_or_init(|| Store {
+        requests: Family::default(),
+        duration: Family::new_with_constructor(histogram as fn() -> Histogram),
+    })
+}
+
+/// Count one shared-state call and its latency.
+pub fn observe_state(operation: &'static str, outcome: &'static str, elapsed: Duration) {
+    let s = state();
+    s.requests.get_or_create(&StoreCall { operation, outcome }).inc();
+    s.duration.get_or_create(&StoreOp { operation }).observe(elapsed.as_secs_f64());
+}
+
 /// Count one answered request and its latency.
 pub fn observe(method: &http::Method, operation: &'static str, status: u16, elapsed: Duration) {
     let method = crate::metrics::method_label(method);
@@ -427,6 +442,17 @@ pub fn render() -> String {
         "berth_store_request_duration_seconds",
         "Object-store call latency by operation (reads: until the response, before the body).",
         s.duration.clone(),
+    );
+    let st = state();
+    registry.register(
+        "berth_state_requests",
+        "Shared-state (Redis) calls, by operation and outcome (ok, unavailable, fenced, error).",
+        st.requests.clone(),
+    );
+    registry.register(
+        "berth_state_request_duration_seconds",
+        "Shared-state (Redis) call latency by operation.",
+        st.duration.clone(),
     );
     registry.register_collector(Box::new(Core));
     let mut out = String::new();

@@ -11,6 +11,7 @@ pub mod derived;
 pub mod gc;
 pub mod hooks;
 pub mod instrumented;
+pub mod instrumented_state;
 pub mod keys;
 mod manifests;
 pub mod revocations;
