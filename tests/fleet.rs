@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{bytes, client, sha256, LocalFleet};
+use common::{bytes, client, push_blob, sha256, LocalFleet};
 use futures::StreamExt;
 
 const MIB: usize = 1024 * 1024;
@@ -22,19 +22,6 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-async fn push_blob(base: &str, repo: &str, data: &[u8]) -> String {
-    let digest = sha256(data);
-    let resp = client()
-        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
-        .header("content-type", "application/octet-stream")
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "push blob to {base}: {}", resp.text().await.unwrap());
-    digest
 }
 
 /// A one-layer image; `salt` makes each manifest distinct.

@@ -13,24 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pki;
-use common::{bytes, client, sha256, LocalFleet};
+use common::{bytes, client, push_blob, sha256, LocalFleet};
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 const MIB: usize = 1024 * 1024;
-
-async fn push_blob(base: &str, repo: &str, data: &[u8]) -> String {
-    let digest = sha256(data);
-    let resp = client()
-        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
-        .header("content-type", "application/octet-stream")
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "push blob to {base}: {}", resp.text().await.unwrap());
-    digest
-}
 
 /// Pull a blob, hashing it as it streams; the digest of what arrived.
 async fn pull(base: &str, repo: &str, digest: &str) -> Result<String, String> {

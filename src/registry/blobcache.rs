@@ -200,6 +200,16 @@ struct Fill {
     progress: watch::Sender<Progress>,
 }
 
+/// A blob, or `range` of it, straight from the object store.
+pub async fn store_read(
+    store: &dyn ObjectStore,
+    digest: &Digest,
+    range: Option<Range<u64>>,
+) -> Result<BlobRead, StorageError> {
+    let got = store.get(&keys::blob(digest), range).await?;
+    Ok(BlobRead { size: got.meta.size, range: got.range, body: got.body })
+}
+
 /// How a read that missed the cache goes on.
 enum Start {
     Fill(Arc<Fill>),
@@ -388,8 +398,7 @@ impl BlobCache {
                 // object store rather than wait for the fill to reach it
                 // (the fill goes on for the next readers).
                 metrics::inc(&m.blob_cache_store_gets);
-                let got = self.store.get(&keys::blob(digest), Some(range)).await?;
-                return Ok(BlobRead { size: got.meta.size, range: got.range, body: got.body });
+                return store_read(self.store.as_ref(), digest, Some(range)).await;
             }
             return Ok(BlobRead { size, range: range.clone(), body: self.follow(digest.clone(), fill, range) });
         }
@@ -397,8 +406,7 @@ impl BlobCache {
         metrics::inc(&m.blob_cache_misses);
         metrics::inc(&m.blob_cache_passthrough);
         metrics::inc(&m.blob_cache_store_gets);
-        let got = self.store.get(&keys::blob(digest), range).await?;
-        Ok(BlobRead { size: got.meta.size, range: got.range, body: got.body })
+        store_read(self.store.as_ref(), digest, range).await
     }
 
     /// Serve from the cache, if the blob is there and sound.
@@ -761,6 +769,22 @@ impl BlobCache {
             rest: Option<ByteStream>,
             done: bool,
         }
+        impl Reader {
+            /// Read the rest of the range from the object store.
+            async fn rest_from_store(&mut self) -> Result<(), StorageError> {
+                metrics::inc(&metrics::get().blob_cache_store_gets);
+                match self.cache.store.get(&keys::blob(&self.digest), Some(self.pos..self.end)).await {
+                    Ok(got) => {
+                        self.rest = Some(got.body);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.done = true;
+                        Err(e)
+                    }
+                }
+            }
+        }
         let rx = fill.progress.subscribe();
         let reader =
             Reader { cache: self.clone(), digest, fill, rx, pos: range.start, end: range.end, rest: None, done: false };
@@ -783,17 +807,10 @@ impl BlobCache {
                     }
                     Phase::Failed | Phase::Spilled if p.written <= r.pos => {
                         // Read the rest of the range from the object store.
-                        metrics::inc(&metrics::get().blob_cache_store_gets);
-                        match r.cache.store.get(&keys::blob(&r.digest), Some(r.pos..r.end)).await {
-                            Ok(got) => {
-                                r.rest = Some(got.body);
-                                continue;
-                            }
-                            Err(e) => {
-                                r.done = true;
-                                return Some((Err(e), r));
-                            }
+                        if let Err(e) = r.rest_from_store().await {
+                            return Some((Err(e), r));
                         }
+                        continue;
                     }
                     _ => {}
                 }
@@ -813,17 +830,10 @@ impl BlobCache {
                             }
                             Err(e) => {
                                 tracing::warn!(digest = %r.digest, error = %e, "reading a fill failed; reading the object store");
-                                metrics::inc(&metrics::get().blob_cache_store_gets);
-                                match r.cache.store.get(&keys::blob(&r.digest), Some(r.pos..r.end)).await {
-                                    Ok(got) => {
-                                        r.rest = Some(got.body);
-                                        continue;
-                                    }
-                                    Err(e) => {
-                                        r.done = true;
-                                        return Some((Err(e), r));
-                                    }
+                                if let Err(e) = r.rest_from_store().await {
+                                    return Some((Err(e), r));
                                 }
+                                continue;
                             }
                         }
                     }

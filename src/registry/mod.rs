@@ -280,13 +280,21 @@ impl Registry {
         if !self.is_linked(access.repo(), digest).await? {
             return Err(OciError::BlobUnknown(digest.to_string()));
         }
-        let read = match self.cache_for(access.repo()) {
-            Some(cache) => cache.read(digest, range, false).await,
-            None => self.store.get(&keys::blob(digest), range).await.map(|got| BlobRead {
-                size: got.meta.size,
-                range: got.range,
-                body: got.body,
-            }),
+        self.read_blob(self.cache_for(access.repo()), false, digest, range).await
+    }
+
+    /// A blob's bytes from `cache`, or from the store without one, with
+    /// storage errors in the spec's terms.
+    async fn read_blob(
+        &self,
+        cache: Option<&Arc<blobcache::BlobCache>>,
+        via_peer: bool,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<BlobRead> {
+        let read = match cache {
+            Some(cache) => cache.read(digest, range, via_peer).await,
+            None => blobcache::store_read(self.store.as_ref(), digest, range).await,
         };
         match read {
             Ok(read) => Ok(read),
@@ -329,20 +337,7 @@ impl Registry {
     /// access check (the replica the client talked to authorized the pull;
     /// the internal listener admits peers only), through the blob cache.
     pub async fn blob_for_peer(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<BlobRead> {
-        let read = match &self.blob_cache {
-            Some(cache) => cache.read(digest, range, true).await,
-            None => self.store.get(&keys::blob(digest), range).await.map(|got| BlobRead {
-                size: got.meta.size,
-                range: got.range,
-                body: got.body,
-            }),
-        };
-        match read {
-            Ok(read) => Ok(read),
-            Err(StorageError::NotFound { .. }) => Err(OciError::BlobUnknown(digest.to_string())),
-            Err(StorageError::InvalidRange { size }) => Err(OciError::RangeNotSatisfiable { size }),
-            Err(e) => Err(e.into()),
-        }
+        self.read_blob(self.blob_cache.as_ref(), true, digest, range).await
     }
 
     /// Unlink a blob from a repository. The bytes stay for other

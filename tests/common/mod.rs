@@ -385,3 +385,17 @@ pub fn venv_python() -> PathBuf {
     assert!(python.exists(), "{} is missing: run scripts/install-test-deps", python.display());
     python
 }
+
+/// Push `data` as a blob of `repo` in one request; its digest.
+pub async fn push_blob(base: &str, repo: &str, data: &[u8]) -> String {
+    let digest = sha256(data);
+    let resp = client()
+        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
+        .header("content-type", "application/octet-stream")
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "push blob to {base}: {}", resp.text().await.unwrap());
+    digest
+}
