@@ -84,6 +84,8 @@ pub struct Metrics {
     pub blob_cache_bytes: AtomicU64,
     pub blob_cache_blobs: AtomicU64,
     pub blob_cache_fills_in_flight: AtomicU64,
+    /// The cache's byte budget (0: no cache).
+    pub blob_cache_max_bytes: AtomicU64,
     /// Fills that asked the owning peer, and those that fell back to the
     /// object store (peer gone, slow, or failed mid-stream).
     pub mesh_peer_fetches: AtomicU64,
@@ -112,6 +114,25 @@ pub struct Metrics {
     pub cache_tag_misses: AtomicU64,
     pub cache_manifest_hits: AtomicU64,
     pub cache_manifest_misses: AtomicU64,
+    /// Shared-state calls that succeeded after the state was unreachable
+    /// (the connection came back), and the pub/sub subscriptions open now.
+    pub state_reconnects: AtomicU64,
+    pub state_subscriptions: AtomicU64,
+    /// Unix seconds the revocation list was last loaded in full (0: never),
+    /// and since when this process keeps one (0: it does not: no
+    /// authentication is configured).
+    pub revocations_loaded_at: AtomicU64,
+    pub revocations_tracked_since: AtomicU64,
+    /// Whether the last probe of each backend answered in time (1) or not
+    /// (0), and how long it took; written by the probe loop of `serve`.
+    pub probe_store_up: AtomicU64,
+    pub probe_state_up: AtomicU64,
+    pub probe_store_ms: AtomicU64,
+    pub probe_state_ms: AtomicU64,
+    /// Authentications by scheme and outcome ([`observe_auth`]).
+    pub auth: [[AtomicU64; 4]; 4],
+    /// Failed-login throttle decisions ([`observe_throttle`]).
+    pub throttle: [AtomicU64; 4],
 }
 
 /// Counts a gauge up while it lives.
@@ -175,6 +196,98 @@ pub fn observe_state(operation: &'static str, outcome: &'static str, elapsed: st
     crate::ext::prometheus::observe_state(operation, outcome, elapsed);
     #[cfg(not(feature = "metrics"))]
     let _ = (operation, outcome, elapsed);
+}
+
+/// How a request's credentials were presented (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthScheme {
+    Anonymous = 0,
+    Basic = 1,
+    Bearer = 2,
+    Mtls = 3,
+}
+
+impl AuthScheme {
+    pub const ALL: [AuthScheme; 4] = [AuthScheme::Anonymous, AuthScheme::Basic, AuthScheme::Bearer, AuthScheme::Mtls];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthScheme::Anonymous => "anonymous",
+            AuthScheme::Basic => "basic",
+            AuthScheme::Bearer => "bearer",
+            AuthScheme::Mtls => "mtls",
+        }
+    }
+}
+
+/// What became of them (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Accepted = 0,
+    Refused = 1,
+    /// Refused by the failed-login throttle or the password-check limits.
+    Throttled = 2,
+    /// A backend (the directory, the revocation list) could not decide.
+    Unavailable = 3,
+}
+
+impl AuthOutcome {
+    pub const ALL: [AuthOutcome; 4] =
+        [AuthOutcome::Accepted, AuthOutcome::Refused, AuthOutcome::Throttled, AuthOutcome::Unavailable];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthOutcome::Accepted => "accepted",
+            AuthOutcome::Refused => "refused",
+            AuthOutcome::Throttled => "throttled",
+            AuthOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Count one authentication by scheme and outcome.
+pub fn observe_auth(scheme: AuthScheme, outcome: AuthOutcome) {
+    get().auth[scheme as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// What the failed-login throttle decided about one password check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleDecision {
+    /// Checked and let through.
+    Allowed = 0,
+    /// Refused without checking (user or address locked out).
+    LockedOut = 1,
+    /// A failure whose answer was held back.
+    Delayed = 2,
+    /// The counters were unreachable: not throttled.
+    Unchecked = 3,
+}
+
+impl ThrottleDecision {
+    pub const ALL: [ThrottleDecision; 4] = [
+        ThrottleDecision::Allowed,
+        ThrottleDecision::LockedOut,
+        ThrottleDecision::Delayed,
+        ThrottleDecision::Unchecked,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ThrottleDecision::Allowed => "allowed",
+            ThrottleDecision::LockedOut => "locked_out",
+            ThrottleDecision::Delayed => "delayed",
+            ThrottleDecision::Unchecked => "unchecked",
+        }
+    }
+}
+
+pub fn observe_throttle(decision: ThrottleDecision) {
+    get().throttle[decision as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Count bytes read from or written to the object store.

@@ -375,8 +375,12 @@ impl Server {
             .clone()
             .map(|path| tokio::spawn(reload_policies(self.app.gate.clone(), path, self.auth_reload_interval)));
         let revocation_sync = self.app.gate.required().then(|| {
+            crate::metrics::get()
+                .revocations_tracked_since
+                .store(crate::metrics::unix_now(), std::sync::atomic::Ordering::Relaxed);
             self.app.registry.spawn_revocation_sync(self.app.gate.revocations().clone(), self.revocation_reload)
         });
+        let prober = tokio::spawn(run_probes(self.app.registry.clone()));
         let cache_listener = self.app.registry.spawn_cache_listener();
         let (mesh, mesh_tasks) = match self.mesh {
             Some(m) => {
@@ -461,6 +465,7 @@ impl Server {
         tracing::info!(grace = ?self.limits.shutdown_grace, "shutting down: finishing in-flight requests");
         drop(self.listener);
         janitor.abort();
+        prober.abort();
         for r in [collector, auth_reloader, tls_reloader, revocation_sync, policy_reloader].into_iter().flatten() {
             r.abort();
         }
@@ -486,6 +491,52 @@ impl Server {
             h.abort();
         }
         Ok(())
+    }
+}
+
+/// How often each backend is probed, and how long a probe may take
+/// before it counts as down.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Probe the object store and the shared state on a fixed period, so
+/// `berth_backend_up` says within seconds that one stopped answering, even
+/// when no request is asking it (and when a hung backend would leave the
+/// requests that do hanging too).
+async fn run_probes(registry: Registry) {
+    use std::sync::atomic::Ordering::Relaxed;
+    /// Run one probe and record it as soon as it ends (a hung backend does
+    /// not delay the other's figures); log when the verdict changes.
+    async fn probe(
+        name: &str,
+        check: impl std::future::Future<Output = crate::registry::Result<()>>,
+        up: &AtomicU64,
+        took_ms: &AtomicU64,
+        was_up: &mut Option<bool>,
+    ) {
+        let started = Instant::now();
+        let answered = matches!(tokio::time::timeout(PROBE_TIMEOUT, check).await, Ok(Ok(())));
+        up.store(u64::from(answered), Relaxed);
+        took_ms.store(started.elapsed().as_millis() as u64, Relaxed);
+        match (*was_up, answered) {
+            (Some(true) | None, false) => {
+                tracing::warn!(backend = name, "backend probe failed: the backend is not answering")
+            }
+            (Some(false), true) => tracing::info!(backend = name, "backend probe answered again"),
+            _ => {}
+        }
+        *was_up = Some(answered);
+    }
+    let m = crate::metrics::get();
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut store_was, mut state_was) = (None, None);
+    loop {
+        tick.tick().await;
+        tokio::join!(
+            probe("object store", registry.check_backends(), &m.probe_store_up, &m.probe_store_ms, &mut store_was),
+            probe("shared state", registry.check_state(), &m.probe_state_up, &m.probe_state_ms, &mut state_was),
+        );
     }
 }
 

@@ -298,6 +298,7 @@ async fn log_and_stamp(State(app): State<Arc<App>>, mut req: Request<Body>, next
         }
         Err(_) => fixed_operation(&app, &path),
     };
+    let request_id = request_id(req.headers(), client.peer_is_trusted(&app.trusted_proxies));
     // A closed set of method names: clients cannot mint span names.
     let method_name = crate::metrics::method_label(&method);
     let span = tracing::info_span!(
@@ -310,6 +311,8 @@ async fn log_and_stamp(State(app): State<Arc<App>>, mut req: Request<Body>, next
         url.path = %path,
         client.address = %client.address,
         http.response.status_code = tracing::field::Empty,
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
     );
     // Trace context is believed from trusted proxies, or from anyone when
     // configured: otherwise a client could force sampling of its requests.
@@ -318,21 +321,48 @@ async fn log_and_stamp(State(app): State<Arc<App>>, mut req: Request<Body>, next
         if client.peer_is_trusted(&app.trusted_proxies) || app.trust_trace_context {
             crate::ext::otel::continue_trace(&span, req.headers());
         }
+        if let Some(id) = crate::ext::otel::trace_id(&span) {
+            span.record("trace_id", id);
+        }
     }
     let mut resp = next.run(req).instrument(span.clone()).await;
     resp.headers_mut().insert(handlers::API_VERSION, HeaderValue::from_static("registry/2.0"));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, value);
+    }
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     span.record("http.response.status_code", status);
     crate::metrics::observe_request(&method, operation, status, elapsed);
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
     let (peer, client) = (client.peer, client.address);
-    if status >= 500 {
-        tracing::warn!(target: "berth::access", %method, %path, status, latency_ms, %client, %peer, "request");
-    } else {
-        tracing::info!(target: "berth::access", %method, %path, status, latency_ms, %client, %peer, "request");
-    }
+    // Inside the span, so the line carries the request and trace ids.
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::warn!(target: "berth::access", %method, %path, status, latency_ms, %client, %peer, "request");
+        } else {
+            tracing::info!(target: "berth::access", %method, %path, status, latency_ms, %client, %peer, "request");
+        }
+    });
     resp
+}
+
+/// The header naming a request in both directions.
+const REQUEST_ID: &str = "x-request-id";
+
+/// The request's id: the one a trusted proxy passed on, when it is a
+/// plain token of at most 128 characters, or a new random one. A client's
+/// own id is not believed (it could collide with another's on purpose).
+fn request_id(headers: &http::HeaderMap, trusted: bool) -> String {
+    if trusted {
+        if let Some(v) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+            if !v.is_empty() && v.len() <= 128 && v.chars().all(plain) {
+                return v.to_owned();
+            }
+        }
+    }
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 #[cfg(test)]

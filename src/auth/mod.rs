@@ -449,9 +449,28 @@ impl Gate {
     /// whatever the reason, so the answer does not tell whether the user
     /// exists.
     pub async fn authenticate(&self, headers: &http::HeaderMap, client: &ClientInfo) -> Result<Identity, OciError> {
+        use crate::metrics::{observe_auth, AuthOutcome, AuthScheme};
         let origin = request_origin(headers, client);
-        let identity = self.authenticate_credentials(headers, client, origin.as_deref()).await?;
-        Ok(identity.with_origin(origin))
+        let scheme = match (&self.inner.mtls, &client.client_certificate, headers.get(http::header::AUTHORIZATION)) {
+            (Some(_), Some(_), _) => AuthScheme::Mtls,
+            (_, _, None) => AuthScheme::Anonymous,
+            (_, _, Some(_)) if !self.required() => AuthScheme::Anonymous,
+            (_, _, Some(v)) if v.as_bytes().get(..6).is_some_and(|b| b.eq_ignore_ascii_case(b"bearer")) => {
+                AuthScheme::Bearer
+            }
+            _ => AuthScheme::Basic,
+        };
+        let checked = self.authenticate_credentials(headers, client, origin.as_deref()).await;
+        observe_auth(
+            scheme,
+            match &checked {
+                Ok(_) => AuthOutcome::Accepted,
+                Err(OciError::TooManyRequests { .. }) => AuthOutcome::Throttled,
+                Err(OciError::Unavailable { .. }) => AuthOutcome::Unavailable,
+                Err(_) => AuthOutcome::Refused,
+            },
+        );
+        Ok(checked?.with_origin(origin))
     }
 
     async fn authenticate_credentials(

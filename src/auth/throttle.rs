@@ -74,14 +74,21 @@ impl Throttle {
 
     /// `Err(retry_after)` when `user` or `ip` is locked out.
     pub async fn check(&self, user: &str, ip: Option<IpAddr>) -> Result<(), Duration> {
-        let by_user = self.count(&user_key(user)).await.unwrap_or(0);
+        use crate::metrics::{observe_throttle, ThrottleDecision};
+        let by_user = self.count(&user_key(user)).await;
         let by_ip = match ip {
-            Some(ip) => self.count(&ip_key(ip)).await.unwrap_or(0),
-            None => 0,
+            Some(ip) => self.count(&ip_key(ip)).await,
+            None => Some(0),
         };
-        if by_user >= self.options.user_lockout || by_ip >= self.options.ip_lockout {
+        if by_user.unwrap_or(0) >= self.options.user_lockout || by_ip.unwrap_or(0) >= self.options.ip_lockout {
+            observe_throttle(ThrottleDecision::LockedOut);
             return Err(self.options.window);
         }
+        observe_throttle(if by_user.is_none() || by_ip.is_none() {
+            ThrottleDecision::Unchecked
+        } else {
+            ThrottleDecision::Allowed
+        });
         Ok(())
     }
 
@@ -98,6 +105,7 @@ impl Throttle {
         if over <= 0 {
             return Duration::ZERO;
         }
+        crate::metrics::observe_throttle(crate::metrics::ThrottleDecision::Delayed);
         let delay = Duration::from_millis(100).saturating_mul(1u32 << over.min(16) as u32);
         delay.min(self.options.max_delay)
     }

@@ -1,6 +1,7 @@
-//! The `otel` extension: one span per request (target `berth::request`),
-//! batched and exported over OTLP/HTTP (protobuf), continuing the caller's
-//! trace when the request carries W3C trace context.
+//! The `otel` extension: one span per request (target `berth::request`)
+//! with a child span per object-store and shared-state call (target
+//! `berth::backend`), batched and exported over OTLP/HTTP (protobuf),
+//! continuing the caller's trace when the request carries W3C trace context.
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::TracerProvider as _;
@@ -51,9 +52,11 @@ impl Exporter {
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     {
-        tracing_opentelemetry::layer()
-            .with_tracer(self.provider.tracer("berth"))
-            .with_filter(Targets::new().with_target("berth::request", tracing::Level::INFO))
+        tracing_opentelemetry::layer().with_tracer(self.provider.tracer("berth")).with_filter(
+            Targets::new()
+                .with_target("berth::request", tracing::Level::INFO)
+                .with_target("berth::backend", tracing::Level::DEBUG),
+        )
     }
 
     /// Export what is queued and stop.
@@ -84,4 +87,14 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
         let parent = TraceContextPropagator::new().extract(&Headers(headers));
         let _ = span.set_parent(parent);
     }
+}
+
+/// The trace id of `span` (32 lowercase hex digits), when a tracer is
+/// installed: it goes into the request's log lines.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = span.context();
+    let id = context.span().span_context().trace_id();
+    (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
 }

@@ -409,8 +409,93 @@ impl Collector for Core {
                 ConstCounter::new(v(c)).encode(family.encode_family(&[("cache", cache), ("result", result)])?)?;
             }
         }
-        let gauges: [(&str, &str, &std::sync::atomic::AtomicU64); 4] = [
+        ConstCounter::new(berth_storage_s3::retries()).encode(encoder.encode_descriptor(
+            "berth_store_retries",
+            "Object-store requests the S3 client retried (throttling, 5xx answers, timeouts, dropped connections).",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(v(&m.state_reconnects)).encode(encoder.encode_descriptor(
+            "berth_state_reconnects",
+            "Times the shared state answered again after being unreachable.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(v(&m.state_subscriptions) as i64).encode(encoder.encode_descriptor(
+            "berth_state_pubsub_subscriptions",
+            "Pub/sub subscriptions connected now (cache invalidation, and revocations when authentication is on).",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        {
+            use crate::metrics::{AuthOutcome, AuthScheme};
+            let mut family = encoder.encode_descriptor(
+                "berth_auth_requests",
+                "Authentications, by method (anonymous, basic, bearer, mtls) and outcome.",
+                None,
+                MetricType::Counter,
+            )?;
+            for scheme in AuthScheme::ALL {
+                for outcome in AuthOutcome::ALL {
+                    let c = &m.auth[scheme as usize][outcome as usize];
+                    ConstCounter::new(v(c))
+                        .encode(family.encode_family(&[("method", scheme.label()), ("outcome", outcome.label())])?)?;
+                }
+            }
+        }
+        {
+            use crate::metrics::ThrottleDecision;
+            let mut family = encoder.encode_descriptor(
+                "berth_auth_throttle_decisions",
+                "Decisions of the failed-login throttle: allowed, locked_out, delayed, unchecked (counters unreachable).",
+                None,
+                MetricType::Counter,
+            )?;
+            for d in ThrottleDecision::ALL {
+                ConstCounter::new(v(&m.throttle[d as usize]))
+                    .encode(family.encode_family(&[("decision", d.label())])?)?;
+            }
+        }
+        {
+            let now = crate::metrics::unix_now();
+            let (loaded, since) = (v(&m.revocations_loaded_at), v(&m.revocations_tracked_since));
+            let age = match (since, loaded) {
+                (0, _) => 0,
+                (since, 0) => now.saturating_sub(since),
+                (_, loaded) => now.saturating_sub(loaded),
+            };
+            ConstGauge::new(age as i64).encode(encoder.encode_descriptor(
+                "berth_auth_revocation_list_age_seconds",
+                "Seconds since the token revocation list was last loaded in full (0 without authentication).",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_backend_up",
+                "1 when the last probe of the backend answered in time, 0 when it failed or timed out.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (backend, g) in [("object_store", &m.probe_store_up), ("shared_state", &m.probe_state_up)] {
+                ConstGauge::new(v(g) as i64).encode(family.encode_family(&[("backend", backend)])?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_backend_probe_duration_seconds",
+                "How long the last probe of the backend took (the timeout when it did not answer).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (backend, g) in [("object_store", &m.probe_store_ms), ("shared_state", &m.probe_state_ms)] {
+                ConstGauge::new(v(g) as f64 / 1000.0).encode(family.encode_family(&[("backend", backend)])?)?;
+            }
+        }
+        let gauges: [(&str, &str, &std::sync::atomic::AtomicU64); 5] = [
             ("berth_blob_cache_bytes", "Bytes of cached blobs on this replica's disk.", &m.blob_cache_bytes),
+            ("berth_blob_cache_max_bytes", "The blob cache's byte budget (0: no cache).", &m.blob_cache_max_bytes),
             ("berth_blob_cache_blobs", "Blobs cached on this replica's disk.", &m.blob_cache_blobs),
             ("berth_blob_cache_fills_in_flight", "Fills in progress.", &m.blob_cache_fills_in_flight),
             ("berth_mesh_members", "Live mesh members this replica sees, itself included.", &m.mesh_members),
@@ -424,34 +509,35 @@ impl Collector for Core {
 
 /// Every metric, as OpenMetrics text.
 pub fn render() -> String {
+    // `register` ends each help text with a period of its own.
     let h = http();
     let mut registry = Registry::default();
-    registry.register("berth_http_requests", "Requests answered, by method, operation and status.", h.requests.clone());
+    registry.register("berth_http_requests", "Requests answered, by method, operation and status", h.requests.clone());
     registry.register(
         "berth_http_request_duration_seconds",
-        "Time from the request's arrival to its response headers, by method and operation.",
+        "Time from the request's arrival to its response headers, by method and operation",
         h.duration.clone(),
     );
     let s = store();
     registry.register(
         "berth_store_requests",
-        "Object-store calls, by operation and outcome (ok, not_found_or_exists, unavailable, error).",
+        "Object-store calls, by operation and outcome (ok, not_found_or_exists, unavailable, error)",
         s.requests.clone(),
     );
     registry.register(
         "berth_store_request_duration_seconds",
-        "Object-store call latency by operation (reads: until the response, before the body).",
+        "Object-store call latency by operation (reads: until the response, before the body)",
         s.duration.clone(),
     );
     let st = state();
     registry.register(
         "berth_state_requests",
-        "Shared-state (Redis) calls, by operation and outcome (ok, unavailable, fenced, error).",
+        "Shared-state (Redis) calls, by operation and outcome (ok, unavailable, fenced, error)",
         st.requests.clone(),
     );
     registry.register(
         "berth_state_request_duration_seconds",
-        "Shared-state (Redis) call latency by operation.",
+        "Shared-state (Redis) call latency by operation",
         st.duration.clone(),
     );
     registry.register_collector(Box::new(Core));

@@ -350,6 +350,7 @@ impl BlobCache {
         m.blob_cache_bytes.store(u.bytes, Ordering::Relaxed);
         m.blob_cache_blobs.store(u.blobs as u64, Ordering::Relaxed);
         m.blob_cache_fills_in_flight.store(u.fills as u64, Ordering::Relaxed);
+        m.blob_cache_max_bytes.store(self.opts.max_bytes, Ordering::Relaxed);
     }
 
     /// The size of a blob, when cached (no upstream request).

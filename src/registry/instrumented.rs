@@ -4,6 +4,7 @@
 //! never from keys. The numbers go to `crate::metrics::observe_store`,
 //! which the `metrics` extension exposes and the minimal flavor drops.
 
+use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -40,8 +41,75 @@ impl InstrumentedStore {
     }
 }
 
-fn done<T>(op: &'static str, started: Instant, r: Result<T>) -> Result<T> {
-    metrics::observe_store(op, outcome(&r), started.elapsed());
+/// The S3 API action behind each operation (span names and `rpc.method`).
+fn s3_action(op: &'static str) -> &'static str {
+    match op {
+        "head" => "HeadObject",
+        "get" => "GetObject",
+        "put" => "PutObject",
+        "delete" => "DeleteObject",
+        "delete_many" => "DeleteObjects",
+        "list" => "ListObjectsV2",
+        "copy" => "CopyObject",
+        "create_multipart" => "CreateMultipartUpload",
+        "put_part" => "UploadPart",
+        "complete_multipart" => "CompleteMultipartUpload",
+        "abort_multipart" => "AbortMultipartUpload",
+        "list_multipart" => "ListMultipartUploads",
+        _ => "Other",
+    }
+}
+
+/// A span for one call, a child of the current span (a request's, or a
+/// background job's); none outside any span, so background loops do not
+/// mint root traces. Attributes follow OpenTelemetry's conventions: S3
+/// calls as AWS SDK calls (`rpc.system = aws-api`, span `S3.GetObject`),
+/// the file system as internal work. No key is recorded: keys hold
+/// repository names and digests.
+fn span(backend: &'static str, op: &'static str) -> tracing::Span {
+    if tracing::Span::current().is_none() {
+        return tracing::Span::none();
+    }
+    if backend == "s3" {
+        let action = s3_action(op);
+        tracing::debug_span!(
+            target: "berth::backend",
+            "object_store",
+            otel.name = %format_args!("S3.{action}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "aws-api",
+            rpc.service = "S3",
+            rpc.method = action,
+            berth.store.operation = op,
+            error.type = tracing::field::Empty,
+        )
+    } else {
+        tracing::debug_span!(
+            target: "berth::backend",
+            "object_store",
+            otel.name = %format_args!("store.{op}"),
+            otel.kind = "internal",
+            otel.status_code = tracing::field::Empty,
+            berth.store.backend = backend,
+            berth.store.operation = op,
+            error.type = tracing::field::Empty,
+        )
+    }
+}
+
+/// Run one call of the inner store in its span, and count it.
+async fn call<T>(backend: &'static str, op: &'static str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    use tracing::Instrument as _;
+    let span = span(backend, op);
+    let started = Instant::now();
+    let r = fut.instrument(span.clone()).await;
+    let outcome = outcome(&r);
+    metrics::observe_store(op, outcome, started.elapsed());
+    if r.is_err() && outcome != "not_found_or_exists" {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", outcome);
+    }
     r
 }
 
@@ -52,15 +120,13 @@ impl ObjectStore for InstrumentedStore {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
-        let t = Instant::now();
-        done("head", t, self.inner.head(key).await)
+        call(self.inner.backend(), "head", self.inner.head(key)).await
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult> {
         // Latency to the response (the first byte), as S3 reports it; the
         // body's bytes are counted as they are read.
-        let t = Instant::now();
-        let got = done("get", t, self.inner.get(key, range).await)?;
+        let got = call(self.inner.backend(), "get", self.inner.get(key, range)).await?;
         let body = got
             .body
             .map(|piece| {
@@ -74,9 +140,8 @@ impl ObjectStore for InstrumentedStore {
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<ObjectMeta> {
-        let t = Instant::now();
         let len = data.len() as u64;
-        let r = done("put", t, self.inner.put(key, data, mode).await);
+        let r = call(self.inner.backend(), "put", self.inner.put(key, data, mode)).await;
         if r.is_ok() {
             metrics::store_bytes(StoreDirection::Written, len);
         }
@@ -84,34 +149,28 @@ impl ObjectStore for InstrumentedStore {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let t = Instant::now();
-        done("delete", t, self.inner.delete(key).await)
+        call(self.inner.backend(), "delete", self.inner.delete(key)).await
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
-        let t = Instant::now();
-        done("delete_many", t, self.inner.delete_many(keys).await)
+        call(self.inner.backend(), "delete_many", self.inner.delete_many(keys)).await
     }
 
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage> {
-        let t = Instant::now();
-        done("list", t, self.inner.list(prefix, start_after, limit).await)
+        call(self.inner.backend(), "list", self.inner.list(prefix, start_after, limit)).await
     }
 
     async fn copy(&self, from: &str, to: &str) -> Result<ObjectMeta> {
-        let t = Instant::now();
-        done("copy", t, self.inner.copy(from, to).await)
+        call(self.inner.backend(), "copy", self.inner.copy(from, to)).await
     }
 
     async fn create_multipart(&self) -> Result<MultipartUpload> {
-        let t = Instant::now();
-        done("create_multipart", t, self.inner.create_multipart().await)
+        call(self.inner.backend(), "create_multipart", self.inner.create_multipart()).await
     }
 
     async fn put_part(&self, upload: &MultipartUpload, number: u32, offset: u64, data: Bytes) -> Result<PartReceipt> {
-        let t = Instant::now();
         let len = data.len() as u64;
-        let r = done("put_part", t, self.inner.put_part(upload, number, offset, data).await);
+        let r = call(self.inner.backend(), "put_part", self.inner.put_part(upload, number, offset, data)).await;
         if r.is_ok() {
             metrics::store_bytes(StoreDirection::Written, len);
         }
@@ -124,18 +183,15 @@ impl ObjectStore for InstrumentedStore {
         parts: &[PartReceipt],
         dest: &str,
     ) -> Result<ObjectMeta> {
-        let t = Instant::now();
-        done("complete_multipart", t, self.inner.complete_multipart(upload, parts, dest).await)
+        call(self.inner.backend(), "complete_multipart", self.inner.complete_multipart(upload, parts, dest)).await
     }
 
     async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<()> {
-        let t = Instant::now();
-        done("abort_multipart", t, self.inner.abort_multipart(upload).await)
+        call(self.inner.backend(), "abort_multipart", self.inner.abort_multipart(upload)).await
     }
 
     async fn list_multipart(&self) -> Result<Vec<(MultipartUpload, SystemTime)>> {
-        let t = Instant::now();
-        done("list_multipart", t, self.inner.list_multipart().await)
+        call(self.inner.backend(), "list_multipart", self.inner.list_multipart()).await
     }
 
     fn part_limits(&self) -> PartLimits {
@@ -143,7 +199,6 @@ impl ObjectStore for InstrumentedStore {
     }
 
     async fn presign_get(&self, key: &str, expires: Duration) -> Result<Option<String>> {
-        let t = Instant::now();
-        done("presign_get", t, self.inner.presign_get(key, expires).await)
+        call(self.inner.backend(), "presign_get", self.inner.presign_get(key, expires)).await
     }
 }

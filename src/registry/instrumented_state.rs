@@ -3,8 +3,12 @@
 //! outcome, and their latency. Labels come from closed sets (the trait's
 //! operations, four outcomes), never from keys or channels.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt as _;
 
 use async_trait::async_trait;
 use berth_state::{Lease, Result, SharedState, StateError};
@@ -22,20 +26,95 @@ fn outcome<T>(r: &Result<T>) -> &'static str {
     }
 }
 
-fn done<T>(op: &'static str, started: Instant, r: Result<T>) -> Result<T> {
-    metrics::observe_state(op, outcome(&r), started.elapsed());
-    r
-}
-
 /// Wraps a shared state and reports its calls.
 #[derive(Debug)]
 pub struct InstrumentedState {
     inner: Arc<dyn SharedState>,
+    /// The last call found the state unreachable.
+    unreachable: AtomicBool,
 }
 
 impl InstrumentedState {
     pub fn new(inner: Arc<dyn SharedState>) -> InstrumentedState {
-        InstrumentedState { inner }
+        InstrumentedState { inner, unreachable: AtomicBool::new(false) }
+    }
+
+    /// A span for one call, a child of the current span; none outside any
+    /// span (background loops mint no root traces). Redis calls carry
+    /// OpenTelemetry's database attributes; no key or channel is recorded.
+    fn span(&self, op: &'static str) -> tracing::Span {
+        if tracing::Span::current().is_none() {
+            return tracing::Span::none();
+        }
+        let backend = self.inner.backend();
+        if backend == "redis" {
+            tracing::debug_span!(
+                target: "berth::backend",
+                "shared_state",
+                otel.name = %format_args!("redis {op}"),
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                db.system.name = "redis",
+                db.operation.name = op,
+                error.type = tracing::field::Empty,
+            )
+        } else {
+            tracing::debug_span!(
+                target: "berth::backend",
+                "shared_state",
+                otel.name = %format_args!("state.{op}"),
+                otel.kind = "internal",
+                otel.status_code = tracing::field::Empty,
+                berth.state.backend = backend,
+                berth.state.operation = op,
+                error.type = tracing::field::Empty,
+            )
+        }
+    }
+
+    /// Run one call of the inner state in its span, count it, and count a
+    /// reconnection when a call succeeds after the state was unreachable.
+    async fn call<T>(&self, op: &'static str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        use tracing::Instrument as _;
+        let span = self.span(op);
+        let started = Instant::now();
+        let r = fut.instrument(span.clone()).await;
+        let outcome = outcome(&r);
+        metrics::observe_state(op, outcome, started.elapsed());
+        match &r {
+            Ok(_) => {
+                if self.unreachable.swap(false, Ordering::Relaxed) {
+                    metrics::inc(&metrics::get().state_reconnects);
+                    tracing::info!(backend = self.inner.backend(), "shared state reachable again");
+                }
+            }
+            Err(e) => {
+                if matches!(e, StateError::Unavailable(_)) {
+                    self.unreachable.store(true, Ordering::Relaxed);
+                }
+                span.record("otel.status_code", "ERROR");
+                span.record("error.type", outcome);
+            }
+        }
+        r
+    }
+}
+
+/// Counts a live subscription in `state_subscriptions` until the stream
+/// (whose end means the connection dropped) is dropped.
+struct Subscribed {
+    inner: BoxStream<'static, Bytes>,
+    _live: metrics::GaugeGuard,
+}
+
+impl futures::Stream for Subscribed {
+    type Item = Bytes;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Bytes>> {
+        self.inner.as_mut().poll_next(cx)
     }
 }
 
@@ -45,71 +124,56 @@ impl SharedState for InstrumentedState {
         self.inner.backend()
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let t = Instant::now();
-        done("get", t, self.inner.get(key).await)
+        self.call("get", self.inner.get(key)).await
     }
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
-        let t = Instant::now();
-        done("set", t, self.inner.set(key, value, ttl).await)
+        self.call("set", self.inner.set(key, value, ttl)).await
     }
     async fn set_fenced(&self, key: &str, value: Bytes, ttl: Duration, lease: &Lease) -> Result<()> {
-        let t = Instant::now();
-        done("set_fenced", t, self.inner.set_fenced(key, value, ttl, lease).await)
+        self.call("set_fenced", self.inner.set_fenced(key, value, ttl, lease)).await
     }
     async fn delete(&self, key: &str) -> Result<()> {
-        let t = Instant::now();
-        done("delete", t, self.inner.delete(key).await)
+        self.call("delete", self.inner.delete(key)).await
     }
     async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Option<Lease>> {
-        let t = Instant::now();
-        done("try_lock", t, self.inner.try_lock(name, ttl).await)
+        self.call("try_lock", self.inner.try_lock(name, ttl)).await
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
-        let t = Instant::now();
-        done("extend", t, self.inner.extend(lease, ttl).await)
+        self.call("extend", self.inner.extend(lease, ttl)).await
     }
     async fn unlock(&self, lease: &Lease) -> Result<()> {
-        let t = Instant::now();
-        done("unlock", t, self.inner.unlock(lease).await)
+        self.call("unlock", self.inner.unlock(lease)).await
     }
     async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
-        let t = Instant::now();
-        done("incr", t, self.inner.incr(key, by, ttl).await)
+        self.call("incr", self.inner.incr(key, by, ttl)).await
     }
     async fn rate_limit(&self, key: &str, interval: Duration, burst: u32) -> Result<Option<Duration>> {
-        let t = Instant::now();
-        done("rate_limit", t, self.inner.rate_limit(key, interval, burst).await)
+        self.call("rate_limit", self.inner.rate_limit(key, interval, burst)).await
     }
     async fn schedule(&self, queue: &str, member: &str, due: SystemTime) -> Result<()> {
-        let t = Instant::now();
-        done("schedule", t, self.inner.schedule(queue, member, due).await)
+        self.call("schedule", self.inner.schedule(queue, member, due)).await
     }
     async fn unschedule(&self, queue: &str, member: &str) -> Result<()> {
-        let t = Instant::now();
-        done("unschedule", t, self.inner.unschedule(queue, member).await)
+        self.call("unschedule", self.inner.unschedule(queue, member)).await
     }
     async fn due(&self, queue: &str, now: SystemTime, limit: usize) -> Result<Vec<String>> {
-        let t = Instant::now();
-        done("due", t, self.inner.due(queue, now, limit).await)
+        self.call("due", self.inner.due(queue, now, limit)).await
     }
     async fn heartbeat(&self, group: &str, member: &str, ttl: Duration) -> Result<()> {
-        let t = Instant::now();
-        done("heartbeat", t, self.inner.heartbeat(group, member, ttl).await)
+        self.call("heartbeat", self.inner.heartbeat(group, member, ttl)).await
     }
     async fn members(&self, group: &str) -> Result<Vec<String>> {
-        let t = Instant::now();
-        done("members", t, self.inner.members(group).await)
+        self.call("members", self.inner.members(group)).await
     }
     async fn leave(&self, group: &str, member: &str) -> Result<()> {
-        let t = Instant::now();
-        done("leave", t, self.inner.leave(group, member).await)
+        self.call("leave", self.inner.leave(group, member)).await
     }
     async fn publish(&self, channel: &str, message: Bytes) -> Result<()> {
-        let t = Instant::now();
-        done("publish", t, self.inner.publish(channel, message).await)
+        self.call("publish", self.inner.publish(channel, message)).await
     }
     async fn subscribe(&self, channel: &str) -> Result<BoxStream<'static, Bytes>> {
-        let t = Instant::now();
-        done("subscribe", t, self.inner.subscribe(channel).await)
+        let stream = self.call("subscribe", self.inner.subscribe(channel)).await?;
+        let live = metrics::GaugeGuard::enter(&metrics::get().state_subscriptions);
+        Ok(Subscribed { inner: stream, _live: live }.boxed())
     }
 }

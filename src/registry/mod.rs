@@ -223,6 +223,13 @@ impl Registry {
         }
     }
 
+    /// One read of the shared state (a key nobody writes): answers when
+    /// the state does.
+    pub async fn check_state(&self) -> Result<()> {
+        self.state.get("_probe").await?;
+        Ok(())
+    }
+
     /// True if `digest` is linked into `repo` (DESIGN invariant 4).
     async fn is_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         Ok(self.store.exists(&keys::layer_link(repo, digest)).await?)

@@ -154,6 +154,39 @@ pub struct S3Store {
     transfer_timeout: Duration,
 }
 
+/// Attempts the SDK's retry strategy made beyond the first of each
+/// operation, over every client of the process.
+static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Retries of S3 requests so far (attempts after an operation's first:
+/// throttling, 5xx answers, timeouts, dropped connections).
+pub fn retries() -> u64 {
+    RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts the attempts the SDK makes after an operation's first.
+#[derive(Debug)]
+struct CountRetries;
+
+impl aws_sdk_s3::config::Intercept for CountRetries {
+    fn name(&self) -> &'static str {
+        "berth-count-retries"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> std::result::Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use aws_smithy_runtime_api::client::retries::RequestAttempts;
+        if cfg.load::<RequestAttempts>().is_some_and(|a| a.attempts() > 1) {
+            RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
 impl S3Store {
     /// Build a client from the options and the standard AWS configuration chain.
     pub async fn connect(options: S3Options) -> Result<S3Store, SetupError> {
@@ -203,7 +236,8 @@ impl S3Store {
             // Berth hashes every byte with SHA-256 itself; extra CRCs cost CPU
             // and some S3-compatible servers reject the trailers.
             .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
+            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+            .interceptor(CountRetries);
         if shared.region().is_none() {
             config = config.region(aws_config::Region::new("us-east-1"));
         }
