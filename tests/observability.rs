@@ -288,6 +288,9 @@ async fn prometheus_fires_the_object_store_alert_while_s3_is_paused_and_clears_i
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let fired_after = paused_at.elapsed();
+    for a in prometheus_api(&prom, "/api/v1/alerts").await["data"]["alerts"].as_array().unwrap() {
+        eprintln!("{} {} {} active since {}", a["labels"]["alertname"], a["labels"]["instance"], a["state"], a["activeAt"]);
+    }
     // Only the object store is down: Redis's alert stays quiet.
     assert!(alerts(&prom, "BerthRedisDown").await.is_empty());
 
@@ -455,7 +458,24 @@ mod trace {
                 assert!(!v.contains("traced/app") && !v.contains(&digest[7..]), "{} leaks {v}", kv.key);
             }
         }
-        eprintln!("trace {trace_id}: {} {} -> {by_name:?}", server.name, hex(&server.span_id));
+        // The tree, for the record: children in start order, offsets from the parent's start.
+        let mut ordered = children.clone();
+        ordered.sort_by_key(|s| s.start_time_unix_nano);
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let mut tree = format!(
+            "trace {trace_id}\n{} [{:.2} ms] request_id={request_id}\n",
+            server.name,
+            ms(server.end_time_unix_nano - server.start_time_unix_nano)
+        );
+        for s in &ordered {
+            tree.push_str(&format!(
+                "  +{:>7.2} ms  {:<34} [{:.2} ms]\n",
+                ms(s.start_time_unix_nano - server.start_time_unix_nano),
+                s.name,
+                ms(s.end_time_unix_nano - s.start_time_unix_nano)
+            ));
+        }
+        eprintln!("{tree}counts: {by_name:?}");
 
         // The access log line of that request carries the trace and request ids.
         let deadline = Instant::now() + Duration::from_secs(10);
