@@ -289,7 +289,10 @@ async fn prometheus_fires_the_object_store_alert_while_s3_is_paused_and_clears_i
     };
     let fired_after = paused_at.elapsed();
     for a in prometheus_api(&prom, "/api/v1/alerts").await["data"]["alerts"].as_array().unwrap() {
-        eprintln!("{} {} {} active since {}", a["labels"]["alertname"], a["labels"]["instance"], a["state"], a["activeAt"]);
+        eprintln!(
+            "{} {} {} active since {}",
+            a["labels"]["alertname"], a["labels"]["instance"], a["state"], a["activeAt"]
+        );
     }
     // Only the object store is down: Redis's alert stays quiet.
     assert!(alerts(&prom, "BerthRedisDown").await.is_empty());
