@@ -205,6 +205,73 @@ impl Registry {
         Ok(PushedManifest { digest, subject: parsed.subject.map(|s| s.digest) })
     }
 
+    /// Store a manifest fetched from a mirror's upstream (the mirror's own
+    /// authority, never the caller's): like [`Registry::manifest_put`], but
+    /// its blobs and children need not be here yet (a mirror fetches them
+    /// when they are pulled), the bytes must hash to `expected` (the digest
+    /// asked for, or the one upstream announced for the tag), and `tag`, when
+    /// given, is moved to it whatever it named before: upstream decides.
+    /// Only the manifest's own revision (and children already stored) are
+    /// guarded against a collection pass: absent blobs are not there to lose.
+    pub async fn manifest_put_mirrored(
+        &self,
+        access: &Access<Push>,
+        expected: &Digest,
+        tag: Option<&Tag>,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<PushedManifest> {
+        let repo = access.repo();
+        let actual = Digest::of(expected.algorithm(), &body);
+        if &actual != expected {
+            return Err(OciError::DigestInvalid(format!("mirrored manifest is {actual}, not {expected}")));
+        }
+        let parsed = manifest::parse(content_type, &body)?;
+        self.check_quota(repo, &actual, &parsed).await?;
+        let media_type = parsed.kind.media_type();
+        self.store.put(&keys::revision(repo, &actual), encode_revision(media_type, &body), PutMode::Overwrite).await?;
+        if let Some(subject) = &parsed.subject {
+            let descriptor = Descriptor {
+                media_type: media_type.to_owned(),
+                digest: actual.clone(),
+                size: body.len() as u64,
+                artifact_type: parsed.effective_artifact_type().map(str::to_owned),
+                annotations: parsed.annotations.clone().filter(|a| !a.is_empty()),
+                urls: None,
+            };
+            let record = serde_json::to_vec(&descriptor).map_err(OciError::internal)?;
+            self.store.put(&keys::referrer(repo, &subject.digest, &actual), record.into(), PutMode::Overwrite).await?;
+        }
+        self.ensure_catalog_entry(repo).await?;
+        let mut deps = vec![keys::revision(repo, &actual)];
+        for d in &parsed.manifests {
+            let key = keys::revision(repo, &d.digest);
+            if self.store.exists(&key).await? {
+                deps.push(key);
+            }
+        }
+        if self.gc_guard(&deps).await?.is_some() {
+            return Err(collecting());
+        }
+        if let Some(tag) = tag {
+            let key = keys::tag(repo, tag);
+            let current = match self.store.get_bytes(&key, 1024).await {
+                Ok(current) => Some(current),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            };
+            // An unchanged tag is not rewritten: its time drives retention.
+            if current.as_deref() != Some(actual.to_string().as_bytes()) {
+                self.store.put(&key, Bytes::from(actual.to_string()), PutMode::Overwrite).await?;
+                self.caches.invalidate_tag(self.state.as_ref(), repo.as_str(), tag.as_str()).await;
+                if self.gc_guard(&[key, keys::revision(repo, &actual)]).await?.is_some() {
+                    return Err(collecting());
+                }
+            }
+        }
+        Ok(PushedManifest { digest: actual, subject: parsed.subject.map(|s| s.digest) })
+    }
+
     /// Every blob and child manifest a manifest names must be in the
     /// repository (the subject need not be: referrers may come first).
     async fn check_references(&self, repo: &RepoName, parsed: &Manifest) -> Result<()> {
