@@ -2,7 +2,7 @@
 //! flavor they add up to. `berth --version` prints it.
 
 /// Every extension the project has, in the order `--version` lists them.
-pub const EXTENSIONS: &[&str] = &["metrics", "otel", "scan"];
+pub const EXTENSIONS: &[&str] = &["metrics", "mirror", "otel", "scan"];
 
 /// The extensions compiled into this binary.
 pub fn features() -> Vec<&'static str> {
@@ -13,6 +13,7 @@ fn enabled(name: &str) -> bool {
     (name == "metrics" && cfg!(feature = "metrics"))
         || (name == "otel" && cfg!(feature = "otel"))
         || (name == "scan" && cfg!(feature = "scan"))
+        || (name == "mirror" && cfg!(feature = "mirror"))
 }
 
 /// The extensions as `GET /v2/_oci/ext/discover` lists them (the OCI
@@ -27,6 +28,7 @@ pub fn discover() -> Vec<serde_json::Value> {
                 "Vulnerability reports of stored images (JSON; ?format=cyclonedx or sarif)",
                 &["/v2/{name}/_berth/scan/{reference}"],
             ),
+            "mirror" => ("Pull-through mirrors of upstream registries under configured prefixes", &[]),
             _ => ("", &[]),
         };
         out.push(serde_json::json!({

@@ -9,7 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod conn;
-#[cfg(any(feature = "metrics", feature = "otel", feature = "scan"))]
+#[cfg(any(feature = "metrics", feature = "mirror", feature = "otel", feature = "scan"))]
 pub mod ext;
 pub mod flavor;
 pub mod glob;

@@ -309,6 +309,12 @@ impl Server {
         if config.scan.enabled {
             app.scanner = Some(Arc::new(crate::ext::scan::Scanner::new(app.registry.clone(), config.scan.clone())));
         }
+        #[cfg(feature = "mirror")]
+        {
+            app.mirror = crate::ext::mirror::Mirror::new(&config.mirror, app.registry.clone())
+                .map_err(|e| anyhow::anyhow!(e))?
+                .map(Arc::new);
+        }
         let app = Arc::new(app);
         let listener = TcpListener::bind(config.server.listen)
             .await

@@ -372,6 +372,9 @@ fn auth_examples_pass_config_check() {
     std::fs::write(dir.path().join("mesh.key"), server_key.serialize_pem()).unwrap();
     std::fs::write(dir.path().join("ldap-ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.path().join("ldap-bind-password"), "example\n").unwrap();
+    // The mirror example's upstream secret and CA.
+    std::fs::write(dir.path().join("dockerhub-token"), "example\n").unwrap();
+    std::fs::write(dir.path().join("vendor-ca.pem"), ca.pem()).unwrap();
     let sso = SigningKey::generate_es256().unwrap();
     std::fs::write(dir.path().join("sso-jwks.json"), serde_json::json!({"keys": [sso.public_jwk()]}).to_string())
         .unwrap();

@@ -404,6 +404,18 @@ fn blob_headers(h: &mut HeaderMap, digest: &Digest, len: u64) {
 
 async fn blob_get(app: &App, id: &Identity, name: &RepoName, digest: &Digest, headers: &HeaderMap) -> HandlerResult {
     let access = app.gate.authorize(id, name)?;
+    #[cfg(feature = "mirror")]
+    if let Some(mirror) = &app.mirror {
+        // Not here yet: streamed from the upstream while it is stored (a
+        // Range is ignored then, as HTTP allows: the whole blob is sent).
+        if let Err(OciError::BlobUnknown(_)) = app.registry.blob_meta(&access, digest).await {
+            if let Some(read) = mirror.fetch_blob(&access, digest).await? {
+                let mut resp = Response::new(Body::from_stream(read.body));
+                blob_headers(resp.headers_mut(), digest, read.size);
+                return Ok(resp);
+            }
+        }
+    }
     if let Some(url) = app.registry.blob_redirect(&access, digest).await? {
         // The client fetches (and ranges) the bytes from the object store itself.
         let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
@@ -448,6 +460,10 @@ async fn upload_start(
     body: DrainOnDrop,
 ) -> HandlerResult {
     let access = app.gate.authorize(id, name)?;
+    #[cfg(feature = "mirror")]
+    if app.mirror.as_ref().is_some_and(|m| !m.allows_push(name)) {
+        return Err(OciError::Denied);
+    }
     if let Some(mount) = query.digest("mount")? {
         if let Some(from) = query.get("from") {
             let from: RepoName =
@@ -550,6 +566,13 @@ async fn manifest_get(
     with_body: bool,
 ) -> HandlerResult {
     let access = app.gate.authorize(id, name)?;
+    #[cfg(feature = "mirror")]
+    let stale = match &app.mirror {
+        Some(mirror) => mirror.prepare_manifest(&access, reference).await? == crate::ext::mirror::Prepared::Stale,
+        None => false,
+    };
+    #[cfg(not(feature = "mirror"))]
+    let stale = false;
     let m = app.registry.manifest_get(&access, reference).await?;
     // A tag resolves to whatever was pushed; a client that cannot read that
     // type is told it is not available. A digest names exact bytes: serve them.
@@ -566,6 +589,10 @@ async fn manifest_get(
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(CONTENT_DIGEST, hv(&m.digest.to_string()));
     h.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
+    if stale {
+        // RFC 9111's code for a response served stale.
+        h.insert(header::WARNING, HeaderValue::from_static("110 - \"Response is Stale\""));
+    }
     if with_body {
         #[cfg(feature = "scan")]
         if let Some(scanner) = &app.scanner {
@@ -586,6 +613,10 @@ async fn manifest_put(
     body: DrainOnDrop,
 ) -> HandlerResult {
     let access = app.gate.authorize(id, name)?;
+    #[cfg(feature = "mirror")]
+    if app.mirror.as_ref().is_some_and(|m| !m.allows_push(name)) {
+        return Err(OciError::Denied);
+    }
     let too_large = || OciError::ManifestTooLarge { limit: MAX_MANIFEST_SIZE };
     if content_length(headers)?.is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
         return Err(too_large());

@@ -51,6 +51,9 @@ pub struct App {
     /// The scan extension's scanner, when enabled.
     #[cfg(feature = "scan")]
     pub scanner: Option<Arc<crate::ext::scan::Scanner>>,
+    /// The mirror extension's upstreams, when configured.
+    #[cfg(feature = "mirror")]
+    pub mirror: Option<Arc<crate::ext::mirror::Mirror>>,
 }
 
 impl App {
@@ -65,6 +68,8 @@ impl App {
             metrics_on_main: true,
             #[cfg(feature = "scan")]
             scanner: None,
+            #[cfg(feature = "mirror")]
+            mirror: None,
             metrics_access: None,
             trust_trace_context: false,
         }

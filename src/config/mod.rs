@@ -56,6 +56,72 @@ pub struct Config {
     /// The replica mesh: an internal mutual-TLS listener over which
     /// replicas fetch blobs from the replica that owns each digest.
     pub mesh: Option<MeshConfig>,
+    /// Pull-through mirrors of upstream registries (the `mirror` extension).
+    pub mirror: MirrorConfig,
+}
+
+/// `[mirror]`: local repository prefixes served from upstream registries,
+/// fetched on demand and kept.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    pub upstreams: Vec<MirrorUpstreamConfig>,
+}
+
+/// `[[mirror.upstreams]]`: one upstream registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorUpstreamConfig {
+    /// A short name for logs, metrics and `berth mirror sync --upstream`.
+    pub name: String,
+    /// Local repositories under this prefix (`docker.io` serves
+    /// `docker.io/library/alpine`) come from the upstream.
+    pub prefix: String,
+    /// The upstream registry: `https://host[:port]`, or `docker.io`.
+    pub url: String,
+    /// Prepended to the name below the prefix when asking the upstream
+    /// (`mirrors/team` turns `<prefix>/app` into `mirrors/team/app`).
+    #[serde(default)]
+    pub remote_prefix: String,
+    /// Credentials for Basic or for the upstream's token service.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A PEM bundle trusted for this upstream besides the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A tag is checked with the upstream (HEAD) when its last check is
+    /// older than this; until then the local copy is served.
+    #[serde(default = "MirrorUpstreamConfig::default_tag_ttl")]
+    pub tag_ttl: HumanDuration,
+    #[serde(default = "MirrorUpstreamConfig::default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Until the upstream's response headers.
+    #[serde(default = "MirrorUpstreamConfig::default_response_timeout")]
+    pub response_timeout: HumanDuration,
+    /// Longest pause between two chunks of an upstream body.
+    #[serde(default = "MirrorUpstreamConfig::default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Whether writers may push into the prefix as well (off: the mirror
+    /// alone writes there).
+    #[serde(default)]
+    pub allow_push: bool,
+}
+
+impl MirrorUpstreamConfig {
+    fn default_tag_ttl() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
+    }
+    fn default_connect_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
+    }
+    fn default_response_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+    fn default_idle_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
 }
 
 /// `[mesh]`: replicas find each other through shared state (a heartbeat
@@ -1131,6 +1197,76 @@ impl Config {
         Ok(())
     }
 
+    fn validate_mirror(&self) -> Result<(), ConfigError> {
+        let ups = &self.mirror.upstreams;
+        if ups.is_empty() {
+            return Ok(());
+        }
+        if !cfg!(feature = "mirror") {
+            return Err(ConfigError::Key {
+                key: "mirror".into(),
+                message: "this build has no mirror extension (the minimal flavor); remove the section".into(),
+            });
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, u) in ups.iter().enumerate() {
+            let key = |field: &str| format!("mirror.upstreams[{i}].{field}");
+            let bad = |field: &str, message: String| Err(ConfigError::Key { key: key(field), message });
+            if u.name.is_empty()
+                || u.name.len() > 64
+                || !u.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad("name", "1 to 64 letters, digits, '-' or '_'".into());
+            }
+            if !names.insert(u.name.as_str()) {
+                return bad("name", format!("{:?} names two upstreams", u.name));
+            }
+            if u.prefix.parse::<crate::oci::RepoName>().is_err() {
+                return bad("prefix", format!("{:?} is not a repository name prefix (e.g. \"docker.io\")", u.prefix));
+            }
+            if !u.remote_prefix.is_empty() && u.remote_prefix.parse::<crate::oci::RepoName>().is_err() {
+                return bad("remote_prefix", format!("{:?} is not a repository name prefix", u.remote_prefix));
+            }
+            let url = u.url.trim();
+            let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).unwrap_or(url);
+            let host = rest.split('/').next().unwrap_or_default();
+            if url.contains("://") && !(url.starts_with("https://") || url.starts_with("http://"))
+                || host.is_empty()
+                || host.contains(['@', '?', '#', ' '])
+            {
+                return bad("url", format!("{:?} is not https://host[:port] (or docker.io)", u.url));
+            }
+            if u.username.is_some() != u.password.is_some() {
+                return bad("password", "username and password go together".into());
+            }
+            if u.tag_ttl.0 < Duration::from_secs(1) {
+                return bad("tag_ttl", "must be at least 1s".into());
+            }
+            for (field, d) in [
+                ("connect_timeout", u.connect_timeout),
+                ("response_timeout", u.response_timeout),
+                ("idle_timeout", u.idle_timeout),
+            ] {
+                if d.0.is_zero() || d.0 > Duration::from_secs(600) {
+                    return bad(field, "must be between 1ms and 10m".into());
+                }
+            }
+        }
+        // One prefix may not contain another: every name has one upstream.
+        for (i, a) in ups.iter().enumerate() {
+            for b in ups.iter().skip(i + 1) {
+                let (x, y) = (a.prefix.as_str(), b.prefix.as_str());
+                if x == y || y.starts_with(&format!("{x}/")) || x.starts_with(&format!("{y}/")) {
+                    return Err(ConfigError::Key {
+                        key: "mirror.upstreams".into(),
+                        message: format!("the prefixes {x:?} ({}) and {y:?} ({}) overlap", a.name, b.name),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn validate_scan(&self) -> Result<(), ConfigError> {
         if !cfg!(feature = "scan") && self.scan != ScanConfig::default() {
             return Err(ConfigError::Key {
@@ -1258,6 +1394,7 @@ impl Config {
             }
         }
         self.validate_scan()?;
+        self.validate_mirror()?;
         if self.uploads.session_ttl.0 < Duration::from_secs(60) {
             return Err(ConfigError::Key {
                 key: "uploads.session_ttl".into(),
@@ -1637,6 +1774,54 @@ mod tests {
         assert_eq!(split_host_port("[fd00::7]:5443"), Some(("fd00::7", 5443)));
         assert_eq!(split_host_port("fd00::7:5443"), None);
         assert_eq!(split_host_port("host:0"), None);
+    }
+
+    #[cfg(feature = "mirror")]
+    #[test]
+    fn mirror_upstreams_are_checked() {
+        let up = |extra: &str| {
+            format!("[[mirror.upstreams]]\nname = \"hub\"\nprefix = \"docker.io\"\nurl = \"docker.io\"\n{extra}")
+        };
+        let refused = [
+            (up("username = \"u\"\n"), "mirror.upstreams[0].password"),
+            (up("tag_ttl = \"0s\"\n"), "mirror.upstreams[0].tag_ttl"),
+            (up("idle_timeout = \"0s\"\n"), "mirror.upstreams[0].idle_timeout"),
+            (up("remote_prefix = \"Bad//x\"\n"), "mirror.upstreams[0].remote_prefix"),
+            (up("").replace("prefix = \"docker.io\"", "prefix = \"/x\""), "mirror.upstreams[0].prefix"),
+            (up("").replace("url = \"docker.io\"", "url = \"ftp://x\""), "mirror.upstreams[0].url"),
+            (up("").replace("url = \"docker.io\"", "url = \"https://u@h\""), "mirror.upstreams[0].url"),
+            (up("").replace("name = \"hub\"", "name = \"a b\""), "mirror.upstreams[0].name"),
+            (
+                format!(
+                    "{}{}",
+                    up(""),
+                    up("").replace("docker.io\"\nurl", "docker.io/library\"\nurl").replace("\"hub\"", "\"lib\"")
+                ),
+                "overlap",
+            ),
+            (
+                format!("{}{}", up(""), up("").replace("prefix = \"docker.io\"", "prefix = \"ghcr.io\"")),
+                "names two upstreams",
+            ),
+        ];
+        for (text, key) in refused {
+            let c = match load_str(&text, &[]) {
+                Ok(c) => c,
+                Err(e) => panic!("{text}: {e}"),
+            };
+            let err = c.validate().err().unwrap_or_else(|| panic!("accepted: {text}")).to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let ok = format!(
+            "{}{}",
+            up("username = \"mirror\"\npassword = \"s\"\ntag_ttl = \"10m\"\n"),
+            "[[mirror.upstreams]]\nname = \"ghcr\"\nprefix = \"mirror/ghcr\"\nurl = \"https://ghcr.io\"\nremote_prefix = \"org\"\n"
+        );
+        let c = load_str(&ok, &[]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.mirror.upstreams.len(), 2);
+        assert_eq!(c.mirror.upstreams[0].tag_ttl.0, Duration::from_secs(600));
+        assert_eq!(c.mirror.upstreams[1].tag_ttl.0, Duration::from_secs(300));
     }
 
     #[test]

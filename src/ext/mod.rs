@@ -3,6 +3,8 @@
 //! only through the few `cfg`-gated calls in `telemetry`, `metrics` and the
 //! API's request middleware.
 
+#[cfg(feature = "mirror")]
+pub mod mirror;
 #[cfg(feature = "otel")]
 pub mod otel;
 #[cfg(feature = "metrics")]
