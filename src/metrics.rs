@@ -129,6 +129,14 @@ pub struct Metrics {
     pub probe_state_up: AtomicU64,
     pub probe_store_ms: AtomicU64,
     pub probe_state_ms: AtomicU64,
+    /// Mirror: upstream requests by outcome (ok, not_found, rate_limited,
+    /// unavailable, refused: content not matching its digest), bytes of
+    /// blobs fetched, tag checks answered locally within their TTL, and
+    /// tags served stale because the upstream could not be asked.
+    pub mirror_upstream: [AtomicU64; 5],
+    pub mirror_fetched_bytes: AtomicU64,
+    pub mirror_fresh_hits: AtomicU64,
+    pub mirror_stale: AtomicU64,
     /// Authentications by scheme and outcome ([`observe_auth`]).
     pub auth: [[AtomicU64; 4]; 4],
     /// Failed-login throttle decisions ([`observe_throttle`]).

@@ -168,6 +168,20 @@ async fn pulls_through_from_distribution_and_serves_stale_when_it_is_gone() {
     let missing = c.get(b.url("/v2/up/team/other/manifests/1.0")).header("accept", ACCEPT).send().await.unwrap();
     assert_eq!(missing.status(), 503, "{}", missing.text().await.unwrap());
 
+    // What the mirror did is counted.
+    let metrics = c.get(b.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    };
+    assert!(value(r#"berth_mirror_upstream_requests_total{outcome="ok"}"#) >= 3.0, "{metrics}");
+    assert!(value(r#"berth_mirror_upstream_requests_total{outcome="unavailable"}"#) >= 2.0, "{metrics}");
+    assert!(value("berth_mirror_stale_serves_total") >= 1.0, "{metrics}");
+    assert!(value("berth_mirror_fetched_bytes_total") >= layer.len() as f64, "{metrics}");
+
     // Upstream back, tag moved: seen after the TTL.
     up.run();
     let (moved, _, _) = push(&up.url(), &auth, "team/base", "1.0", 9).await;

@@ -71,6 +71,18 @@ fn route_options(u: &MirrorUpstreamConfig) -> UpstreamOptions {
     }
 }
 
+/// Count one upstream request by its outcome.
+fn count<T>(r: &Result<T, UpstreamError>) {
+    let i = match r {
+        Ok(_) => 0,
+        Err(UpstreamError::NotFound) => 1,
+        Err(UpstreamError::RateLimited { .. }) => 2,
+        Err(UpstreamError::DigestMismatch(_)) => 4,
+        Err(_) => 3,
+    };
+    crate::metrics::inc(&crate::metrics::get().mirror_upstream[i]);
+}
+
 /// The shared-state key recording that a tag was checked with the upstream.
 fn checked_key(repo: &RepoName, tag: &str) -> String {
     format!("mirror:checked:{repo}:{tag}")
@@ -149,11 +161,9 @@ impl Mirror {
                     Err(OciError::ManifestUnknown(_)) => {}
                     Err(e) => return Err(e),
                 }
-                let fetched = route
-                    .client
-                    .get_manifest(&remote, &digest.to_string())
-                    .await
-                    .map_err(|e| map_error(&route.name, e, &format!("{repo}@{digest}")))?;
+                let fetched = route.client.get_manifest(&remote, &digest.to_string()).await;
+                count(&fetched);
+                let fetched = fetched.map_err(|e| map_error(&route.name, e, &format!("{repo}@{digest}")))?;
                 self.registry
                     .manifest_put_mirrored(&writer, digest, None, Some(&fetched.media_type), fetched.bytes)
                     .await?;
@@ -164,6 +174,7 @@ impl Mirror {
                 let state = self.registry.state();
                 let key = checked_key(repo, tag.as_str());
                 if matches!(state.get(&key).await, Ok(Some(_))) {
+                    crate::metrics::inc(&crate::metrics::get().mirror_fresh_hits);
                     return Ok(Prepared::Current);
                 }
                 let local = match self.registry.manifest_get(access, reference).await {
@@ -171,7 +182,9 @@ impl Mirror {
                     Err(OciError::ManifestUnknown(_)) => None,
                     Err(e) => return Err(e),
                 };
-                let head = match route.client.head_manifest(&remote, tag.as_str()).await {
+                let head = route.client.head_manifest(&remote, tag.as_str()).await;
+                count(&head);
+                let head = match head {
                     Ok(head) => head,
                     Err(UpstreamError::NotFound) if local.is_none() => {
                         return Err(OciError::ManifestUnknown(format!("{repo}:{tag}")))
@@ -180,6 +193,7 @@ impl Mirror {
                         if local.is_some() {
                             tracing::warn!(upstream = %route.name, %repo, %tag, error = %e,
                                 "upstream cannot be asked; serving the tag as last seen");
+                            crate::metrics::inc(&crate::metrics::get().mirror_stale);
                             return Ok(Prepared::Stale);
                         }
                         return Err(map_error(&route.name, e, &format!("{repo}:{tag}")));
@@ -190,11 +204,9 @@ impl Mirror {
                     .parse()
                     .map_err(|_| map_error(&route.name, UpstreamError::Protocol("bad digest".into()), tag.as_str()))?;
                 if local.as_ref() != Some(&upstream_digest) {
-                    let fetched = route
-                        .client
-                        .get_manifest(&remote, &upstream_digest.to_string())
-                        .await
-                        .map_err(|e| map_error(&route.name, e, &format!("{repo}:{tag}")))?;
+                    let fetched = route.client.get_manifest(&remote, &upstream_digest.to_string()).await;
+                    count(&fetched);
+                    let fetched = fetched.map_err(|e| map_error(&route.name, e, &format!("{repo}:{tag}")))?;
                     self.registry
                         .manifest_put_mirrored(
                             &writer,
@@ -220,7 +232,9 @@ impl Mirror {
     pub async fn fetch_blob(&self, access: &Access<Pull>, digest: &Digest) -> Result<Option<BlobRead>, OciError> {
         let repo = access.repo();
         let Some((route, remote)) = self.route(repo) else { return Ok(None) };
-        let blob = route.client.get_blob(&remote, &digest.to_string()).await.map_err(|e| match e {
+        let blob = route.client.get_blob(&remote, &digest.to_string()).await;
+        count(&blob);
+        let blob = blob.map_err(|e| match e {
             UpstreamError::NotFound => OciError::BlobUnknown(digest.to_string()),
             e => map_error(&route.name, e, &format!("{repo}@{digest}")),
         })?;
@@ -244,6 +258,9 @@ impl Mirror {
             while let Some(piece) = source.next().await {
                 match piece {
                     Ok(bytes) => {
+                        crate::metrics::get()
+                            .mirror_fetched_bytes
+                            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         if let Some(c) = &client {
                             if c.send(Ok(bytes.clone())).await.is_err() {
                                 client = None;
@@ -254,6 +271,9 @@ impl Mirror {
                         }
                     }
                     Err(e) => {
+                        if matches!(e, UpstreamError::DigestMismatch(_)) {
+                            crate::metrics::inc(&crate::metrics::get().mirror_upstream[4]);
+                        }
                         tracing::warn!(upstream, error = %e, "mirroring a blob failed; nothing stored");
                         if let Some(c) = &client {
                             let _ = c.send(Err(std::io::Error::other(e.to_string()))).await;

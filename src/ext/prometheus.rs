@@ -473,6 +473,33 @@ impl Collector for Core {
         }
         {
             let mut family = encoder.encode_descriptor(
+                "berth_mirror_upstream_requests",
+                "Mirror requests to upstreams, by outcome (refused: content not matching its digest).",
+                None,
+                MetricType::Counter,
+            )?;
+            let outcomes = ["ok", "not_found", "rate_limited", "unavailable", "refused"];
+            for (i, outcome) in outcomes.into_iter().enumerate() {
+                ConstCounter::new(v(&m.mirror_upstream[i])).encode(family.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
+        for (name, help, c) in [
+            ("berth_mirror_fetched_bytes", "Blob bytes the mirror fetched from upstreams.", &m.mirror_fetched_bytes),
+            (
+                "berth_mirror_fresh_hits",
+                "Mirrored tags served without asking the upstream (checked within tag_ttl).",
+                &m.mirror_fresh_hits,
+            ),
+            (
+                "berth_mirror_stale_serves",
+                "Mirrored tags served stale: the upstream could not be asked.",
+                &m.mirror_stale,
+            ),
+        ] {
+            ConstCounter::new(v(c)).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        {
+            let mut family = encoder.encode_descriptor(
                 "berth_backend_up",
                 "1 when the last probe of the backend answered in time, 0 when it failed or timed out.",
                 None,
