@@ -133,7 +133,7 @@ pub struct Metrics {
     /// unavailable, refused: content not matching its digest), bytes of
     /// blobs fetched, tag checks answered locally within their TTL, and
     /// tags served stale because the upstream could not be asked.
-    pub mirror_upstream: [AtomicU64; 5],
+    pub mirror_upstream: [AtomicU64; MIRROR_OUTCOMES.len()],
     pub mirror_fetched_bytes: AtomicU64,
     pub mirror_fresh_hits: AtomicU64,
     pub mirror_stale: AtomicU64,
@@ -142,6 +142,15 @@ pub struct Metrics {
     /// Failed-login throttle decisions ([`observe_throttle`]).
     pub throttle: [AtomicU64; 4],
 }
+
+/// The outcome labels of `Metrics::mirror_upstream`, by index.
+pub const MIRROR_OUTCOMES: [&str; 5] = ["ok", "not_found", "rate_limited", "unavailable", "refused"];
+pub const MIRROR_OK: usize = 0;
+pub const MIRROR_NOT_FOUND: usize = 1;
+pub const MIRROR_RATE_LIMITED: usize = 2;
+pub const MIRROR_UNAVAILABLE: usize = 3;
+/// Content that did not match its digest.
+pub const MIRROR_REFUSED: usize = 4;
 
 /// Counts a gauge up while it lives.
 #[derive(Debug)]
@@ -291,11 +300,6 @@ impl ThrottleDecision {
 
 pub fn observe_throttle(decision: ThrottleDecision) {
     get().throttle[decision as usize].fetch_add(1, Ordering::Relaxed);
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Count bytes read from or written to the object store.

@@ -383,7 +383,7 @@ impl Server {
         let revocation_sync = self.app.gate.required().then(|| {
             crate::metrics::get()
                 .revocations_tracked_since
-                .store(crate::metrics::unix_now(), std::sync::atomic::Ordering::Relaxed);
+                .store(crate::auth::token::now(), std::sync::atomic::Ordering::Relaxed);
             self.app.registry.spawn_revocation_sync(self.app.gate.revocations().clone(), self.revocation_reload)
         });
         let prober = tokio::spawn(run_probes(self.app.registry.clone()));

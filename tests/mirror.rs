@@ -170,13 +170,7 @@ async fn pulls_through_from_distribution_and_serves_stale_when_it_is_gone() {
 
     // What the mirror did is counted.
     let metrics = c.get(b.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0.0)
-    };
+    let value = |series: &str| common::metric_value(&metrics, series);
     assert!(value(r#"berth_mirror_upstream_requests_total{outcome="ok"}"#) >= 3.0, "{metrics}");
     assert!(value(r#"berth_mirror_upstream_requests_total{outcome="unavailable"}"#) >= 2.0, "{metrics}");
     assert!(value("berth_mirror_stale_serves_total") >= 1.0, "{metrics}");

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bytes, client, push_blob, sha256, Berth, LocalFleet, RedisServer};
+use common::{bytes, client, metric_value as value, push_blob, sha256, Berth, LocalFleet, RedisServer};
 
 fn observability_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/observability")
@@ -493,14 +493,6 @@ mod trace {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-/// The value of one series (`name{labels}` as exported), 0 when absent.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
 }
 
 /// Scrape until `ready` holds for the text (bounded).

@@ -23,7 +23,7 @@ use super::App;
 use crate::auth::Identity;
 use crate::oci::manifest::{MAX_MANIFEST_SIZE, OCI_INDEX};
 use crate::oci::{Algorithm, Digest, OciError, Reference, RepoName};
-use crate::registry::{BodyError, BodyStream, Page, UploadStatus};
+use crate::registry::{Access, BodyError, BodyStream, Page, Pull, UploadStatus};
 
 pub const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -404,19 +404,23 @@ fn blob_headers(h: &mut HeaderMap, digest: &Digest, len: u64) {
 
 async fn blob_get(app: &App, id: &Identity, name: &RepoName, digest: &Digest, headers: &HeaderMap) -> HandlerResult {
     let access = app.gate.authorize(id, name)?;
+    let served = serve_blob(app, &access, digest, headers).await;
     #[cfg(feature = "mirror")]
-    if let Some(mirror) = &app.mirror {
+    if let (Err(OciError::BlobUnknown(_)), Some(mirror)) = (&served, &app.mirror) {
         // Not here yet: streamed from the upstream while it is stored (a
         // Range is ignored then, as HTTP allows: the whole blob is sent).
-        if let Err(OciError::BlobUnknown(_)) = app.registry.blob_meta(&access, digest).await {
-            if let Some(read) = mirror.fetch_blob(&access, digest).await? {
-                let mut resp = Response::new(Body::from_stream(read.body));
-                blob_headers(resp.headers_mut(), digest, read.size);
-                return Ok(resp);
-            }
+        if let Some(read) = mirror.fetch_blob(&access, digest).await? {
+            let mut resp = Response::new(Body::from_stream(read.body));
+            blob_headers(resp.headers_mut(), digest, read.size);
+            return Ok(resp);
         }
     }
-    if let Some(url) = app.registry.blob_redirect(&access, digest).await? {
+    served
+}
+
+/// A blob GET of what this registry holds: a redirect, a range or the whole.
+async fn serve_blob(app: &App, access: &Access<Pull>, digest: &Digest, headers: &HeaderMap) -> HandlerResult {
+    if let Some(url) = app.registry.blob_redirect(access, digest).await? {
         // The client fetches (and ranges) the bytes from the object store itself.
         let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
         resp.headers_mut().insert(header::LOCATION, hv(&url));
@@ -430,7 +434,7 @@ async fn blob_get(app: &App, id: &Identity, name: &RepoName, digest: &Digest, he
         None => None,
         Some(_) => {
             // Resolving a range needs the size first.
-            let size = app.registry.blob_meta(&access, digest).await?.size;
+            let size = app.registry.blob_meta(access, digest).await?.size;
             match parse_range(range_header, size) {
                 RangeRequest::Full => None,
                 RangeRequest::Bytes(r) => Some(r),
@@ -439,7 +443,7 @@ async fn blob_get(app: &App, id: &Identity, name: &RepoName, digest: &Digest, he
         }
     };
     let partial = range.is_some();
-    let read = app.registry.blob_get(&access, digest, range).await?;
+    let read = app.registry.blob_get(access, digest, range).await?;
     let len = read.range.end - read.range.start;
     let mut resp = Response::new(Body::from_stream(read.body));
     blob_headers(resp.headers_mut(), digest, len);

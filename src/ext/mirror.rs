@@ -73,12 +73,13 @@ fn route_options(u: &MirrorUpstreamConfig) -> UpstreamOptions {
 
 /// Count one upstream request by its outcome.
 fn count<T>(r: &Result<T, UpstreamError>) {
+    use crate::metrics::{MIRROR_NOT_FOUND, MIRROR_OK, MIRROR_RATE_LIMITED, MIRROR_REFUSED, MIRROR_UNAVAILABLE};
     let i = match r {
-        Ok(_) => 0,
-        Err(UpstreamError::NotFound) => 1,
-        Err(UpstreamError::RateLimited { .. }) => 2,
-        Err(UpstreamError::DigestMismatch(_)) => 4,
-        Err(_) => 3,
+        Ok(_) => MIRROR_OK,
+        Err(UpstreamError::NotFound) => MIRROR_NOT_FOUND,
+        Err(UpstreamError::RateLimited { .. }) => MIRROR_RATE_LIMITED,
+        Err(UpstreamError::DigestMismatch(_)) => MIRROR_REFUSED,
+        Err(_) => MIRROR_UNAVAILABLE,
     };
     crate::metrics::inc(&crate::metrics::get().mirror_upstream[i]);
 }
@@ -272,7 +273,7 @@ impl Mirror {
                     }
                     Err(e) => {
                         if matches!(e, UpstreamError::DigestMismatch(_)) {
-                            crate::metrics::inc(&crate::metrics::get().mirror_upstream[4]);
+                            crate::metrics::inc(&crate::metrics::get().mirror_upstream[crate::metrics::MIRROR_REFUSED]);
                         }
                         tracing::warn!(upstream, error = %e, "mirroring a blob failed; nothing stored");
                         if let Some(c) = &client {

@@ -457,7 +457,7 @@ impl Collector for Core {
             }
         }
         {
-            let now = crate::metrics::unix_now();
+            let now = crate::auth::token::now();
             let (loaded, since) = (v(&m.revocations_loaded_at), v(&m.revocations_tracked_since));
             let age = match (since, loaded) {
                 (0, _) => 0,
@@ -478,8 +478,7 @@ impl Collector for Core {
                 None,
                 MetricType::Counter,
             )?;
-            let outcomes = ["ok", "not_found", "rate_limited", "unavailable", "refused"];
-            for (i, outcome) in outcomes.into_iter().enumerate() {
+            for (i, outcome) in crate::metrics::MIRROR_OUTCOMES.into_iter().enumerate() {
                 ConstCounter::new(v(&m.mirror_upstream[i])).encode(family.encode_family(&[("outcome", outcome)])?)?;
             }
         }

@@ -100,24 +100,6 @@ impl InstrumentedState {
     }
 }
 
-/// Counts a live subscription in `state_subscriptions` until the stream
-/// (whose end means the connection dropped) is dropped.
-struct Subscribed {
-    inner: BoxStream<'static, Bytes>,
-    _live: metrics::GaugeGuard,
-}
-
-impl futures::Stream for Subscribed {
-    type Item = Bytes;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Bytes>> {
-        self.inner.as_mut().poll_next(cx)
-    }
-}
-
 #[async_trait]
 impl SharedState for InstrumentedState {
     fn backend(&self) -> &'static str {
@@ -173,7 +155,14 @@ impl SharedState for InstrumentedState {
     }
     async fn subscribe(&self, channel: &str) -> Result<BoxStream<'static, Bytes>> {
         let stream = self.call("subscribe", self.inner.subscribe(channel)).await?;
+        // Counted in `state_subscriptions` until the stream (whose end means
+        // the connection dropped) is dropped: the closure owns the guard.
         let live = metrics::GaugeGuard::enter(&metrics::get().state_subscriptions);
-        Ok(Subscribed { inner: stream, _live: live }.boxed())
+        Ok(stream
+            .map(move |message| {
+                let _ = &live;
+                message
+            })
+            .boxed())
     }
 }

@@ -117,9 +117,7 @@ impl RevocationList {
         let fresh = fresh.inner.into_inner().unwrap_or_else(|p| p.into_inner());
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         self.loaded.store(true, std::sync::atomic::Ordering::Release);
-        crate::metrics::get()
-            .revocations_loaded_at
-            .store(crate::metrics::unix_now(), std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::get().revocations_loaded_at.store(now(), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn len(&self) -> usize {

@@ -386,6 +386,15 @@ pub fn venv_python() -> PathBuf {
     python
 }
 
+/// The value of one series (`name{labels}` as exported) in a `/metrics`
+/// text, 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
 /// Push `data` as a blob of `repo` in one request; its digest.
 pub async fn push_blob(base: &str, repo: &str, data: &[u8]) -> String {
     let digest = sha256(data);

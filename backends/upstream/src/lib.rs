@@ -585,29 +585,9 @@ impl Upstream {
 }
 
 fn basic(c: &Credentials) -> String {
-    use base64_lite::encode;
-    format!("Basic {}", encode(format!("{}:{}", c.username, c.password).as_bytes()))
-}
-
-/// Standard base64 with padding (only for the Basic header).
-mod base64_lite {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-                if i <= chunk.len() {
-                    out.push(TABLE[((n >> shift) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
+    use base64::Engine as _;
+    let pair = format!("{}:{}", c.username, c.password);
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
 }
 
 /// Hash `body` as it passes and hold its last chunk back until the total
@@ -716,11 +696,9 @@ mod tests {
 
     #[test]
     fn basic_header_encoding() {
-        assert_eq!(base64_lite::encode(b""), "");
-        assert_eq!(base64_lite::encode(b"f"), "Zg==");
-        assert_eq!(base64_lite::encode(b"fo"), "Zm8=");
-        assert_eq!(base64_lite::encode(b"foo"), "Zm9v");
-        assert_eq!(base64_lite::encode(b"user:p@ss:w0rd"), "dXNlcjpwQHNzOncwcmQ=");
+        let creds = |u: &str, p: &str| Credentials { username: u.into(), password: p.into() };
+        assert_eq!(basic(&creds("user", "p@ss:w0rd")), "Basic dXNlcjpwQHNzOncwcmQ=");
+        assert_eq!(basic(&creds("f", "")), "Basic Zjo=");
     }
 
     #[test]
