@@ -132,11 +132,13 @@ pub struct Metrics {
     /// Mirror: upstream requests by outcome (ok, not_found, rate_limited,
     /// unavailable, refused: content not matching its digest), bytes of
     /// blobs fetched, tag checks answered locally within their TTL, and
-    /// tags served stale because the upstream could not be asked.
+    /// tags served stale because the upstream could not be asked; pulls
+    /// that waited for another pull's fetch of the same object.
     pub mirror_upstream: [AtomicU64; MIRROR_OUTCOMES.len()],
     pub mirror_fetched_bytes: AtomicU64,
     pub mirror_fresh_hits: AtomicU64,
     pub mirror_stale: AtomicU64,
+    pub mirror_fill_waits: AtomicU64,
     /// Authentications by scheme and outcome ([`observe_auth`]).
     pub auth: [[AtomicU64; 4]; 4],
     /// Failed-login throttle decisions ([`observe_throttle`]).

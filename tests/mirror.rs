@@ -16,6 +16,10 @@ struct Distribution {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Configuration after storage and http (auth or proxy).
+    extra: String,
+    /// Storage root when not `dir/data`.
+    data: Option<std::path::PathBuf>,
 }
 
 impl Distribution {
@@ -24,20 +28,62 @@ impl Distribution {
         let line = Command::new("htpasswd").args(["-Bbn", user, password]).output().expect("htpasswd (apache2-utils)");
         std::fs::write(dir.path().join("htpasswd"), &line.stdout).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut d = Distribution { child: None, port, dir };
+        let extra =
+            format!("auth: {{htpasswd: {{realm: upstream, path: {}}}}}\n", dir.path().join("htpasswd").display());
+        let mut d = Distribution { child: None, port, dir, extra, data: None };
         d.run();
         d
+    }
+
+    /// Distribution as a pull-through proxy of `upstream` (no auth).
+    fn proxy_of(upstream: &str) -> Distribution {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let extra = format!("proxy: {{remoteurl: \"{upstream}\"}}\n");
+        let mut d = Distribution { child: None, port, dir, extra, data: None };
+        d.run();
+        d
+    }
+
+    /// A second Distribution without auth serving `other`'s data.
+    fn serving(other: &Distribution) -> Distribution {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let data = Some(other.data_dir());
+        let mut d = Distribution { child: None, port, dir, extra: String::new(), data };
+        d.run();
+        d
+    }
+
+    fn data_dir(&self) -> std::path::PathBuf {
+        self.data.clone().unwrap_or_else(|| self.dir.path().join("data"))
+    }
+
+    /// Successful GETs and HEADs the upstream logged, by request path.
+    fn served(&self) -> Vec<(String, String)> {
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap();
+        log.lines()
+            .filter_map(|l| {
+                // The combined-format access line: "GET /v2/... HTTP/1.1" 200
+                let (_, rest) = l.split_once(" \"")?;
+                let (request, rest) = rest.split_once("\" ")?;
+                let status = rest.split(' ').next()?;
+                let mut parts = request.split(' ');
+                let (method, path) = (parts.next()?, parts.next()?);
+                (status.starts_with('2') && path.starts_with("/v2/") && path != "/v2/")
+                    .then(|| (method.to_owned(), path.to_owned()))
+            })
+            .collect()
     }
 
     fn run(&mut self) {
         let config = format!(
             "version: 0.1\nlog: {{level: info}}\n\
              storage: {{filesystem: {{rootdirectory: {}}}}}\n\
-             http: {{addr: 127.0.0.1:{}}}\n\
-             auth: {{htpasswd: {{realm: upstream, path: {}}}}}\n",
-            self.dir.path().join("data").display(),
+             http: {{addr: 127.0.0.1:{}}}\n{}",
+            self.data_dir().display(),
             self.port,
-            self.dir.path().join("htpasswd").display()
+            self.extra
         );
         std::fs::write(self.dir.path().join("config.yml"), config).unwrap();
         let log =
@@ -79,10 +125,24 @@ impl Drop for Distribution {
 
 /// Push one image (config + one layer) tagged `tag` with Basic auth.
 async fn push(base: &str, auth: &str, repo: &str, tag: &str, seed: u8) -> (String, String, Vec<u8>) {
-    let http = client();
     let layer: Vec<u8> = (0..400_000u32).map(|i| ((i % 251) as u8) ^ seed).collect();
+    let (manifest, _) = push_image(base, auth, repo, tag, seed, std::slice::from_ref(&layer)).await;
+    (manifest, sha256(&layer), layer)
+}
+
+/// Push an image of `layers` and a config tagged `tag`; its manifest's
+/// digest and the digests of its blobs (config first).
+async fn push_image(
+    base: &str,
+    auth: &str,
+    repo: &str,
+    tag: &str,
+    seed: u8,
+    layers: &[Vec<u8>],
+) -> (String, Vec<String>) {
+    let http = client();
     let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).into_bytes();
-    for data in [&layer, &config] {
+    for data in std::iter::once(&config).chain(layers) {
         let start =
             http.post(format!("{base}/v2/{repo}/blobs/uploads/")).header("authorization", auth).send().await.unwrap();
         assert_eq!(start.status(), 202);
@@ -98,11 +158,15 @@ async fn push(base: &str, auth: &str, repo: &str, tag: &str, seed: u8) -> (Strin
             .unwrap();
         assert_eq!(put.status(), 201);
     }
+    let layer_descriptors: Vec<_> = layers
+        .iter()
+        .map(|l| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(l), "size": l.len()}))
+        .collect();
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}],
+        "layers": layer_descriptors,
     })
     .to_string();
     let put = http
@@ -114,7 +178,39 @@ async fn push(base: &str, auth: &str, repo: &str, tag: &str, seed: u8) -> (Strin
         .await
         .unwrap();
     assert_eq!(put.status(), 201);
-    (sha256(manifest.as_bytes()), sha256(&layer), layer)
+    let blobs = std::iter::once(sha256(&config)).chain(layers.iter().map(|l| sha256(l))).collect();
+    (sha256(manifest.as_bytes()), blobs)
+}
+
+/// Pull `repo:tag` from `base` as a client would (manifest, then every
+/// blob), checking each digest; the number of blob bytes.
+async fn pull(http: &reqwest::Client, base: &str, repo: &str, tag: &str) -> Result<usize, String> {
+    let m = http
+        .get(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("accept", ACCEPT)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if m.status() != 200 {
+        return Err(format!("manifest: {} {}", m.status(), m.text().await.unwrap_or_default()));
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&m.bytes().await.unwrap()).map_err(|e| e.to_string())?;
+    let digests = std::iter::once(&manifest["config"])
+        .chain(manifest["layers"].as_array().unwrap())
+        .map(|d| d["digest"].as_str().unwrap().to_owned());
+    let mut total = 0;
+    for digest in digests {
+        let b = http.get(format!("{base}/v2/{repo}/blobs/{digest}")).send().await.map_err(|e| e.to_string())?;
+        if b.status() != 200 {
+            return Err(format!("blob {digest}: {}", b.status()));
+        }
+        let body = b.bytes().await.map_err(|e| format!("blob {digest}: {e}"))?;
+        if sha256(&body) != digest {
+            return Err(format!("blob {digest}: wrong bytes"));
+        }
+        total += body.len();
+    }
+    Ok(total)
 }
 
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -188,4 +284,72 @@ async fn pulls_through_from_distribution_and_serves_stale_when_it_is_gone() {
         assert!(Instant::now() < deadline, "the moved tag was never seen");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `clients` pulls of `repo:tag` from `base` at once, each checked.
+async fn herd(base: &str, repo: &str, tag: &str, clients: usize, expect_bytes: usize) {
+    let started = Instant::now();
+    let pulls: Vec<_> = (0..clients)
+        .map(|_| {
+            let (base, repo, tag) = (base.to_owned(), repo.to_owned(), tag.to_owned());
+            tokio::spawn(async move { pull(&client(), &base, &repo, &tag).await })
+        })
+        .collect();
+    for p in pulls {
+        assert_eq!(p.await.unwrap(), Ok(expect_bytes));
+    }
+    eprintln!("{clients} pulls of {repo}:{tag} through {base} in {:?}", started.elapsed());
+}
+
+/// Upstream requests under `upstream_repo`, counted by (method, path).
+fn per_object(served: &[(String, String)], upstream_repo: &str) -> std::collections::BTreeMap<(String, String), usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (method, path) in served {
+        if path.starts_with(&format!("/v2/{upstream_repo}/")) {
+            *counts.entry((method.clone(), path.clone())).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_on_three_replicas_costs_the_upstream_one_get_per_object() {
+    let up = Distribution::start("mirror", "Upstream-pw1");
+    let auth = basic("mirror", "Upstream-pw1");
+    // Layers large enough that the herd arrives while they are fetched.
+    let layers = vec![common::bytes(6 << 20, 1), common::bytes(3 << 20, 2), common::bytes(1000, 3)];
+    let total: usize = layers.iter().map(Vec::len).sum();
+    let (manifest_digest, blobs) = push_image(&up.url(), &auth, "team/app", "1.0", 1, &layers).await;
+    let total = total + r#"{"architecture":"amd64","os":"linux","seed":1}"#.len();
+    let before = up.served().len();
+
+    let upstreams = format!(
+        r#"[{{name = "dist", prefix = "up", url = "{}", username = "mirror", password = "Upstream-pw1", tag_ttl = "1h"}}]"#,
+        up.url()
+    );
+    let fleet = common::LocalFleet::up(3, &[("BERTH__MIRROR__UPSTREAMS", upstreams.as_str())]);
+    herd(fleet.lb(), "up/team/app", "1.0", 50, total).await;
+    fleet.assert_no_server_errors();
+
+    let served = up.served()[before..].to_vec();
+    let counts = per_object(&served, "team/app");
+    eprintln!("upstream requests for the Berth fleet's herd: {counts:#?}");
+    let gets = |path: &str| counts.get(&("GET".to_owned(), path.to_owned())).copied().unwrap_or(0);
+    assert_eq!(gets(&format!("/v2/team/app/manifests/{manifest_digest}")), 1, "{counts:#?}");
+    for blob in &blobs {
+        assert_eq!(gets(&format!("/v2/team/app/blobs/{blob}")), 1, "{blob}: {counts:#?}");
+    }
+    assert_eq!(counts.get(&("HEAD".to_owned(), "/v2/team/app/manifests/1.0".to_owned())), Some(&1), "{counts:#?}");
+    assert_eq!(counts.len(), 2 + blobs.len(), "nothing else asked: {counts:#?}");
+
+    // The same herd against Distribution 2.8.2 as a pull-through proxy of
+    // the same content (one instance: it cannot share storage as a fleet).
+    // Its proxy sends Basic credentials only to token realms, so its
+    // upstream is a second Distribution on the same data without auth.
+    let open = Distribution::serving(&up);
+    let proxy = Distribution::proxy_of(&open.url());
+    herd(&proxy.url(), "team/app", "1.0", 50, total).await;
+    let counts = per_object(&open.served(), "team/app");
+    let requests: usize = counts.values().sum();
+    eprintln!("upstream requests for Distribution's herd ({requests} in all): {counts:#?}");
 }

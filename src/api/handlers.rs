@@ -409,10 +409,14 @@ async fn blob_get(app: &App, id: &Identity, name: &RepoName, digest: &Digest, he
     if let (Err(OciError::BlobUnknown(_)), Some(mirror)) = (&served, &app.mirror) {
         // Not here yet: streamed from the upstream while it is stored (a
         // Range is ignored then, as HTTP allows: the whole blob is sent).
-        if let Some(read) = mirror.fetch_blob(&access, digest).await? {
-            let mut resp = Response::new(Body::from_stream(read.body));
-            blob_headers(resp.headers_mut(), digest, read.size);
-            return Ok(resp);
+        match mirror.fetch_blob(&access, digest).await? {
+            Some(crate::ext::mirror::MirrorBlob::Streaming(read)) => {
+                let mut resp = Response::new(Body::from_stream(read.body));
+                blob_headers(resp.headers_mut(), digest, read.size);
+                return Ok(resp);
+            }
+            Some(crate::ext::mirror::MirrorBlob::Stored) => return serve_blob(app, &access, digest, headers).await,
+            None => {}
         }
     }
     served

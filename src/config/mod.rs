@@ -107,9 +107,17 @@ pub struct MirrorUpstreamConfig {
     /// alone writes there).
     #[serde(default)]
     pub allow_push: bool,
+    /// How long a pull waits while another pull (on any replica) fetches
+    /// the same manifest or blob from the upstream, before it is answered
+    /// 503 with `Retry-After`.
+    #[serde(default = "MirrorUpstreamConfig::default_fill_wait")]
+    pub fill_wait: HumanDuration,
 }
 
 impl MirrorUpstreamConfig {
+    fn default_fill_wait() -> HumanDuration {
+        HumanDuration(Duration::from_secs(600))
+    }
     fn default_tag_ttl() -> HumanDuration {
         HumanDuration(Duration::from_secs(300))
     }
@@ -1242,6 +1250,9 @@ impl Config {
             if u.tag_ttl.0 < Duration::from_secs(1) {
                 return bad("tag_ttl", "must be at least 1s".into());
             }
+            if u.fill_wait.0 < Duration::from_secs(1) || u.fill_wait.0 > Duration::from_secs(3600) {
+                return bad("fill_wait", "must be between 1s and 1h".into());
+            }
             for (field, d) in [
                 ("connect_timeout", u.connect_timeout),
                 ("response_timeout", u.response_timeout),
@@ -1785,6 +1796,8 @@ mod tests {
         let refused = [
             (up("username = \"u\"\n"), "mirror.upstreams[0].password"),
             (up("tag_ttl = \"0s\"\n"), "mirror.upstreams[0].tag_ttl"),
+            (up("fill_wait = \"0s\"\n"), "mirror.upstreams[0].fill_wait"),
+            (up("fill_wait = \"2h\"\n"), "mirror.upstreams[0].fill_wait"),
             (up("idle_timeout = \"0s\"\n"), "mirror.upstreams[0].idle_timeout"),
             (up("remote_prefix = \"Bad//x\"\n"), "mirror.upstreams[0].remote_prefix"),
             (up("").replace("prefix = \"docker.io\"", "prefix = \"/x\""), "mirror.upstreams[0].prefix"),
@@ -1822,6 +1835,7 @@ mod tests {
         assert_eq!(c.mirror.upstreams.len(), 2);
         assert_eq!(c.mirror.upstreams[0].tag_ttl.0, Duration::from_secs(600));
         assert_eq!(c.mirror.upstreams[1].tag_ttl.0, Duration::from_secs(300));
+        assert_eq!(c.mirror.upstreams[1].fill_wait.0, Duration::from_secs(600));
     }
 
     #[test]

@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_state::{Lease, SharedState};
 use berth_upstream::{Credentials, Upstream, UpstreamError, UpstreamOptions};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -38,6 +39,7 @@ struct Route {
     client: Upstream,
     tag_ttl: Duration,
     allow_push: bool,
+    fill_wait: Duration,
 }
 
 /// What [`Mirror::prepare_manifest`] did.
@@ -111,7 +113,126 @@ fn map_error(upstream: &str, e: UpstreamError, what: &str) -> OciError {
     }
 }
 
+type SharedStateRef = Arc<dyn SharedState>;
+
+/// How long a fill's lock lives without being renewed: a replica that
+/// dies mid-fill holds the others up this long at most.
+const FILL_LOCK_TTL: Duration = Duration::from_secs(15);
+
+/// What [`Mirror::turn`] decided.
+enum Turn {
+    /// Someone else's fill finished: the object is here.
+    Done,
+    /// This caller fetches; the lease (none when shared state cannot lock)
+    /// keeps the rest of the fleet waiting for it.
+    Lead(Option<Lease>),
+}
+
+/// A fill's lock, renewed in the background until released.
+struct Held {
+    state: SharedStateRef,
+    lease: Option<Lease>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Held {
+    fn new(state: SharedStateRef, lease: Option<Lease>) -> Held {
+        let keeper = lease.clone().map(|lease| {
+            let state = state.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(FILL_LOCK_TTL / 3).await;
+                    match state.extend(&lease, FILL_LOCK_TTL).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(lock = %lease.name, "a mirror fill lost its lock; another replica may fetch too");
+                            return;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot renew a mirror fill lock"),
+                    }
+                }
+            })
+        });
+        Held { state, lease, keeper }
+    }
+
+    async fn release(mut self) {
+        if let Some(k) = self.keeper.take() {
+            k.abort();
+        }
+        if let Some(lease) = self.lease.take() {
+            if let Err(e) = self.state.unlock(&lease).await {
+                tracing::debug!(error = %e, "cannot release a mirror fill lock; it expires by itself");
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(k) = self.keeper.take() {
+            k.abort();
+        }
+    }
+}
+
+/// Lock names for fills, one per object and repository.
+fn lock_name(kind: &str, repo: &RepoName, reference: &str) -> String {
+    format!("mirror:fill:{kind}:{repo}:{reference}")
+}
+
 impl Mirror {
+    /// Take the fleet's one turn at fetching the object behind `lock`, or
+    /// wait for whoever has it until `done` says the object is here. When
+    /// the holder gives up without it, the next waiter takes over; after
+    /// the route's `fill_wait` the caller is told to come back.
+    async fn turn<F, Fut>(&self, route: &Route, lock: &str, done: F) -> Result<Turn, OciError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<bool, OciError>>,
+    {
+        let state = self.registry.state();
+        let deadline = tokio::time::Instant::now() + route.fill_wait;
+        let mut delay = Duration::from_millis(10);
+        let mut waited = false;
+        loop {
+            match state.try_lock(lock, FILL_LOCK_TTL).await {
+                Ok(Some(lease)) => {
+                    // Between the caller's miss and the lock, the previous
+                    // holder may have finished.
+                    let finished = done().await;
+                    if !matches!(finished, Ok(false)) {
+                        let _ = state.unlock(&lease).await;
+                        return finished.map(|_| Turn::Done);
+                    }
+                    return Ok(Turn::Lead(Some(lease)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Without shared state the fleet cannot agree; this
+                    // replica fetches alone rather than failing the pull.
+                    tracing::warn!(error = %e, "cannot lock a mirror fill; fetching without the fleet's lock");
+                    return Ok(Turn::Lead(None));
+                }
+            }
+            if !waited {
+                crate::metrics::inc(&crate::metrics::get().mirror_fill_waits);
+                waited = true;
+            }
+            if tokio::time::Instant::now() + delay > deadline {
+                return Err(OciError::Unavailable {
+                    retry_after: Duration::from_secs(5),
+                    cause: format!("still being fetched from upstream {} by another pull", route.name),
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+            if done().await? {
+                return Ok(Turn::Done);
+            }
+        }
+    }
+
     /// The mirror of `config`, or `None` without upstreams.
     pub fn new(config: &MirrorConfig, registry: Registry) -> Result<Option<Mirror>, String> {
         if config.upstreams.is_empty() {
@@ -127,6 +248,7 @@ impl Mirror {
                 client,
                 tag_ttl: u.tag_ttl.0,
                 allow_push: u.allow_push,
+                fill_wait: u.fill_wait.0,
             });
         }
         Ok(Some(Mirror { routes, registry }))
@@ -157,33 +279,77 @@ impl Mirror {
         let writer: Access<Push> = crate::auth::internal_access(repo, "mirror");
         match reference {
             Reference::Digest(digest) => {
-                match self.registry.manifest_get(access, reference).await {
-                    Ok(_) => return Ok(Prepared::Current),
-                    Err(OciError::ManifestUnknown(_)) => {}
-                    Err(e) => return Err(e),
+                let here = || async {
+                    match self.registry.manifest_get(access, reference).await {
+                        Ok(_) => Ok(true),
+                        Err(OciError::ManifestUnknown(_)) => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                };
+                if here().await? {
+                    return Ok(Prepared::Current);
                 }
-                let fetched = route.client.get_manifest(&remote, &digest.to_string()).await;
-                count(&fetched);
-                let fetched = fetched.map_err(|e| map_error(&route.name, e, &format!("{repo}@{digest}")))?;
-                self.registry
-                    .manifest_put_mirrored(&writer, digest, None, Some(&fetched.media_type), fetched.bytes)
-                    .await?;
+                let lease = match self.turn(route, &lock_name("manifest", repo, &digest.to_string()), here).await? {
+                    Turn::Done => return Ok(Prepared::Current),
+                    Turn::Lead(lease) => Held::new(self.registry.state(), lease),
+                };
+                let stored = async {
+                    let fetched = route.client.get_manifest(&remote, &digest.to_string()).await;
+                    count(&fetched);
+                    let fetched = fetched.map_err(|e| map_error(&route.name, e, &format!("{repo}@{digest}")))?;
+                    self.registry
+                        .manifest_put_mirrored(&writer, digest, None, Some(&fetched.media_type), fetched.bytes)
+                        .await
+                }
+                .await;
+                lease.release().await;
+                stored?;
                 tracing::info!(upstream = %route.name, %repo, %digest, "mirrored a manifest");
                 Ok(Prepared::Current)
             }
             Reference::Tag(tag) => {
                 let state = self.registry.state();
                 let key = checked_key(repo, tag.as_str());
-                if matches!(state.get(&key).await, Ok(Some(_))) {
+                let fresh = || async { Ok(matches!(state.get(&key).await, Ok(Some(_)))) };
+                if fresh().await? {
                     crate::metrics::inc(&crate::metrics::get().mirror_fresh_hits);
                     return Ok(Prepared::Current);
                 }
-                let local = match self.registry.manifest_get(access, reference).await {
+                let lease = match self.turn(route, &lock_name("tag", repo, tag.as_str()), fresh).await? {
+                    Turn::Done => {
+                        crate::metrics::inc(&crate::metrics::get().mirror_fresh_hits);
+                        return Ok(Prepared::Current);
+                    }
+                    Turn::Lead(lease) => Held::new(state.clone(), lease),
+                };
+                let checked = self.check_tag(route, &remote, access, &writer, tag, &key).await;
+                lease.release().await;
+                checked
+            }
+        }
+    }
+
+    /// Ask the upstream where `tag` points now and follow it when it moved.
+    async fn check_tag(
+        &self,
+        route: &Route,
+        remote: &str,
+        access: &Access<Pull>,
+        writer: &Access<Push>,
+        tag: &crate::oci::Tag,
+        key: &str,
+    ) -> Result<Prepared, OciError> {
+        let repo = access.repo();
+        let reference = Reference::Tag(tag.clone());
+        let state = self.registry.state();
+        {
+            {
+                let local = match self.registry.manifest_get(access, &reference).await {
                     Ok(m) => Some(m.digest),
                     Err(OciError::ManifestUnknown(_)) => None,
                     Err(e) => return Err(e),
                 };
-                let head = route.client.head_manifest(&remote, tag.as_str()).await;
+                let head = route.client.head_manifest(remote, tag.as_str()).await;
                 count(&head);
                 let head = match head {
                     Ok(head) => head,
@@ -205,12 +371,12 @@ impl Mirror {
                     .parse()
                     .map_err(|_| map_error(&route.name, UpstreamError::Protocol("bad digest".into()), tag.as_str()))?;
                 if local.as_ref() != Some(&upstream_digest) {
-                    let fetched = route.client.get_manifest(&remote, &upstream_digest.to_string()).await;
+                    let fetched = route.client.get_manifest(remote, &upstream_digest.to_string()).await;
                     count(&fetched);
                     let fetched = fetched.map_err(|e| map_error(&route.name, e, &format!("{repo}:{tag}")))?;
                     self.registry
                         .manifest_put_mirrored(
-                            &writer,
+                            writer,
                             &upstream_digest,
                             Some(tag),
                             Some(&fetched.media_type),
@@ -220,7 +386,7 @@ impl Mirror {
                     tracing::info!(upstream = %route.name, %repo, %tag, digest = %upstream_digest,
                         moved = local.is_some(), "mirrored a tag");
                 }
-                if let Err(e) = state.set(&key, Bytes::from_static(b"1"), route.tag_ttl).await {
+                if let Err(e) = state.set(key, Bytes::from_static(b"1"), route.tag_ttl).await {
                     tracing::debug!(error = %e, "cannot record the tag check; the next pull checks again");
                 }
                 Ok(Prepared::Current)
@@ -229,19 +395,39 @@ impl Mirror {
     }
 
     /// A blob of a mirrored repository that is not here: stream it from the
-    /// upstream while the registry stores it. `Ok(None)`: not mirrored.
-    pub async fn fetch_blob(&self, access: &Access<Pull>, digest: &Digest) -> Result<Option<BlobRead>, OciError> {
+    /// upstream while the registry stores it, or, when another pull in the
+    /// fleet is fetching it already, wait for that to land. `Ok(None)`: not
+    /// a mirrored repository.
+    pub async fn fetch_blob(&self, access: &Access<Pull>, digest: &Digest) -> Result<Option<MirrorBlob>, OciError> {
         let repo = access.repo();
         let Some((route, remote)) = self.route(repo) else { return Ok(None) };
+        let here = || async {
+            match self.registry.blob_meta(access, digest).await {
+                Ok(_) => Ok(true),
+                Err(OciError::BlobUnknown(_)) => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        let lease = match self.turn(route, &lock_name("blob", repo, &digest.to_string()), here).await? {
+            Turn::Done => return Ok(Some(MirrorBlob::Stored)),
+            Turn::Lead(lease) => Held::new(self.registry.state(), lease),
+        };
         let blob = route.client.get_blob(&remote, &digest.to_string()).await;
         count(&blob);
-        let blob = blob.map_err(|e| match e {
-            UpstreamError::NotFound => OciError::BlobUnknown(digest.to_string()),
-            e => map_error(&route.name, e, &format!("{repo}@{digest}")),
-        })?;
-        let size = blob
-            .size
-            .ok_or_else(|| map_error(&route.name, UpstreamError::Protocol("blob without a length".into()), "blob"))?;
+        let blob = match blob {
+            Ok(blob) => blob,
+            Err(e) => {
+                lease.release().await;
+                return Err(match e {
+                    UpstreamError::NotFound => OciError::BlobUnknown(digest.to_string()),
+                    e => map_error(&route.name, e, &format!("{repo}@{digest}")),
+                });
+            }
+        };
+        let Some(size) = blob.size else {
+            lease.release().await;
+            return Err(map_error(&route.name, UpstreamError::Protocol("blob without a length".into()), "blob"));
+        };
         // Each piece goes to the client and to the upload; the upload goes
         // on when the client leaves, so the blob lands either way.
         let (to_client, client_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
@@ -290,10 +476,29 @@ impl Mirror {
                 Ok(Err(e)) => tracing::warn!(upstream, repo = %repo_name, error = %e, "storing a mirrored blob failed"),
                 Err(e) => tracing::warn!(upstream, error = %e, "the mirrored blob's upload task failed"),
             }
+            // Only now may the next pull look: the blob is stored or not.
+            lease.release().await;
         });
         let body = tokio_stream_from(client_rx)
             .map(|r| r.map_err(|e| berth_storage::StorageError::Backend { backend: "mirror", source: Box::new(e) }));
-        Ok(Some(BlobRead { size, range: 0..size, body: body.boxed() }))
+        Ok(Some(MirrorBlob::Streaming(BlobRead { size, range: 0..size, body: body.boxed() })))
+    }
+}
+
+/// What [`Mirror::fetch_blob`] has for the caller.
+pub enum MirrorBlob {
+    /// The upstream's bytes, checked as they pass and stored meanwhile.
+    Streaming(BlobRead),
+    /// Another pull's fetch stored it: serve it as any stored blob.
+    Stored,
+}
+
+impl std::fmt::Debug for MirrorBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MirrorBlob::Streaming(read) => write!(f, "Streaming({} bytes)", read.size),
+            MirrorBlob::Stored => f.write_str("Stored"),
+        }
     }
 }
 

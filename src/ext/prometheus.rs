@@ -494,6 +494,11 @@ impl Collector for Core {
                 "Mirrored tags served stale: the upstream could not be asked.",
                 &m.mirror_stale,
             ),
+            (
+                "berth_mirror_fill_waits",
+                "Pulls that waited for another pull's upstream fetch of the same object (on any replica).",
+                &m.mirror_fill_waits,
+            ),
         ] {
             ConstCounter::new(v(c)).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
         }
