@@ -221,7 +221,7 @@ async fn pulls_through_from_distribution_and_serves_stale_when_it_is_gone() {
     let auth = basic("mirror", "Upstream-pw1");
     let (manifest_digest, layer_digest, layer) = push(&up.url(), &auth, "team/base", "1.0", 0).await;
     let b = Berth::start(&format!(
-        "[[mirror.upstreams]]\nname = \"dist\"\nprefix = \"up\"\nurl = \"{}\"\nusername = \"mirror\"\npassword = \"Upstream-pw1\"\ntag_ttl = \"2s\"\n",
+        "[[mirror.upstreams]]\nname = \"dist\"\nprefix = \"up\"\nurl = \"{}\"\nusername = \"mirror\"\npassword = \"Upstream-pw1\"\ntag_ttl = \"4s\"\n",
         up.url()
     ));
     let c = client();
@@ -254,7 +254,7 @@ async fn pulls_through_from_distribution_and_serves_stale_when_it_is_gone() {
         .await
         .unwrap();
     assert_eq!(by_digest.status(), 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     let stale = c.get(b.url("/v2/up/team/base/manifests/1.0")).header("accept", ACCEPT).send().await.unwrap();
     assert_eq!(stale.status(), 200);
     assert!(stale.headers().get("warning").is_some(), "{:?}", stale.headers());
@@ -272,18 +272,29 @@ async fn pulls_through_from_distribution_and_serves_stale_when_it_is_gone() {
     assert!(value("berth_mirror_stale_serves_total") >= 1.0, "{metrics}");
     assert!(value("berth_mirror_fetched_bytes_total") >= layer.len() as f64, "{metrics}");
 
-    // Upstream back, tag moved: seen after the TTL.
+    // Upstream back: the tag is checked (and found where it was), then it
+    // moves upstream. The move is seen after the TTL and not before.
     up.run();
+    let checked = Instant::now();
+    let m = c.get(b.url("/v2/up/team/base/manifests/1.0")).header("accept", ACCEPT).send().await.unwrap();
+    assert_eq!(m.headers()["docker-content-digest"], manifest_digest.as_str());
+    assert!(m.headers().get("warning").is_none());
     let (moved, _, _) = push(&up.url(), &auth, "team/base", "1.0", 9).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let m = c.get(b.url("/v2/up/team/base/manifests/1.0")).header("accept", ACCEPT).send().await.unwrap();
         if m.headers()["docker-content-digest"] == moved.as_str() {
+            assert!(checked.elapsed() >= Duration::from_secs(4), "moved tag seen before the TTL");
             break;
         }
+        assert_eq!(m.headers()["docker-content-digest"], manifest_digest.as_str());
         assert!(Instant::now() < deadline, "the moved tag was never seen");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // What failed while the upstream was gone pulls now, without a restart.
+    let (_, _, layer) = push(&up.url(), &auth, "team/other", "1.0", 3).await;
+    let config = r#"{"architecture":"amd64","os":"linux","seed":3}"#;
+    assert_eq!(pull(&c, &b.url(""), "up/team/other", "1.0").await, Ok(layer.len() + config.len()));
 }
 
 /// `clients` pulls of `repo:tag` from `base` at once, each checked.
@@ -352,4 +363,134 @@ async fn a_herd_on_three_replicas_costs_the_upstream_one_get_per_object() {
     let counts = per_object(&open.served(), "team/app");
     let requests: usize = counts.values().sum();
     eprintln!("upstream requests for Distribution's herd ({requests} in all): {counts:#?}");
+}
+
+/// A proxy in front of an upstream that lies: it flips one byte of the blob
+/// `corrupt` and answers GETs of the manifest `swap` with another body.
+struct Liar {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Liar {
+    async fn start(upstream: String, corrupt: String, swap: (String, Vec<u8>)) -> Liar {
+        use axum::extract::{Request, State};
+        use axum::response::IntoResponse;
+        type Shared = std::sync::Arc<(String, String, (String, Vec<u8>), reqwest::Client)>;
+        async fn forward(State(s): State<Shared>, req: Request) -> axum::response::Response {
+            let (upstream, corrupt, (swap_path, swap_body), http) = &*s;
+            let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+            let mut out = http.request(req.method().clone(), format!("{upstream}{path}"));
+            for (k, v) in req.headers() {
+                if k != "host" {
+                    out = out.header(k, v);
+                }
+            }
+            let resp = out.send().await.unwrap();
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let mut body = resp.bytes().await.unwrap().to_vec();
+            if status == 200 && path.ends_with(corrupt.as_str()) && !body.is_empty() {
+                let i = body.len() / 2;
+                body[i] ^= 0x01;
+            }
+            if status == 200 && path == *swap_path && req.method() == "GET" {
+                body = swap_body.clone();
+            }
+            let mut r = (status, body).into_response();
+            for (k, v) in &headers {
+                if k != "content-length" && k != "transfer-encoding" {
+                    r.headers_mut().insert(k, v.clone());
+                }
+            }
+            r
+        }
+        let state: Shared = std::sync::Arc::new((upstream, corrupt, swap, client()));
+        let app = axum::Router::new().fallback(forward).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Liar { addr, task }
+    }
+}
+
+impl Drop for Liar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Files under `dir` whose path names `hex`.
+fn stored(dir: &std::path::Path, hex: &str) -> Vec<std::path::PathBuf> {
+    common::files_under(dir).into_iter().filter(|p| p.to_string_lossy().contains(hex)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_upstream_is_refused_and_nothing_it_sent_is_stored() {
+    let up = Distribution::start("mirror", "Upstream-pw1");
+    let auth = basic("mirror", "Upstream-pw1");
+    let (good, layer_digest, _) = push(&up.url(), &auth, "team/base", "1.0", 0).await;
+    let (other, _, _) = push(&up.url(), &auth, "team/base", "2.0", 5).await;
+    let other_body = client()
+        .get(format!("{}/v2/team/base/manifests/{other}", up.url()))
+        .header("authorization", &auth)
+        .header("accept", ACCEPT)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    // 2.0's manifest is the truth; 1.0's is swapped for it, and 1.0's
+    // layer (still asked for by digest) is corrupted.
+    let liar =
+        Liar::start(up.url(), layer_digest.clone(), (format!("/v2/team/base/manifests/{good}"), other_body)).await;
+    let b = Berth::start(&format!(
+        "[[mirror.upstreams]]\nname = \"liar\"\nprefix = \"up\"\nurl = \"http://{}\"\nusername = \"mirror\"\npassword = \"Upstream-pw1\"\n",
+        liar.addr
+    ));
+    let c = client();
+    for reference in ["1.0".to_owned(), good.clone()] {
+        let m = c
+            .get(b.url(&format!("/v2/up/team/base/manifests/{reference}")))
+            .header("accept", ACCEPT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(m.status(), 503, "{reference}");
+        assert!(m.headers().contains_key("retry-after"));
+        let body = m.text().await.unwrap();
+        assert!(body.contains("UNAVAILABLE"), "{body}");
+    }
+    assert!(b.stderr().contains("does not match its digest"), "{}", b.stderr());
+    // The corrupted layer: the client's download breaks before its end.
+    let blob = c.get(b.url(&format!("/v2/up/team/base/blobs/{layer_digest}"))).send().await.unwrap();
+    assert_eq!(blob.status(), 200, "the first bytes are on their way before the digest is known");
+    assert!(blob.bytes().await.is_err(), "a corrupted layer must not arrive whole");
+    // Nothing the liar sent is stored (the refused fill is over once the
+    // registry counts it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = c.get(b.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if common::metric_value(&metrics, r#"berth_mirror_upstream_requests_total{outcome="refused"}"#) >= 3.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for digest in [&good, &layer_digest] {
+        let hex = digest.trim_start_matches("sha256:");
+        let found = stored(&b.data_dir(), hex);
+        assert!(found.is_empty(), "{digest} stored: {found:?}");
+        let head = c.head(b.url(&format!("/v2/up/team/base/blobs/{digest}"))).send().await.unwrap();
+        assert_eq!(head.status(), 404);
+    }
+    // The honest tag next to it mirrors normally.
+    let honest = c.get(b.url("/v2/up/team/base/manifests/2.0")).header("accept", ACCEPT).send().await.unwrap();
+    assert_eq!(honest.status(), 200);
+    assert_eq!(honest.headers()["docker-content-digest"], other.as_str());
+    assert!(!stored(&b.data_dir(), other.trim_start_matches("sha256:")).is_empty());
 }
