@@ -494,3 +494,61 @@ async fn a_lying_upstream_is_refused_and_nothing_it_sent_is_stored() {
     assert_eq!(honest.headers()["docker-content-digest"], other.as_str());
     assert!(!stored(&b.data_dir(), other.trim_start_matches("sha256:")).is_empty());
 }
+
+/// Upstream = a second Berth with the token service: the mirror follows its
+/// Bearer challenge. skopeo and podman pull through the mirror by tag and
+/// by digest, a single-architecture image and a two-platform index.
+#[test]
+fn skopeo_and_podman_pull_through_from_a_berth_with_the_token_service() {
+    for program in ["skopeo", "podman", "umoci"] {
+        let found = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().unwrap();
+        assert!(found.status.success(), "{program} is not installed: run scripts/install-test-deps");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("token.pem");
+    let out = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    let htpasswd = dir.path().join("users");
+    std::fs::write(&htpasswd, format!("{}\n", common::user_hash("mirror", "Upstream-pw1"))).unwrap();
+    let upstream = Berth::start(&format!(
+        "[auth]\nhtpasswd = {:?}\n[auth.token]\nkey_file = {:?}\nissuer = \"upstream\"\nservice = \"upstream\"\n",
+        htpasswd.display().to_string(),
+        key.display().to_string()
+    ));
+    let mirror = Berth::start(&format!(
+        "[[mirror.upstreams]]\nname = \"berth\"\nprefix = \"up\"\nurl = \"http://{}\"\nusername = \"mirror\"\npassword = \"Upstream-pw1\"\n",
+        upstream.addr
+    ));
+    let work = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/mirror-pull.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .args([&upstream.addr, "mirror:Upstream-pw1", &mirror.addr, "up"])
+        .arg(work.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mirror-pull.sh: {}\n{}\nmirror log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        mirror.stderr()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mirror-pull: ok"));
+    // The mirror used the upstream's token service, and the pulls came
+    // from the mirror (nothing was asked of the upstream anonymously).
+    let upstream_log = upstream.stderr();
+    assert!(upstream_log.contains("/v2/token"), "no token request upstream");
+    let metrics = Command::new("curl").args(["-fsS", &mirror.url("/metrics")]).output().unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        common::metric_value(&metrics, r#"berth_mirror_upstream_requests_total{outcome="ok"}"#) >= 7.0,
+        "{metrics}"
+    );
+    assert_eq!(common::metric_value(&metrics, r#"berth_mirror_upstream_requests_total{outcome="unavailable"}"#), 0.0);
+}
