@@ -320,7 +320,9 @@ impl Upstream {
     /// HEAD of a manifest by tag or digest.
     pub async fn head_manifest(&self, repo: &str, reference: &str) -> Result<ManifestInfo> {
         let repo = self.repository(repo);
-        let resp = self.send(http::Method::HEAD, &repo, &format!("/v2/{repo}/manifests/{reference}"), true).await?;
+        let resp = self
+            .send(http::Method::HEAD, &pull_scope(&repo), &format!("/v2/{repo}/manifests/{reference}"), true)
+            .await?;
         let h = resp.headers();
         let digest = h
             .get("docker-content-digest")
@@ -347,7 +349,9 @@ impl Upstream {
     /// sent (when it sent one).
     pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<FetchedManifest> {
         let repo = self.repository(repo);
-        let resp = self.send(http::Method::GET, &repo, &format!("/v2/{repo}/manifests/{reference}"), true).await?;
+        let resp = self
+            .send(http::Method::GET, &pull_scope(&repo), &format!("/v2/{repo}/manifests/{reference}"), true)
+            .await?;
         let announced = resp
             .headers()
             .get("docker-content-digest")
@@ -411,7 +415,8 @@ impl Upstream {
             return Err(UpstreamError::Protocol(format!("unsupported digest {digest:?}")));
         }
         let repo = self.repository(repo);
-        let resp = self.send(http::Method::GET, &repo, &format!("/v2/{repo}/blobs/{digest}"), false).await?;
+        let resp =
+            self.send(http::Method::GET, &pull_scope(&repo), &format!("/v2/{repo}/blobs/{digest}"), false).await?;
         let size = resp.content_length();
         let body = self.idle_bounded(resp);
         Ok(BlobBody { size, body: verified(body, digest.to_owned(), size) })
@@ -506,11 +511,50 @@ impl Upstream {
         }
     }
 
-    /// Send a request for `path` of `repo`, authenticating when challenged
-    /// (once per call) and retrying what may succeed later.
-    async fn send(&self, method: http::Method, repo: &str, path: &str, manifest: bool) -> Result<reqwest::Response> {
+    /// The tags of `repo`, every page (`Link: <...>; rel="next"` followed,
+    /// at most [`MAX_LIST_ENTRIES`] in all).
+    pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
+        let repo = self.repository(repo);
+        self.list(&pull_scope(&repo), &format!("/v2/{repo}/tags/list?n=1000"), "tags").await
+    }
+
+    /// Repository names from the upstream's catalog, every page. Not every
+    /// registry serves it (Docker Hub does not): [`UpstreamError::Denied`]
+    /// or [`UpstreamError::NotFound`] then.
+    pub async fn catalog(&self) -> Result<Vec<String>> {
+        self.list("registry:catalog:*", "/v2/_catalog?n=1000", "repositories").await
+    }
+
+    /// A paginated list: the strings under `field` of every page.
+    async fn list(&self, scope: &str, first: &str, field: &str) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+            #[serde(default)]
+            repositories: Option<Vec<String>>,
+        }
+        let mut out = Vec::new();
+        let mut next = Some(first.to_owned());
+        while let Some(path) = next.take() {
+            let resp = self.send(http::Method::GET, scope, &path, false).await?;
+            next = next_link(resp.headers());
+            let body = resp.bytes().await.map_err(|e| unavailable(format!("reading {path}: {e}")))?;
+            let page: Page =
+                serde_json::from_slice(&body).map_err(|e| UpstreamError::Protocol(format!("{path}: {e}")))?;
+            let items = if field == "tags" { page.tags } else { page.repositories };
+            out.extend(items.unwrap_or_default());
+            if out.len() > MAX_LIST_ENTRIES {
+                return Err(UpstreamError::Protocol(format!("more than {MAX_LIST_ENTRIES} {field}")));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Send a request for `path` needing `scope`, authenticating when
+    /// challenged (once per call) and retrying what may succeed later.
+    async fn send(&self, method: http::Method, scope: &str, path: &str, manifest: bool) -> Result<reqwest::Response> {
         let o = &self.inner.options;
-        let scope = format!("repository:{repo}:pull");
         let url = format!("{}{path}", self.inner.base);
         let mut challenged = false;
         let mut attempt = 0u32;
@@ -521,7 +565,7 @@ impl Upstream {
             if manifest {
                 req = req.header(http::header::ACCEPT, MANIFEST_TYPES.join(", "));
             }
-            if let Some(a) = self.authorization(&scope) {
+            if let Some(a) = self.authorization(scope) {
                 req = req.header(http::header::AUTHORIZATION, a);
             }
             let outcome = tokio::time::timeout(o.response_timeout, req.send()).await;
@@ -535,7 +579,7 @@ impl Upstream {
                         401 if !challenged => {
                             challenged = true;
                             attempt -= 1;
-                            self.inner.tokens.lock().unwrap_or_else(|p| p.into_inner()).forget(&scope);
+                            self.inner.tokens.lock().unwrap_or_else(|p| p.into_inner()).forget(scope);
                             let challenge = resp
                                 .headers()
                                 .get(http::header::WWW_AUTHENTICATE)
@@ -544,7 +588,7 @@ impl Upstream {
                                 .ok_or_else(|| {
                                     UpstreamError::Unauthorized("401 without a challenge Berth can answer".into())
                                 })?;
-                            self.authenticate(challenge, &scope).await?;
+                            self.authenticate(challenge, scope).await?;
                             continue;
                         }
                         401 => {
@@ -582,6 +626,25 @@ impl Upstream {
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
+}
+
+/// Most names a tag or catalog listing may return.
+pub const MAX_LIST_ENTRIES: usize = 100_000;
+
+fn pull_scope(repo: &str) -> String {
+    format!("repository:{repo}:pull")
+}
+
+/// The path of a `Link: <path>; rel="next"` header, when it stays on the
+/// upstream (a path, not another host).
+fn next_link(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get(http::header::LINK)?.to_str().ok()?;
+    let (target, params) = v.split_once(';')?;
+    if !params.contains("rel=\"next\"") && !params.contains("rel=next") {
+        return None;
+    }
+    let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+    target.starts_with("/v2/").then(|| target.to_owned())
 }
 
 fn basic(c: &Credentials) -> String {
@@ -675,6 +738,21 @@ fn verified(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_links_stay_on_the_upstream() {
+        let link = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::LINK, http::HeaderValue::from_str(v).unwrap());
+            next_link(&h)
+        };
+        assert_eq!(link(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/a/tags/list?n=2&last=b"));
+        assert_eq!(link("</v2/_catalog?last=x>; rel=next").as_deref(), Some("/v2/_catalog?last=x"));
+        assert_eq!(link(r#"<https://elsewhere.example/v2/_catalog>; rel="next""#), None);
+        assert_eq!(link(r#"</v2/a/tags/list>; rel="prev""#), None);
+        assert_eq!(link("garbage"), None);
+        assert_eq!(next_link(&http::HeaderMap::new()), None);
+    }
 
     #[test]
     fn urls_and_docker_hub_names() {

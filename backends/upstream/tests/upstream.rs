@@ -419,6 +419,9 @@ async fn distribution_with_htpasswd_is_read_with_basic_credentials() {
     let blob = up.get_blob("library/base", &layer_digest).await.unwrap();
     assert_eq!(read_all(blob.body).await.unwrap(), layer);
     assert!(matches!(up.get_manifest("library/base", "nope").await, Err(UpstreamError::NotFound)));
+    assert_eq!(up.tags("library/base").await.unwrap(), vec!["3.21".to_owned()]);
+    assert_eq!(up.catalog().await.unwrap(), vec!["library/base".to_owned()]);
+    assert!(matches!(up.tags("library/nothing").await, Err(UpstreamError::NotFound)));
 
     let wrong = client(&d.url, Some(("puller", "wrong-password")));
     assert!(matches!(wrong.head_manifest("library/base", "3.21").await, Err(UpstreamError::Unauthorized(_))));
