@@ -95,6 +95,12 @@ enum Command {
         #[command(subcommand)]
         command: VulndbCommand,
     },
+    /// Mirror tools.
+    #[cfg(feature = "mirror")]
+    Mirror {
+        #[command(subcommand)]
+        command: MirrorCommand,
+    },
     /// Storage used per repository: from the last collection pass, or with
     /// --fresh from a scan now.
     Usage {
@@ -104,6 +110,25 @@ enum Command {
         repositories: Option<String>,
         #[arg(long)]
         fresh: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[cfg(feature = "mirror")]
+#[derive(Debug, Subcommand)]
+enum MirrorCommand {
+    /// Copy the repositories and tags each upstream's `sync` section selects
+    /// (one run per upstream at a time in the fleet), printing a line per
+    /// tag. Exit status 1 when a tag failed, 75 when another run holds an
+    /// upstream's lease.
+    Sync {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only this upstream (its `name`).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Print the reports as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -263,6 +288,15 @@ fn main() -> ExitCode {
                     VulndbCommand::Status { .. } => berth::ext::scan::cli::vulndb_status(registry, json).await,
                 })
             })
+        }
+        #[cfg(feature = "mirror")]
+        Command::Mirror { command: MirrorCommand::Sync { config, upstream, json } } => {
+            let cfg = match load_valid(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let _logs = berth::telemetry::init(&cfg.log, &Default::default());
+            mirror_sync(&cfg, upstream, json)
         }
         Command::Usage { config, repositories, fresh, json } => {
             let cfg = match load_valid(config.as_deref()) {
@@ -503,6 +537,79 @@ fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+#[cfg(feature = "mirror")]
+fn mirror_sync(cfg: &Config, only: Option<String>, json: bool) -> ExitCode {
+    let mirror_config = cfg.mirror.clone();
+    with_registry(cfg, |registry| async move {
+        let mirror = match berth::ext::mirror::Mirror::new(&mirror_config, registry) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                eprintln!("berth: the configuration has no [[mirror.upstreams]]");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("berth: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let names = match only {
+            Some(name) => vec![name],
+            None => mirror.sync_upstreams(),
+        };
+        if names.is_empty() {
+            eprintln!("berth: no upstream has a [mirror.upstreams.sync] section");
+            return ExitCode::from(2);
+        }
+        let print = |p: berth::ext::mirror::sync::SyncProgress<'_>| {
+            if !json {
+                println!("{} {}:{} {} ({}/{})", p.upstream, p.repository, p.tag, p.outcome, p.done, p.total);
+            }
+        };
+        let (mut reports, mut code) = (Vec::new(), ExitCode::SUCCESS);
+        for name in names {
+            match mirror.sync(&name, &print).await {
+                Ok(r) => {
+                    if r.busy {
+                        eprintln!("berth: another run is syncing {name} now (it holds the lease); nothing done");
+                        code = ExitCode::from(75);
+                    } else if r.tags_failed > 0 || !r.errors.is_empty() {
+                        code = ExitCode::FAILURE;
+                    }
+                    if !json {
+                        println!(
+                            "{name}: {} repositories, {} tags selected: {} copied, {} current, {} failed; \
+                             {} manifests and {} blobs ({}) fetched",
+                            r.repositories,
+                            r.tags_selected,
+                            r.tags_copied,
+                            r.tags_current,
+                            r.tags_failed,
+                            r.manifests_fetched,
+                            r.blobs_fetched,
+                            human_bytes(r.bytes_fetched)
+                        );
+                        for e in &r.errors {
+                            eprintln!("berth: {name}: {e}");
+                        }
+                    }
+                    reports.push(r);
+                }
+                Err(e) => {
+                    eprintln!("berth: {name}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        if json {
+            let printed = print_json(&reports);
+            if printed != ExitCode::SUCCESS {
+                return printed;
+            }
+        }
+        code
+    })
 }
 
 fn gc(cfg: &Config, dry_run: bool, json: bool) -> ExitCode {

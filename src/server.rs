@@ -387,6 +387,8 @@ impl Server {
             self.app.registry.spawn_revocation_sync(self.app.gate.revocations().clone(), self.revocation_reload)
         });
         let prober = tokio::spawn(run_probes(self.app.registry.clone()));
+        #[cfg(feature = "mirror")]
+        let mirror_sync = self.app.mirror.as_ref().map(|m| m.spawn_schedule()).unwrap_or_default();
         let cache_listener = self.app.registry.spawn_cache_listener();
         let (mesh, mesh_tasks) = match self.mesh {
             Some(m) => {
@@ -472,6 +474,10 @@ impl Server {
         drop(self.listener);
         janitor.abort();
         prober.abort();
+        #[cfg(feature = "mirror")]
+        for task in mirror_sync {
+            task.abort();
+        }
         for r in [collector, auth_reloader, tls_reloader, revocation_sync, policy_reloader].into_iter().flatten() {
             r.abort();
         }

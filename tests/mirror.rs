@@ -552,3 +552,198 @@ fn skopeo_and_podman_pull_through_from_a_berth_with_the_token_service() {
     );
     assert_eq!(common::metric_value(&metrics, r#"berth_mirror_upstream_requests_total{outcome="unavailable"}"#), 0.0);
 }
+
+/// Push `repo:tag` with two layers of `size` bytes unique to it.
+async fn push_tagged(base: &str, auth: &str, repo: &str, tag: &str, seed: u8, size: usize) -> (String, Vec<String>) {
+    let layers = vec![common::bytes(size, u64::from(seed) * 2 + 1), common::bytes(size, u64::from(seed) * 2 + 2)];
+    push_image(base, auth, repo, tag, seed, &layers).await
+}
+
+/// `berth mirror sync` with the config of `b`.
+fn sync_command(b: &Berth) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(["mirror", "sync", "--config"]).arg(b.dir.path().join("berth.toml")).stdin(Stdio::null());
+    cmd
+}
+
+async fn tags_of(b: &Berth, repo: &str) -> Vec<String> {
+    let list: serde_json::Value =
+        client().get(b.url(&format!("/v2/{repo}/tags/list"))).send().await.unwrap().json().await.unwrap();
+    let mut tags: Vec<String> =
+        list["tags"].as_array().into_iter().flatten().map(|t| t.as_str().unwrap().to_owned()).collect();
+    tags.sort();
+    tags
+}
+
+/// GETs of blobs and manifests in `served`, by path.
+fn gets(served: &[(String, String)]) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (method, path) in served {
+        if method == "GET" && (path.contains("/blobs/") || path.contains("/manifests/")) {
+            *counts.entry(path.clone()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_copies_exactly_the_selected_tags_and_resumes_after_kill_9() {
+    let up = Distribution::start("mirror", "Upstream-pw1");
+    let auth = basic("mirror", "Upstream-pw1");
+    let mut pushed = std::collections::HashMap::new();
+    for (i, (repo, tag)) in [
+        ("team/app", "1.0"),
+        ("team/app", "1.2"),
+        ("team/app", "1.10"),
+        ("team/app", "2.0"),
+        ("team/app", "dev"),
+        ("team/lib", "1.0"),
+        ("team/lib", "1.5"),
+        ("team/lib", "0.9"),
+        ("other/x", "1.0"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let image = push_tagged(&up.url(), &auth, repo, tag, i as u8, 3 << 20).await;
+        pushed.insert(format!("{repo}:{tag}"), image);
+    }
+    let b = Berth::start(&format!(
+        "[[mirror.upstreams]]\nname = \"dist\"\nprefix = \"up\"\nurl = \"{}\"\nusername = \"mirror\"\n\
+         password = \"Upstream-pw1\"\n\
+         sync = {{ repositories = [\"team/*\"], tags = [\"1.*\"], newest = 2 }}\n",
+        up.url()
+    ));
+    let selected = ["up/team/app:1.10", "up/team/app:1.2", "up/team/lib:1.5", "up/team/lib:1.0"];
+
+    // First run, killed (SIGKILL) right after its first tag is copied.
+    let before = up.served().len();
+    let mut first = sync_command(&b).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(first.stdout.take().unwrap()));
+    let copied_line = lines.next().expect("a progress line").unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(copied_line.starts_with("dist up/team/") && copied_line.contains(" copied (1/4)"), "{copied_line}");
+    let copied_first = copied_line.split(' ').nth(1).unwrap().to_owned();
+    let first_gets = gets(&up.served()[before..]);
+
+    // Second run: resumes; the tag copied before the kill is current, and
+    // none of its objects is fetched again.
+    let before = up.served().len();
+    let out = sync_command(&b).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("dist {copied_first} current")), "{stdout}");
+    assert!(stdout.contains("4 tags selected"), "{stdout}");
+    let copied_again: usize = stdout.lines().filter(|l| l.contains(" copied (")).count();
+    assert!(copied_again >= 1, "the first run was not cut short: {stdout}");
+    let second_gets = gets(&up.served()[before..]);
+    let (repo, tag) = copied_first.strip_prefix("up/").unwrap().split_once(':').unwrap();
+    let (manifest, blobs) = &pushed[&format!("{repo}:{tag}")];
+    for digest in std::iter::once(manifest).chain(blobs) {
+        let refetched = second_gets.keys().filter(|p| p.ends_with(digest.as_str())).count();
+        assert_eq!(refetched, 0, "{digest} of {copied_first} fetched again: {second_gets:#?}");
+    }
+    // Over both runs each object came once, but for what the kill cut off.
+    let mut all = first_gets.clone();
+    for (p, n) in &second_gets {
+        *all.entry(p.clone()).or_insert(0) += n;
+    }
+    let twice: Vec<_> = all.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.len() <= 1, "{twice:?}");
+
+    // Exactly the selected tags are here, and nothing of the others.
+    assert_eq!(tags_of(&b, "up/team/app").await, ["1.10", "1.2"]);
+    assert_eq!(tags_of(&b, "up/team/lib").await, ["1.0", "1.5"]);
+    for key in selected {
+        let (repo, tag) = key.strip_prefix("up/").unwrap().split_once(':').unwrap();
+        let (_, blobs) = &pushed[&format!("{repo}:{tag}")];
+        for blob in blobs {
+            assert!(!stored(&b.data_dir(), blob.trim_start_matches("sha256:")).is_empty(), "{key}: {blob} missing");
+        }
+    }
+    for key in ["team/app:1.0", "team/app:2.0", "team/app:dev", "team/lib:0.9", "other/x:1.0"] {
+        let (manifest, blobs) = &pushed[key];
+        for digest in std::iter::once(manifest).chain(blobs) {
+            assert!(stored(&b.data_dir(), digest.trim_start_matches("sha256:")).is_empty(), "{key} copied");
+        }
+    }
+
+    // A third run finds everything current and fetches nothing.
+    let before = up.served().len();
+    let out = sync_command(&b).arg("--json").output().unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report[0]["tags_current"], 4, "{report}");
+    assert_eq!(report[0]["tags_copied"], 0, "{report}");
+    assert!(gets(&up.served()[before..]).is_empty());
+
+    // Unknown upstream: a usage error.
+    let out = sync_command(&b).args(["--upstream", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_syncs_on_its_schedule_only_the_selected_platforms() {
+    let up = Distribution::start("mirror", "Upstream-pw1");
+    let auth = basic("mirror", "Upstream-pw1");
+    // An index of two platforms, tagged 1.0; its members pushed under
+    // tags the sync does not select.
+    let (amd, amd_blobs) = push_tagged(&up.url(), &auth, "team/multi", "build-amd64", 1, 100_000).await;
+    let (arm, arm_blobs) = push_tagged(&up.url(), &auth, "team/multi", "build-arm64", 2, 100_000).await;
+    let base = up.url();
+    let size = |d: String| {
+        let base = base.clone();
+        async move {
+            let r = client()
+                .head(format!("{base}/v2/team/multi/manifests/{d}"))
+                .header("authorization", basic("mirror", "Upstream-pw1"))
+                .header("accept", ACCEPT)
+                .send()
+                .await
+                .unwrap();
+            r.headers()["content-length"].to_str().unwrap().parse::<u64>().unwrap()
+        }
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": ACCEPT, "digest": amd, "size": size(amd.clone()).await, "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": ACCEPT, "digest": arm, "size": size(arm.clone()).await, "platform": {"os": "linux", "architecture": "arm64"}},
+        ],
+    })
+    .to_string();
+    let put = client()
+        .put(format!("{}/v2/team/multi/manifests/1.0", up.url()))
+        .header("authorization", &auth)
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+
+    let b = Berth::start(&format!(
+        "[[mirror.upstreams]]\nname = \"dist\"\nprefix = \"up\"\nurl = \"{}\"\nusername = \"mirror\"\n\
+         password = \"Upstream-pw1\"\n\
+         sync = {{ repositories = [\"team/multi\"], tags = [\"1.*\"], platforms = [\"linux/arm64\"], interval = \"1h\" }}\n",
+        up.url()
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !b.stderr().contains("mirror sync finished") {
+        assert!(Instant::now() < deadline, "no sync ran: {}", b.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(tags_of(&b, "up/team/multi").await, ["1.0"]);
+    let here = |d: &str| !stored(&b.data_dir(), d.trim_start_matches("sha256:")).is_empty();
+    assert!(here(&sha256(index.as_bytes())), "the index is kept whole");
+    assert!(here(&arm), "the arm64 manifest");
+    for blob in &arm_blobs {
+        assert!(here(blob), "arm64 blob {blob}");
+    }
+    assert!(!here(&amd), "the amd64 manifest was copied");
+    for blob in &amd_blobs {
+        assert!(!here(blob), "amd64 layer {blob} was copied");
+    }
+}

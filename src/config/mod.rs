@@ -112,6 +112,40 @@ pub struct MirrorUpstreamConfig {
     /// 503 with `Retry-After`.
     #[serde(default = "MirrorUpstreamConfig::default_fill_wait")]
     pub fill_wait: HumanDuration,
+    /// What `berth mirror sync` copies ahead of any pull, and how often
+    /// `serve` does it by itself.
+    #[serde(default)]
+    pub sync: Option<MirrorSyncConfig>,
+}
+
+/// `[mirror.upstreams.sync]`: repositories and tags copied ahead of pulls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSyncConfig {
+    /// Names below the prefix (`library/alpine`, `team/*`, `team/**`);
+    /// globs are matched against the upstream's catalog.
+    pub repositories: Vec<String>,
+    /// Tag globs (`*`, `1.*`, `v2.*-alpine`).
+    #[serde(default = "MirrorSyncConfig::all_tags")]
+    pub tags: Vec<String>,
+    /// Of the matching tags, only the newest N in version order (numeric
+    /// runs compared as numbers: 1.10 after 1.9).
+    #[serde(default)]
+    pub newest: Option<usize>,
+    /// Of an index, the platforms (`os/arch` or `os/arch/variant`) whose
+    /// images are copied; empty: all. The index itself is kept whole.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// How often `serve` syncs (one replica of the fleet at a time); unset:
+    /// only `berth mirror sync` does.
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+}
+
+impl MirrorSyncConfig {
+    fn all_tags() -> Vec<String> {
+        vec!["*".to_owned()]
+    }
 }
 
 impl MirrorUpstreamConfig {
@@ -1253,6 +1287,39 @@ impl Config {
             if u.fill_wait.0 < Duration::from_secs(1) || u.fill_wait.0 > Duration::from_secs(3600) {
                 return bad("fill_wait", "must be between 1s and 1h".into());
             }
+            if let Some(sync) = &u.sync {
+                if sync.repositories.is_empty() {
+                    return bad("sync.repositories", "name at least one repository or pattern".into());
+                }
+                for r in &sync.repositories {
+                    access::check_pattern(r)
+                        .map_err(|m| ConfigError::Key { key: key("sync.repositories"), message: m })?;
+                    if !r.contains('*') && r.parse::<crate::oci::RepoName>().is_err() {
+                        return bad("sync.repositories", format!("{r:?} is not a repository name"));
+                    }
+                }
+                if sync.tags.is_empty()
+                    || sync.tags.iter().any(|t| {
+                        t.is_empty()
+                            || t.len() > 128
+                            || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-*".contains(&b))
+                    })
+                {
+                    return bad("sync.tags", "tag globs: letters, digits, '_', '.', '-' and '*'".into());
+                }
+                if sync.newest == Some(0) {
+                    return bad("sync.newest", "must be at least 1".into());
+                }
+                for p in &sync.platforms {
+                    let parts: Vec<&str> = p.split('/').collect();
+                    if !(2..=3).contains(&parts.len()) || parts.iter().any(|s| s.is_empty()) {
+                        return bad("sync.platforms", format!("{p:?} is not os/arch or os/arch/variant"));
+                    }
+                }
+                if sync.interval.is_some_and(|i| i.0 < Duration::from_secs(1)) {
+                    return bad("sync.interval", "must be at least 1s".into());
+                }
+            }
             for (field, d) in [
                 ("connect_timeout", u.connect_timeout),
                 ("response_timeout", u.response_timeout),
@@ -1798,6 +1865,12 @@ mod tests {
             (up("tag_ttl = \"0s\"\n"), "mirror.upstreams[0].tag_ttl"),
             (up("fill_wait = \"0s\"\n"), "mirror.upstreams[0].fill_wait"),
             (up("fill_wait = \"2h\"\n"), "mirror.upstreams[0].fill_wait"),
+            (up("sync = { repositories = [] }\n"), "mirror.upstreams[0].sync.repositories"),
+            (up("sync = { repositories = [\"Team/A\"] }\n"), "mirror.upstreams[0].sync.repositories"),
+            (up("sync = { repositories = [\"a\"], tags = [\"a b\"] }\n"), "mirror.upstreams[0].sync.tags"),
+            (up("sync = { repositories = [\"a\"], newest = 0 }\n"), "mirror.upstreams[0].sync.newest"),
+            (up("sync = { repositories = [\"a\"], platforms = [\"linux\"] }\n"), "mirror.upstreams[0].sync.platforms"),
+            (up("sync = { repositories = [\"a\"], interval = \"0s\" }\n"), "mirror.upstreams[0].sync.interval"),
             (up("idle_timeout = \"0s\"\n"), "mirror.upstreams[0].idle_timeout"),
             (up("remote_prefix = \"Bad//x\"\n"), "mirror.upstreams[0].remote_prefix"),
             (up("").replace("prefix = \"docker.io\"", "prefix = \"/x\""), "mirror.upstreams[0].prefix"),

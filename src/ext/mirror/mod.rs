@@ -18,6 +18,8 @@
 //! caller's: a reader may cause a fill. Upstream bytes pass through the
 //! registry's services only; the extension touches no backend itself.
 
+pub mod sync;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +28,7 @@ use berth_upstream::{Credentials, Upstream, UpstreamError, UpstreamOptions};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::config::{MirrorConfig, MirrorUpstreamConfig};
+use crate::config::{MirrorConfig, MirrorSyncConfig, MirrorUpstreamConfig};
 use crate::oci::{Digest, OciError, Reference, RepoName};
 use crate::registry::{Access, BlobRead, BodyError, Pull, Push, Registry};
 
@@ -40,6 +42,7 @@ struct Route {
     tag_ttl: Duration,
     allow_push: bool,
     fill_wait: Duration,
+    sync: Option<MirrorSyncConfig>,
 }
 
 /// What [`Mirror::prepare_manifest`] did.
@@ -249,6 +252,7 @@ impl Mirror {
                 tag_ttl: u.tag_ttl.0,
                 allow_push: u.allow_push,
                 fill_wait: u.fill_wait.0,
+                sync: u.sync.clone(),
             });
         }
         Ok(Some(Mirror { routes, registry }))
