@@ -747,3 +747,54 @@ async fn serve_syncs_on_its_schedule_only_the_selected_platforms() {
         assert!(!here(blob), "amd64 layer {blob} was copied");
     }
 }
+
+/// Retention applies to mirrored repositories like any other: a mirrored
+/// tag not pulled within `keep_pulled_within` is collected, and pulling it
+/// again fetches it again, even within its tag_ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_tags_not_pulled_are_collected_and_fetched_again_when_pulled() {
+    let up = Distribution::start("mirror", "Upstream-pw1");
+    let auth = basic("mirror", "Upstream-pw1");
+    let (_, pulled_blobs) = push_tagged(&up.url(), &auth, "team/pulled", "1.0", 1, 50_000).await;
+    let (synced, _) = push_tagged(&up.url(), &auth, "team/synced", "1.0", 2, 50_000).await;
+    let b = Berth::start(&format!(
+        "[[mirror.upstreams]]\nname = \"dist\"\nprefix = \"up\"\nurl = \"{}\"\nusername = \"mirror\"\n\
+         password = \"Upstream-pw1\"\ntag_ttl = \"1h\"\n\
+         sync = {{ repositories = [\"team/synced\"] }}\n\
+         [gc]\ngrace = \"1s\"\nuntagged_after = \"1s\"\n\
+         [[retention.policies]]\nrepositories = \"up/**\"\nkeep_pulled_within = \"1h\"\n",
+        up.url()
+    ));
+    // One image is pulled through; the other only synced (never pulled).
+    let total = 100_000 + r#"{"architecture":"amd64","os":"linux","seed":1}"#.len();
+    assert_eq!(pull(&client(), &b.url(""), "up/team/pulled", "1.0").await, Ok(total));
+    let out = sync_command(&b).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tags_of(&b, "up/team/synced").await, ["1.0"]);
+    // The pull's record is written in the background.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored(&b.data_dir(), "_pulls").is_empty() {
+        assert!(Instant::now() < deadline, "no pull record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the collector's 1 s grace.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let gc = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["gc", "--config"])
+        .arg(b.dir.path().join("berth.toml"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&gc.stdout);
+    assert!(gc.status.success(), "{report}\n{}", String::from_utf8_lossy(&gc.stderr));
+    assert!(report.contains("not pulled within"), "{report}");
+    assert_eq!(tags_of(&b, "up/team/synced").await, Vec::<String>::new(), "{report}");
+    assert_eq!(tags_of(&b, "up/team/pulled").await, ["1.0"], "{report}");
+    for blob in &pulled_blobs {
+        assert!(!stored(&b.data_dir(), blob.trim_start_matches("sha256:")).is_empty());
+    }
+    // Pulled again (its check is still within tag_ttl): fetched again.
+    let m = client().get(b.url("/v2/up/team/synced/manifests/1.0")).header("accept", ACCEPT).send().await.unwrap();
+    assert_eq!(m.status(), 200);
+    assert_eq!(m.headers()["docker-content-digest"], synced.as_str());
+    assert_eq!(tags_of(&b, "up/team/synced").await, ["1.0"]);
+}

@@ -581,7 +581,21 @@ async fn manifest_get(
     };
     #[cfg(not(feature = "mirror"))]
     let stale = false;
-    let m = app.registry.manifest_get(&access, reference).await?;
+    let m = match app.registry.manifest_get(&access, reference).await {
+        #[cfg(feature = "mirror")]
+        Err(OciError::ManifestUnknown(e)) => match &app.mirror {
+            // A mirrored tag checked within its TTL and collected since
+            // (retention): checked again, fetched again.
+            Some(mirror) if mirror.forget_tag_check(&access, reference).await => {
+                if mirror.prepare_manifest(&access, reference).await? == crate::ext::mirror::Prepared::Stale {
+                    return Err(OciError::ManifestUnknown(e));
+                }
+                app.registry.manifest_get(&access, reference).await?
+            }
+            _ => return Err(OciError::ManifestUnknown(e)),
+        },
+        other => other?,
+    };
     // A tag resolves to whatever was pushed; a client that cannot read that
     // type is told it is not available. A digest names exact bytes: serve them.
     if matches!(reference, Reference::Tag(_)) && !accepts(headers, &m.media_type) {

@@ -269,6 +269,19 @@ impl Mirror {
         })
     }
 
+    /// Drop the record that a mirrored tag was checked with the upstream;
+    /// whether there was one (the local tag is missing although checked:
+    /// collected since).
+    pub async fn forget_tag_check(&self, access: &Access<Pull>, reference: &Reference) -> bool {
+        let Reference::Tag(tag) = reference else { return false };
+        if self.route(access.repo()).is_none() {
+            return false;
+        }
+        let state = self.registry.state();
+        let key = checked_key(access.repo(), tag.as_str());
+        matches!(state.get(&key).await, Ok(Some(_))) && state.delete(&key).await.is_ok()
+    }
+
     /// Whether clients may push into `repo`: anywhere outside the mirrored
     /// prefixes, and inside one only when its upstream allows it.
     pub fn allows_push(&self, repo: &RepoName) -> bool {
