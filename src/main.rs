@@ -706,6 +706,12 @@ fn scrub(cfg: &Config, options: &berth::registry::gc::scrub::ScrubOptions, json:
                 report.orphaned.len(),
                 report.duration_ms
             );
+            if report.not_fetched > 0 {
+                println!(
+                    "scrub: {} objects of mirrored repositories not fetched yet (not a fault)",
+                    report.not_fetched
+                );
+            }
         }
         let unrepaired = report.dangling.len() as u64 > repaired;
         if !report.corrupt.is_empty() || !report.missing.is_empty() || unrepaired {

@@ -181,6 +181,7 @@ pub async fn open_registry(config: &Config) -> anyhow::Result<Registry> {
             .iter()
             .map(|q| crate::registry::gc::usage::Quota::new(&q.repositories, q.max_bytes.0))
             .collect(),
+        fetched_on_demand: config.mirror.upstreams.iter().map(|u| u.prefix.clone()).collect(),
         ..RegistryOptions::default()
     };
     let mut registry = Registry::new(store.clone(), state, options);

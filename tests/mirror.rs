@@ -797,4 +797,16 @@ async fn mirrored_tags_not_pulled_are_collected_and_fetched_again_when_pulled() 
     assert_eq!(m.status(), 200);
     assert_eq!(m.headers()["docker-content-digest"], synced.as_str());
     assert_eq!(tags_of(&b, "up/team/synced").await, ["1.0"]);
+
+    // Its blobs were collected and not pulled again: scrub counts them as
+    // not fetched yet, not as missing.
+    let scrub = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["scrub", "--json", "--no-verify", "--config"])
+        .arg(b.dir.path().join("berth.toml"))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&scrub.stdout).unwrap();
+    assert!(scrub.status.success(), "{report}");
+    assert_eq!(report["missing"], serde_json::json!([]), "{report}");
+    assert!(report["not_fetched"].as_u64().unwrap() >= 1, "{report}");
 }

@@ -74,6 +74,10 @@ pub struct RegistryOptions {
     pub quotas: Vec<gc::usage::Quota>,
     /// How blob GETs are answered, per repository.
     pub delivery: delivery::DeliveryRules,
+    /// Repository prefixes whose blobs and manifests arrive when first
+    /// pulled (mirrored upstreams): what their manifests reference may
+    /// rightly be absent, and scrub counts it as not fetched, not missing.
+    pub fetched_on_demand: Vec<String>,
 }
 
 impl Default for RegistryOptions {
@@ -90,6 +94,7 @@ impl Default for RegistryOptions {
             pull_record_every: Duration::from_secs(3600),
             quotas: Vec::new(),
             delivery: delivery::DeliveryRules::default(),
+            fetched_on_demand: Vec::new(),
         }
     }
 }
@@ -197,6 +202,14 @@ impl Registry {
     /// Start applying cache invalidations published by other processes.
     pub fn spawn_cache_listener(&self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(self.caches.clone().listen(self.state.clone()))
+    }
+
+    /// Whether `repo` is under a prefix filled on demand.
+    pub fn fetched_on_demand(&self, repo: &RepoName) -> bool {
+        self.options
+            .fetched_on_demand
+            .iter()
+            .any(|p| repo.as_str().strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/')))
     }
 
     pub fn options(&self) -> &RegistryOptions {

@@ -66,6 +66,10 @@ pub struct ScrubReport {
     pub orphaned: Vec<Finding>,
     /// Records that point at nothing.
     pub dangling: Vec<Finding>,
+    /// Blobs and manifests that manifests of mirrored repositories
+    /// reference and that no pull has fetched yet (not a fault).
+    #[serde(default)]
+    pub not_fetched: u64,
     /// The repair pass, with `repair`.
     pub repaired: Option<GcReport>,
 }
@@ -124,11 +128,14 @@ impl Registry {
         let mut needed: HashSet<&Digest> = HashSet::new();
         for (repo, recs) in &snap.repos {
             linked.extend(recs.links.keys());
+            let on_demand = self.fetched_on_demand(repo);
             for m in recs.revisions.keys() {
                 let Some(Some(refs)) = snap.refs.get(m) else { continue };
                 needed.extend(refs.blobs.iter());
                 for b in &refs.blobs {
-                    if !snap.blobs.contains_key(b) {
+                    if !snap.blobs.contains_key(b) && on_demand {
+                        report.not_fetched += 1;
+                    } else if !snap.blobs.contains_key(b) {
                         report.missing.push(Finding {
                             kind: "blob".into(),
                             repository: Some(repo.to_string()),
@@ -138,7 +145,9 @@ impl Registry {
                     }
                 }
                 for c in &refs.children {
-                    if !recs.revisions.contains_key(c) {
+                    if !recs.revisions.contains_key(c) && on_demand {
+                        report.not_fetched += 1;
+                    } else if !recs.revisions.contains_key(c) {
                         report.missing.push(Finding {
                             kind: "manifest".into(),
                             repository: Some(repo.to_string()),
