@@ -312,9 +312,15 @@ impl Server {
         }
         #[cfg(feature = "mirror")]
         {
-            app.mirror = crate::ext::mirror::Mirror::new(&config.mirror, app.registry.clone())
-                .map_err(|e| anyhow::anyhow!(e))?
-                .map(Arc::new);
+            let mut mirror = crate::ext::mirror::Mirror::new(&config.mirror, app.registry.clone())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            #[cfg(feature = "scan")]
+            if let (Some(m), Some(scanner)) = (&mut mirror, &app.scanner) {
+                // Mirrored images are scanned as pushed ones are.
+                let scanner = scanner.clone();
+                m.set_on_stored(Arc::new(move |repo, digest| scanner.on_push(repo, digest)));
+            }
+            app.mirror = mirror.map(Arc::new);
         }
         let app = Arc::new(app);
         let listener = TcpListener::bind(config.server.listen)

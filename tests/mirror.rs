@@ -810,3 +810,64 @@ async fn mirrored_tags_not_pulled_are_collected_and_fetched_again_when_pulled() 
     assert_eq!(report["missing"], serde_json::json!([]), "{report}");
     assert!(report["not_fetched"].as_u64().unwrap() >= 1, "{report}");
 }
+
+/// A Debian-like layer: os-release and a dpkg status with one package.
+#[cfg(feature = "scan")]
+fn debian_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, body) in [
+        ("etc/os-release", "ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian 12\"\n"),
+        (
+            "var/lib/dpkg/status",
+            "Package: libssl3\nStatus: install ok installed\nArchitecture: amd64\nSource: openssl\nVersion: 3.0.11-1~deb12u1\n\n",
+        ),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, path, body.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Mirrored images are scanned as pushed ones are: queued when the mirror
+/// stores them, inventoried once a pull has fetched their layers.
+#[cfg(feature = "scan")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_images_are_scanned_once_pulled() {
+    let up = Distribution::start("mirror", "Upstream-pw1");
+    let auth = basic("mirror", "Upstream-pw1");
+    let (digest, _) = push_image(&up.url(), &auth, "team/deb", "12", 4, &[debian_layer()]).await;
+    let b = Berth::start(&format!(
+        "[[mirror.upstreams]]\nname = \"dist\"\nprefix = \"up\"\nurl = \"{}\"\nusername = \"mirror\"\n\
+         password = \"Upstream-pw1\"\n[scan]\nworkers = 1\n",
+        up.url()
+    ));
+    let total = debian_layer().len() + r#"{"architecture":"amd64","os":"linux","seed":4}"#.len();
+    assert_eq!(pull(&client(), &b.url(""), "up/team/deb", "12").await, Ok(total));
+    // Queued by the mirror itself: the job finishes before anyone asks.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let metrics = client().get(b.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if common::metric_value(&metrics, r#"berth_scan_jobs_total{outcome="ok"}"#) >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no scan job ran: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = loop {
+        let r = client().get(b.url(&format!("/v2/up/team/deb/_berth/scan/{digest}"))).send().await.unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        if status == 200 {
+            break serde_json::from_str::<serde_json::Value>(&body).unwrap();
+        }
+        assert_eq!(status, 202, "{body}");
+        assert!(Instant::now() < deadline, "no report: {body}\n{}", b.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(report["os"]["id"], "debian", "{report}");
+    assert!(report.to_string().contains("libssl3"), "{report}");
+    assert!(!b.stderr().contains("scan: job failed"), "{}", b.stderr());
+}

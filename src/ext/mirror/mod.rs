@@ -54,11 +54,21 @@ pub enum Prepared {
     Stale,
 }
 
+/// Called with each manifest the mirror stored (a pull-through fill or a
+/// synced tag): the scanner queues it as it queues a push.
+pub type OnStored = Arc<dyn Fn(&RepoName, &Digest) + Send + Sync>;
+
 /// The mirror: routes from local prefixes to upstreams.
-#[derive(Debug)]
 pub struct Mirror {
     routes: Vec<Route>,
     registry: Registry,
+    on_stored: Option<OnStored>,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror").field("routes", &self.routes).finish_non_exhaustive()
+    }
 }
 
 fn route_options(u: &MirrorUpstreamConfig) -> UpstreamOptions {
@@ -255,7 +265,18 @@ impl Mirror {
                 sync: u.sync.clone(),
             });
         }
-        Ok(Some(Mirror { routes, registry }))
+        Ok(Some(Mirror { routes, registry, on_stored: None }))
+    }
+
+    /// Set what runs after each stored manifest.
+    pub fn set_on_stored(&mut self, hook: OnStored) {
+        self.on_stored = Some(hook);
+    }
+
+    fn stored(&self, repo: &RepoName, digest: &Digest) {
+        if let Some(hook) = &self.on_stored {
+            hook(repo, digest);
+        }
     }
 
     /// The upstream serving `repo` and the name to ask it for.
@@ -321,6 +342,7 @@ impl Mirror {
                 .await;
                 lease.release().await;
                 stored?;
+                self.stored(repo, digest);
                 tracing::info!(upstream = %route.name, %repo, %digest, "mirrored a manifest");
                 Ok(Prepared::Current)
             }
@@ -400,6 +422,7 @@ impl Mirror {
                             fetched.bytes,
                         )
                         .await?;
+                    self.stored(repo, &upstream_digest);
                     tracing::info!(upstream = %route.name, %repo, %tag, digest = %upstream_digest,
                         moved = local.is_some(), "mirrored a tag");
                 }

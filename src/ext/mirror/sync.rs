@@ -240,7 +240,11 @@ impl Mirror {
         count(&head);
         let head = head.map_err(|e| e.to_string())?;
         let digest: Digest = head.digest.parse().map_err(|_| format!("upstream digest {:?}", head.digest))?;
+        let before = (report.manifests_fetched, report.blobs_fetched);
         let moved = self.sync_manifest(route, sync, item, &digest, true, 0, report).await?;
+        if moved || before != (report.manifests_fetched, report.blobs_fetched) {
+            self.stored(&item.repo, &digest);
+        }
         let key = checked_key(&item.repo, item.tag.as_str());
         if let Err(e) = self.registry.state().set(&key, Bytes::from_static(b"1"), route.tag_ttl).await {
             tracing::debug!(error = %e, "cannot record the tag check");

@@ -325,7 +325,18 @@ impl Scanner {
                 }
                 Err(e) => {
                     let attempts = state.incr(&attempts_key, 1, Duration::from_secs(86_400)).await?;
-                    if attempts >= MAX_ATTEMPTS || matches!(e, OciError::ManifestUnknown(_) | OciError::NameUnknown(_))
+                    let unfetched = matches!(e, OciError::BlobUnknown(_)) && self.registry.fetched_on_demand(&repo);
+                    if attempts >= MAX_ATTEMPTS && unfetched {
+                        // A mirrored image whose layers no pull has fetched
+                        // (yet): not a failure. The job ends; the next
+                        // request for its report (every pull asks, with a
+                        // scan policy) queues it again.
+                        tracing::info!(repository = %repo, digest = %digest,
+                            "scan: a mirrored image's layers are not fetched yet; scanned once they are");
+                        state.unschedule(QUEUE, &m).await?;
+                        state.delete(&attempts_key).await?;
+                    } else if attempts >= MAX_ATTEMPTS
+                        || matches!(e, OciError::ManifestUnknown(_) | OciError::NameUnknown(_))
                     {
                         tracing::warn!(repository = %repo, digest = %digest, error = %e, attempts, "scan: job failed");
                         let f = Failure { error: e.to_string(), attempts, at: now_secs() };
