@@ -559,6 +559,17 @@ async fn push_tagged(base: &str, auth: &str, repo: &str, tag: &str, seed: u8, si
     push_image(base, auth, repo, tag, seed, &layers).await
 }
 
+/// A child process killed (and resumed first, if stopped) on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.id().to_string()]).status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `berth mirror sync` with the config of `b`.
 fn sync_command(b: &Berth) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
@@ -618,11 +629,11 @@ async fn sync_copies_exactly_the_selected_tags_and_resumes_after_kill_9() {
 
     // First run, killed (SIGKILL) right after its first tag is copied.
     let before = up.served().len();
-    let mut first = sync_command(&b).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(first.stdout.take().unwrap()));
+    let mut first = Running(sync_command(&b).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(first.0.stdout.take().unwrap()));
     let copied_line = lines.next().expect("a progress line").unwrap();
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
     assert!(copied_line.starts_with("dist up/team/") && copied_line.contains(" copied (1/4)"), "{copied_line}");
     let copied_first = copied_line.split(' ').nth(1).unwrap().to_owned();
     let first_gets = gets(&up.served()[before..]);
@@ -870,4 +881,41 @@ async fn mirrored_images_are_scanned_once_pulled() {
     assert_eq!(report["os"]["id"], "debian", "{report}");
     assert!(report.to_string().contains("libssl3"), "{report}");
     assert!(!b.stderr().contains("scan: job failed"), "{}", b.stderr());
+}
+
+/// With shared state in Redis, one sync run per upstream at a time: a
+/// second command while the first runs does nothing and exits 75.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sync_while_one_runs_is_refused_by_the_lease() {
+    let redis = common::RedisServer::start();
+    let up = Distribution::start("mirror", "Upstream-pw1");
+    let auth = basic("mirror", "Upstream-pw1");
+    for (i, tag) in ["1.0", "1.1", "1.2", "1.3"].into_iter().enumerate() {
+        push_tagged(&up.url(), &auth, "team/big", tag, 20 + i as u8, 8 << 20).await;
+    }
+    let b = Berth::start(&format!(
+        "[state]\nbackend = \"redis\"\n[state.redis]\nurl = \"{}\"\n\
+         [[mirror.upstreams]]\nname = \"dist\"\nprefix = \"up\"\nurl = \"{}\"\nusername = \"mirror\"\n\
+         password = \"Upstream-pw1\"\nsync = {{ repositories = [\"team/big\"] }}\n",
+        redis.url(),
+        up.url()
+    ));
+    let mut first = Running(sync_command(&b).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(first.0.stdout.take().unwrap()));
+    let line = lines.next().expect("a progress line").unwrap();
+    assert!(line.contains("(1/4)"), "{line}");
+    // Held still mid-run (its lease lives 30 s unrenewed) while a second
+    // run tries, then let go.
+    let pid = first.0.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let second = sync_command(&b).output().unwrap();
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(first.0.wait().unwrap().success(), "{rest:?}");
+    assert_eq!(second.status.code(), Some(75), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("holds the lease"));
+    // The lease was released: a run now goes ahead (everything current).
+    let third = sync_command(&b).output().unwrap();
+    assert!(third.status.success());
+    assert!(String::from_utf8_lossy(&third.stdout).contains("4 current"), "{}", String::from_utf8_lossy(&third.stdout));
 }
