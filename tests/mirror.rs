@@ -115,10 +115,21 @@ impl Distribution {
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// SIGSTOP (`true`) or SIGCONT: a hung upstream, connections accepted
+    /// by the kernel and never answered.
+    fn hang(&self, hung: bool) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let signal = if hung { "-STOP" } else { "-CONT" };
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
 }
 
 impl Drop for Distribution {
     fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+        }
         self.stop();
     }
 }
@@ -918,4 +929,43 @@ async fn a_second_sync_while_one_runs_is_refused_by_the_lease() {
     let third = sync_command(&b).output().unwrap();
     assert!(third.status.success());
     assert!(String::from_utf8_lossy(&third.stdout).contains("4 current"), "{}", String::from_utf8_lossy(&third.stdout));
+}
+
+/// A hung upstream (accepting connections, never answering): while one pull
+/// checks an expired tag with it, the others are served the copy here at
+/// once instead of queueing behind that check; the checking pull itself is
+/// served stale after the response timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_do_not_queue_behind_a_check_of_a_hung_upstream() {
+    let up = Distribution::start("mirror", "Upstream-pw1");
+    let auth = basic("mirror", "Upstream-pw1");
+    let (digest, _, _) = push(&up.url(), &auth, "team/base", "1.0", 0).await;
+    let b = Berth::start(&format!(
+        "[[mirror.upstreams]]\nname = \"dist\"\nprefix = \"up\"\nurl = \"{}\"\nusername = \"mirror\"\n\
+         password = \"Upstream-pw1\"\ntag_ttl = \"1s\"\nresponse_timeout = \"2s\"\nfill_wait = \"3s\"\n",
+        up.url()
+    ));
+    let url = b.url("/v2/up/team/base/manifests/1.0");
+    let get = move || {
+        let url = url.clone();
+        async move {
+            let r = client().get(url).header("accept", ACCEPT).send().await.unwrap();
+            (r.status(), r.headers().get("docker-content-digest").cloned(), r.headers().contains_key("warning"))
+        }
+    };
+    assert_eq!(get().await.0, 200);
+    // Past the tag's TTL, with the upstream hung.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    up.hang(true);
+    let pulls: Vec<_> = (0..10).map(|_| tokio::spawn(get.clone()())).collect();
+    let mut warned = 0;
+    for p in pulls {
+        let (status, d, warning) = p.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(d.unwrap(), digest.as_str());
+        warned += usize::from(warning);
+    }
+    up.hang(false);
+    // The pull that asked the upstream learned it was not answering.
+    assert!(warned >= 1, "no stale answer");
 }

@@ -354,12 +354,29 @@ impl Mirror {
                     crate::metrics::inc(&crate::metrics::get().mirror_fresh_hits);
                     return Ok(Prepared::Current);
                 }
-                let lease = match self.turn(route, &lock_name("tag", repo, tag.as_str()), fresh).await? {
-                    Turn::Done => {
-                        crate::metrics::inc(&crate::metrics::get().mirror_fresh_hits);
-                        return Ok(Prepared::Current);
+                let lock = lock_name("tag", repo, tag.as_str());
+                let here = match self.registry.manifest_get(access, reference).await {
+                    Ok(_) => true,
+                    Err(OciError::ManifestUnknown(_)) => false,
+                    Err(e) => return Err(e),
+                };
+                let lease = if here {
+                    // A copy is here: while another pull asks the upstream
+                    // (however long a hung upstream makes it), serve it as
+                    // last seen rather than queue behind that pull.
+                    match state.try_lock(&lock, FILL_LOCK_TTL).await {
+                        Ok(Some(lease)) => Held::new(state.clone(), Some(lease)),
+                        Ok(None) => return Ok(Prepared::Current),
+                        Err(_) => Held::new(state.clone(), None),
                     }
-                    Turn::Lead(lease) => Held::new(state.clone(), lease),
+                } else {
+                    match self.turn(route, &lock, fresh).await? {
+                        Turn::Done => {
+                            crate::metrics::inc(&crate::metrics::get().mirror_fresh_hits);
+                            return Ok(Prepared::Current);
+                        }
+                        Turn::Lead(lease) => Held::new(state.clone(), lease),
+                    }
                 };
                 let checked = self.check_tag(route, &remote, access, &writer, tag, &key).await;
                 lease.release().await;
