@@ -239,16 +239,19 @@ async fn pulls_through_from_distribution_and_serves_stale_when_it_is_gone() {
     let m = c.get(b.url("/v2/up/team/base/manifests/1.0")).header("accept", ACCEPT).send().await.unwrap();
     assert_eq!(m.status(), 200);
     assert_eq!(m.headers()["docker-content-digest"], manifest_digest.as_str());
+    // A HEAD of a blob not fetched yet answers as the upstream does.
+    let head = c.head(b.url(&format!("/v2/up/team/base/blobs/{layer_digest}"))).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], layer.len().to_string().as_str());
+    let absent = format!("sha256:{}", "0".repeat(64));
+    let head = c.head(b.url(&format!("/v2/up/team/base/blobs/{absent}"))).send().await.unwrap();
+    assert_eq!(head.status(), 404);
     let blob = c.get(b.url(&format!("/v2/up/team/base/blobs/{layer_digest}"))).send().await.unwrap();
     assert_eq!(blob.status(), 200);
     assert_eq!(blob.bytes().await.unwrap().to_vec(), layer);
     // The blob lands (the fill finishes after the response).
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let head = c.head(b.url(&format!("/v2/up/team/base/blobs/{layer_digest}"))).send().await.unwrap();
-        if head.status() == 200 {
-            break;
-        }
+    while stored(&b.data_dir(), layer_digest.trim_start_matches("sha256:")).is_empty() {
         assert!(Instant::now() < deadline, "the mirrored blob never landed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -274,6 +277,8 @@ async fn pulls_through_from_distribution_and_serves_stale_when_it_is_gone() {
     // Something never fetched: a clear error, not a 500.
     let missing = c.get(b.url("/v2/up/team/other/manifests/1.0")).header("accept", ACCEPT).send().await.unwrap();
     assert_eq!(missing.status(), 503, "{}", missing.text().await.unwrap());
+    let head = c.head(b.url(&format!("/v2/up/team/base/blobs/sha256:{}", "1".repeat(64)))).send().await.unwrap();
+    assert_eq!(head.status(), 503);
 
     // What the mirror did is counted.
     let metrics = c.get(b.url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -496,9 +501,11 @@ async fn a_lying_upstream_is_refused_and_nothing_it_sent_is_stored() {
         let hex = digest.trim_start_matches("sha256:");
         let found = stored(&b.data_dir(), hex);
         assert!(found.is_empty(), "{digest} stored: {found:?}");
-        let head = c.head(b.url(&format!("/v2/up/team/base/blobs/{digest}"))).send().await.unwrap();
-        assert_eq!(head.status(), 404);
     }
+    // A HEAD asks the upstream and stores nothing.
+    let head = c.head(b.url(&format!("/v2/up/team/base/blobs/{layer_digest}"))).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(stored(&b.data_dir(), layer_digest.trim_start_matches("sha256:")).is_empty());
     // The honest tag next to it mirrors normally.
     let honest = c.get(b.url("/v2/up/team/base/manifests/2.0")).header("accept", ACCEPT).send().await.unwrap();
     assert_eq!(honest.status(), 200);

@@ -387,9 +387,19 @@ fn blob_created(name: &RepoName, digest: &Digest) -> Response {
 }
 
 async fn blob_head(app: &App, id: &Identity, name: &RepoName, digest: &Digest) -> HandlerResult {
-    let meta = app.registry.blob_meta(&app.gate.authorize(id, name)?, digest).await?;
+    let access = app.gate.authorize(id, name)?;
+    let size = match app.registry.blob_meta(&access, digest).await {
+        Ok(meta) => meta.size,
+        // Not fetched yet: the upstream says whether a GET would find it.
+        #[cfg(feature = "mirror")]
+        Err(OciError::BlobUnknown(e)) => match &app.mirror {
+            Some(mirror) => mirror.head_blob(&access, digest).await?.ok_or(OciError::BlobUnknown(e))?,
+            None => return Err(OciError::BlobUnknown(e)),
+        },
+        Err(e) => return Err(e),
+    };
     let mut resp = StatusCode::OK.into_response();
-    blob_headers(resp.headers_mut(), digest, meta.size);
+    blob_headers(resp.headers_mut(), digest, size);
     Ok(resp)
 }
 

@@ -406,6 +406,21 @@ impl Upstream {
         Ok(FetchedManifest { digest, media_type, bytes: Bytes::from(bytes) })
     }
 
+    /// HEAD of a blob: its size, when the upstream has it.
+    pub async fn head_blob(&self, repo: &str, digest: &str) -> Result<u64> {
+        if !valid_digest(digest) {
+            return Err(UpstreamError::Protocol(format!("unsupported digest {digest:?}")));
+        }
+        let repo = self.repository(repo);
+        let resp =
+            self.send(http::Method::HEAD, &pull_scope(&repo), &format!("/v2/{repo}/blobs/{digest}"), false).await?;
+        resp.headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| UpstreamError::Protocol("HEAD of a blob without Content-Length".into()))
+    }
+
     /// GET of a blob. The stream yields the bytes as they arrive, hashing
     /// them, and holds the last chunk back until the whole blob matched
     /// `digest` (and the announced length): a mismatch ends it with

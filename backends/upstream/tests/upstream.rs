@@ -419,6 +419,9 @@ async fn distribution_with_htpasswd_is_read_with_basic_credentials() {
     let blob = up.get_blob("library/base", &layer_digest).await.unwrap();
     assert_eq!(read_all(blob.body).await.unwrap(), layer);
     assert!(matches!(up.get_manifest("library/base", "nope").await, Err(UpstreamError::NotFound)));
+    assert_eq!(up.head_blob("library/base", &layer_digest).await.unwrap(), layer.len() as u64);
+    let absent = format!("sha256:{}", "0".repeat(64));
+    assert!(matches!(up.head_blob("library/base", &absent).await, Err(UpstreamError::NotFound)));
     assert_eq!(up.tags("library/base").await.unwrap(), vec!["3.21".to_owned()]);
     assert_eq!(up.catalog().await.unwrap(), vec!["library/base".to_owned()]);
     assert!(matches!(up.tags("library/nothing").await, Err(UpstreamError::NotFound)));

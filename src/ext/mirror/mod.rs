@@ -451,6 +451,20 @@ impl Mirror {
         }
     }
 
+    /// HEAD of a blob of a mirrored repository that is not here: its size
+    /// as the upstream tells it (nothing is fetched). `Ok(None)`: not a
+    /// mirrored repository.
+    pub async fn head_blob(&self, access: &Access<Pull>, digest: &Digest) -> Result<Option<u64>, OciError> {
+        let repo = access.repo();
+        let Some((route, remote)) = self.route(repo) else { return Ok(None) };
+        let head = route.client.head_blob(&remote, &digest.to_string()).await;
+        count(&head);
+        head.map(Some).map_err(|e| match e {
+            UpstreamError::NotFound => OciError::BlobUnknown(digest.to_string()),
+            e => map_error(&route.name, e, &format!("{repo}@{digest}")),
+        })
+    }
+
     /// A blob of a mirrored repository that is not here: stream it from the
     /// upstream while the registry stores it, or, when another pull in the
     /// fleet is fetching it already, wait for that to land. `Ok(None)`: not
