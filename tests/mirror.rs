@@ -976,3 +976,38 @@ async fn pulls_do_not_queue_behind_a_check_of_a_hung_upstream() {
     // The pull that asked the upstream learned it was not answering.
     assert!(warned >= 1, "no stale answer");
 }
+
+/// The same herd on a fleet with blob caches and the mesh (`delivery =
+/// "cache"`): the pulls that wait for the fill are served through the
+/// caches, and the upstream still sees one GET per object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_on_a_mesh_fleet_costs_the_upstream_one_get_per_object() {
+    let up = Distribution::start("mirror", "Upstream-pw1");
+    let auth = basic("mirror", "Upstream-pw1");
+    let layers = vec![common::bytes(4 << 20, 11), common::bytes(1 << 20, 12)];
+    let total: usize =
+        layers.iter().map(Vec::len).sum::<usize>() + r#"{"architecture":"amd64","os":"linux","seed":7}"#.len();
+    let (manifest_digest, blobs) = push_image(&up.url(), &auth, "team/meshed", "2.0", 7, &layers).await;
+    let before = up.served().len();
+    let upstreams = format!(
+        r#"[{{name = "dist", prefix = "up", url = "{}", username = "mirror", password = "Upstream-pw1"}}]"#,
+        up.url()
+    );
+    let fleet = common::LocalFleet::up_with(3, &["--mesh"], &[("BERTH__MIRROR__UPSTREAMS", upstreams.as_str())]);
+    herd(fleet.lb(), "up/team/meshed", "2.0", 30, total).await;
+    // Once more, now from the caches.
+    herd(fleet.lb(), "up/team/meshed", "2.0", 30, total).await;
+    fleet.assert_no_server_errors();
+    let mut served_by_caches = 0.0;
+    for n in 1..=3 {
+        let metrics = client().get(format!("{}/metrics", fleet.replica(n))).send().await.unwrap().text().await.unwrap();
+        served_by_caches += common::metric_value(&metrics, "berth_blob_cache_requests_total");
+    }
+    assert!(served_by_caches >= 90.0, "{served_by_caches} blob GETs through the caches");
+    let counts = per_object(&up.served()[before..], "team/meshed");
+    let gets = |path: &str| counts.get(&("GET".to_owned(), path.to_owned())).copied().unwrap_or(0);
+    assert_eq!(gets(&format!("/v2/team/meshed/manifests/{manifest_digest}")), 1, "{counts:#?}");
+    for blob in &blobs {
+        assert_eq!(gets(&format!("/v2/team/meshed/blobs/{blob}")), 1, "{blob}: {counts:#?}");
+    }
+}
