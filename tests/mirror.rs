@@ -1011,3 +1011,34 @@ async fn a_herd_on_a_mesh_fleet_costs_the_upstream_one_get_per_object() {
         assert_eq!(gets(&format!("/v2/team/meshed/blobs/{blob}")), 1, "{blob}: {counts:#?}");
     }
 }
+
+/// A root upstream (`prefix = ""`), as Docker's `registry-mirrors` uses a
+/// mirror: names arrive unprefixed (`library/alpine`); a prefixed upstream
+/// beside it keeps its own names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_upstream_serves_unprefixed_names() {
+    let up = Distribution::start("mirror", "Upstream-pw1");
+    let other = Distribution::start("other", "Other-pw1");
+    let auth = basic("mirror", "Upstream-pw1");
+    let (digest, _, layer) = push(&up.url(), &auth, "library/base", "3.21", 1).await;
+    let (other_digest, _, _) = push(&other.url(), &basic("other", "Other-pw1"), "team/tool", "1", 2).await;
+    let b = Berth::start(&format!(
+        "[[mirror.upstreams]]\nname = \"hub\"\nprefix = \"\"\nurl = \"{}\"\nusername = \"mirror\"\npassword = \"Upstream-pw1\"\n\
+         [[mirror.upstreams]]\nname = \"other\"\nprefix = \"other\"\nurl = \"{}\"\nusername = \"other\"\npassword = \"Other-pw1\"\n",
+        up.url(),
+        other.url()
+    ));
+    let c = client();
+    let config = r#"{"architecture":"amd64","os":"linux","seed":1}"#;
+    assert_eq!(pull(&c, &b.url(""), "library/base", "3.21").await, Ok(layer.len() + config.len()));
+    let m =
+        c.get(b.url(&format!("/v2/library/base/manifests/{digest}"))).header("accept", ACCEPT).send().await.unwrap();
+    assert_eq!(m.status(), 200);
+    let m = c.get(b.url("/v2/other/team/tool/manifests/1")).header("accept", ACCEPT).send().await.unwrap();
+    assert_eq!(m.headers()["docker-content-digest"], other_digest.as_str());
+    // The whole namespace is the mirror's: no pushes.
+    assert_eq!(c.post(b.url("/v2/team/mine/blobs/uploads/")).send().await.unwrap().status(), 403);
+    // Unknown upstream names are unknown here too.
+    let missing = c.get(b.url("/v2/library/nothing/manifests/1")).header("accept", ACCEPT).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}

@@ -75,7 +75,10 @@ pub struct MirrorUpstreamConfig {
     /// A short name for logs, metrics and `berth mirror sync --upstream`.
     pub name: String,
     /// Local repositories under this prefix (`docker.io` serves
-    /// `docker.io/library/alpine`) come from the upstream.
+    /// `docker.io/library/alpine`) come from the upstream. `""` (one
+    /// upstream at most): every name no other prefix matches, as Docker's
+    /// `registry-mirrors` asks for `library/alpine`; a registry whose
+    /// whole namespace mirrors that upstream.
     pub prefix: String,
     /// The upstream registry: `https://host[:port]`, or `docker.io`.
     pub url: String,
@@ -1263,7 +1266,7 @@ impl Config {
             if !names.insert(u.name.as_str()) {
                 return bad("name", format!("{:?} names two upstreams", u.name));
             }
-            if u.prefix.parse::<crate::oci::RepoName>().is_err() {
+            if !u.prefix.is_empty() && u.prefix.parse::<crate::oci::RepoName>().is_err() {
                 return bad("prefix", format!("{:?} is not a repository name prefix (e.g. \"docker.io\")", u.prefix));
             }
             if !u.remote_prefix.is_empty() && u.remote_prefix.parse::<crate::oci::RepoName>().is_err() {
@@ -1864,6 +1867,7 @@ mod tests {
             (up("username = \"u\"\n"), "mirror.upstreams[0].password"),
             (up("tag_ttl = \"0s\"\n"), "mirror.upstreams[0].tag_ttl"),
             (up("fill_wait = \"0s\"\n"), "mirror.upstreams[0].fill_wait"),
+            (up("").replace("\"docker.io\"\nurl", "\"/x\"\nurl"), "mirror.upstreams[0].prefix"),
             (up("fill_wait = \"2h\"\n"), "mirror.upstreams[0].fill_wait"),
             (up("sync = { repositories = [] }\n"), "mirror.upstreams[0].sync.repositories"),
             (up("sync = { repositories = [\"Team/A\"] }\n"), "mirror.upstreams[0].sync.repositories"),
@@ -1889,6 +1893,14 @@ mod tests {
                 format!("{}{}", up(""), up("").replace("prefix = \"docker.io\"", "prefix = \"ghcr.io\"")),
                 "names two upstreams",
             ),
+            (
+                format!(
+                    "{}{}",
+                    up("").replace("prefix = \"docker.io\"", "prefix = \"\""),
+                    up("").replace("prefix = \"docker.io\"", "prefix = \"\"").replace("\"hub\"", "\"hub2\"")
+                ),
+                "overlap",
+            ),
         ];
         for (text, key) in refused {
             let c = match load_str(&text, &[]) {
@@ -1905,6 +1917,9 @@ mod tests {
         );
         let c = load_str(&ok, &[]).unwrap();
         c.validate().unwrap();
+        // A root upstream (every name no prefix matches) beside a prefixed one.
+        let rooted = load_str(&ok.replacen("prefix = \"docker.io\"", "prefix = \"\"", 1), &[]).unwrap();
+        rooted.validate().unwrap();
         assert_eq!(c.mirror.upstreams.len(), 2);
         assert_eq!(c.mirror.upstreams[0].tag_ttl.0, Duration::from_secs(600));
         assert_eq!(c.mirror.upstreams[1].tag_ttl.0, Duration::from_secs(300));

@@ -209,7 +209,7 @@ impl Registry {
         self.options
             .fetched_on_demand
             .iter()
-            .any(|p| repo.as_str().strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/')))
+            .any(|p| p.is_empty() || repo.as_str().strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/')))
     }
 
     pub fn options(&self) -> &RegistryOptions {

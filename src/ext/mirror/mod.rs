@@ -282,12 +282,22 @@ impl Mirror {
     /// The upstream serving `repo` and the name to ask it for.
     fn route(&self, repo: &RepoName) -> Option<(&Route, String)> {
         let name = repo.as_str();
-        self.routes.iter().find_map(|r| {
-            let rest = name.strip_prefix(r.prefix.as_str())?.strip_prefix('/')?;
-            let remote =
-                if r.remote_prefix.is_empty() { rest.to_owned() } else { format!("{}/{rest}", r.remote_prefix) };
-            Some((r, remote))
-        })
+        let remote = |r: &Route, rest: &str| {
+            if r.remote_prefix.is_empty() {
+                rest.to_owned()
+            } else {
+                format!("{}/{rest}", r.remote_prefix)
+            }
+        };
+        self.routes
+            .iter()
+            .filter(|r| !r.prefix.is_empty())
+            .find_map(|r| {
+                let rest = name.strip_prefix(r.prefix.as_str())?.strip_prefix('/')?;
+                Some((r, remote(r, rest)))
+            })
+            // The root upstream (prefix ""): every other name.
+            .or_else(|| self.routes.iter().find(|r| r.prefix.is_empty()).map(|r| (r, remote(r, name))))
     }
 
     /// Drop the record that a mirrored tag was checked with the upstream;

@@ -204,7 +204,8 @@ impl Mirror {
         names.dedup();
         let mut work = Vec::new();
         for name in names {
-            let Ok(repo) = format!("{}/{name}", route.prefix).parse::<RepoName>() else {
+            let local = if route.prefix.is_empty() { name.clone() } else { format!("{}/{name}", route.prefix) };
+            let Ok(repo) = local.parse::<RepoName>() else {
                 report.errors.push(format!("{name:?} is not a repository name here"));
                 continue;
             };
