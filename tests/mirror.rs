@@ -1042,3 +1042,68 @@ async fn a_root_upstream_serves_unprefixed_names() {
     let missing = c.get(b.url("/v2/library/nothing/manifests/1")).header("accept", ACCEPT).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// Access control applies to mirrored repositories like any other: who
+/// may not read gets 401/403 and causes no upstream request; a reader's
+/// pull fills with the mirror's authority but the reader cannot push; a
+/// writer may push only where the upstream's `allow_push` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_control_applies_to_mirrored_repositories() {
+    let up = Distribution::start("mirror", "Upstream-pw1");
+    let (digest, _, layer) = push(&up.url(), &basic("mirror", "Upstream-pw1"), "team/base", "1.0", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("users");
+    std::fs::write(
+        &htpasswd,
+        format!("{}\n{}\n", common::user_hash("reader", "Reader-pw1"), common::user_hash("writer", "Writer-pw1")),
+    )
+    .unwrap();
+    let b = Berth::start(&format!(
+        "[auth]\nhtpasswd = {:?}\n\
+         [access]\ndefault_policy = []\nanonymous_policy = []\n\
+         [[access.repositories]]\npattern = \"up/**\"\n\
+         policies = [{{ users = [\"reader\"], actions = [\"read\"] }}, {{ users = [\"writer\"], actions = [\"read\", \"create\", \"update\"] }}]\n\
+         [[access.repositories]]\npattern = \"locked/**\"\n\
+         policies = [{{ users = [\"writer\"], actions = [\"read\", \"create\", \"update\"] }}]\n\
+         [[mirror.upstreams]]\nname = \"open\"\nprefix = \"up\"\nurl = \"{}\"\nusername = \"mirror\"\npassword = \"Upstream-pw1\"\nallow_push = true\n\
+         [[mirror.upstreams]]\nname = \"locked\"\nprefix = \"locked\"\nurl = \"{}\"\nusername = \"mirror\"\npassword = \"Upstream-pw1\"\n",
+        htpasswd.display().to_string(),
+        up.url(),
+        up.url()
+    ));
+    let c = client();
+    let reader = basic("reader", "Reader-pw1");
+    let writer = basic("writer", "Writer-pw1");
+    let before = up.served().len();
+    // Anonymous and a user without a grant: refused before the mirror is asked.
+    let anon = c.get(b.url("/v2/up/team/base/manifests/1.0")).header("accept", ACCEPT).send().await.unwrap();
+    assert_eq!(anon.status(), 401);
+    let stranger = c
+        .get(b.url("/v2/locked/team/base/manifests/1.0"))
+        .header("accept", ACCEPT)
+        .header("authorization", &reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), 403);
+    let blob = c.get(b.url(&format!("/v2/up/team/base/blobs/{}", sha256(&layer)))).send().await.unwrap();
+    assert_eq!(blob.status(), 401);
+    assert_eq!(up.served().len(), before, "a refused caller made the mirror ask the upstream");
+    // The reader's pull fills (the mirror writes, not the reader).
+    let m = c
+        .get(b.url("/v2/up/team/base/manifests/1.0"))
+        .header("accept", ACCEPT)
+        .header("authorization", &reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200);
+    assert_eq!(m.headers()["docker-content-digest"], digest.as_str());
+    // Pushes: the reader never; the writer where allow_push is set only.
+    let push_as = |who: &str, repo: &str| {
+        c.post(b.url(&format!("/v2/{repo}/blobs/uploads/"))).header("authorization", who.to_owned()).send()
+    };
+    assert_eq!(push_as(&reader, "up/team/base").await.unwrap().status(), 403);
+    assert_eq!(push_as(&writer, "up/team/mine").await.unwrap().status(), 202);
+    assert_eq!(push_as(&writer, "locked/team/mine").await.unwrap().status(), 403);
+}
