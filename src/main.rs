@@ -542,9 +542,22 @@ fn human_bytes(n: u64) -> String {
 #[cfg(feature = "mirror")]
 fn mirror_sync(cfg: &Config, only: Option<String>, json: bool) -> ExitCode {
     let mirror_config = cfg.mirror.clone();
+    #[cfg(feature = "scan")]
+    let scan_config = cfg.scan.clone();
     with_registry(cfg, |registry| async move {
+        #[cfg(feature = "scan")]
+        let scanner =
+            scan_config.enabled.then(|| berth::ext::scan::Scanner::new(registry.clone(), scan_config.clone()));
+        let stored: std::sync::Arc<std::sync::Mutex<Vec<(berth::oci::RepoName, berth::oci::Digest)>>> =
+            Default::default();
         let mirror = match berth::ext::mirror::Mirror::new(&mirror_config, registry) {
-            Ok(Some(m)) => m,
+            Ok(Some(mut m)) => {
+                let stored = stored.clone();
+                m.set_on_stored(std::sync::Arc::new(move |repo, digest| {
+                    stored.lock().unwrap_or_else(|p| p.into_inner()).push((repo.clone(), digest.clone()));
+                }));
+                m
+            }
             Ok(None) => {
                 eprintln!("berth: the configuration has no [[mirror.upstreams]]");
                 return ExitCode::from(2);
@@ -602,6 +615,18 @@ fn mirror_sync(cfg: &Config, only: Option<String>, json: bool) -> ExitCode {
                 }
             }
         }
+        // What was copied is queued for the fleet's scanners, as a push is.
+        #[cfg(feature = "scan")]
+        if let Some(scanner) = &scanner {
+            let copied = std::mem::take(&mut *stored.lock().unwrap_or_else(|p| p.into_inner()));
+            for (repo, digest) in copied {
+                if let Err(e) = scanner.enqueue(&repo, &digest).await {
+                    eprintln!("berth: cannot queue {repo}@{digest} for scanning: {e}");
+                }
+            }
+        }
+        #[cfg(not(feature = "scan"))]
+        drop(stored);
         if json {
             let printed = print_json(&reports);
             if printed != ExitCode::SUCCESS {

@@ -312,6 +312,7 @@ impl Server {
         }
         #[cfg(feature = "mirror")]
         {
+            #[cfg_attr(not(feature = "scan"), allow(unused_mut))]
             let mut mirror = crate::ext::mirror::Mirror::new(&config.mirror, app.registry.clone())
                 .map_err(|e| anyhow::anyhow!(e))?;
             #[cfg(feature = "scan")]

@@ -912,7 +912,7 @@ async fn a_second_sync_while_one_runs_is_refused_by_the_lease() {
         push_tagged(&up.url(), &auth, "team/big", tag, 20 + i as u8, 8 << 20).await;
     }
     let b = Berth::start(&format!(
-        "[state]\nbackend = \"redis\"\n[state.redis]\nurl = \"{}\"\n\
+        "[state]\nbackend = \"redis\"\n[state.redis]\nurl = \"{}\"\n[scan]\nworkers = 1\n\
          [[mirror.upstreams]]\nname = \"dist\"\nprefix = \"up\"\nurl = \"{}\"\nusername = \"mirror\"\n\
          password = \"Upstream-pw1\"\nsync = {{ repositories = [\"team/big\"] }}\n",
         redis.url(),
@@ -936,6 +936,20 @@ async fn a_second_sync_while_one_runs_is_refused_by_the_lease() {
     let third = sync_command(&b).output().unwrap();
     assert!(third.status.success());
     assert!(String::from_utf8_lossy(&third.stdout).contains("4 current"), "{}", String::from_utf8_lossy(&third.stdout));
+    // What the commands copied was queued (in Redis) for the replica's
+    // scanner, as a push is: its four jobs run with no one asking.
+    #[cfg(feature = "scan")]
+    {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let metrics = client().get(b.url("/metrics")).send().await.unwrap().text().await.unwrap();
+            if common::metric_value(&metrics, r#"berth_scan_jobs_total{outcome="ok"}"#) >= 4.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the synced images were not scanned: {metrics}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// A hung upstream (accepting connections, never answering): while one pull
