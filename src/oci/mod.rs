@@ -3,6 +3,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod image;
 pub mod manifest;
 pub mod name;
 
