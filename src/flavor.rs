@@ -2,7 +2,7 @@
 //! flavor they add up to. `berth --version` prints it.
 
 /// Every extension the project has, in the order `--version` lists them.
-pub const EXTENSIONS: &[&str] = &["metrics", "mirror", "otel", "scan"];
+pub const EXTENSIONS: &[&str] = &["metrics", "mirror", "otel", "scan", "search", "ui"];
 
 /// The extensions compiled into this binary.
 pub fn features() -> Vec<&'static str> {
@@ -14,6 +14,9 @@ fn enabled(name: &str) -> bool {
         || (name == "otel" && cfg!(feature = "otel"))
         || (name == "scan" && cfg!(feature = "scan"))
         || (name == "mirror" && cfg!(feature = "mirror"))
+        || (name == "search" && cfg!(feature = "search"))
+        || (name == "ui" && cfg!(feature = "ui"))
+        || (name == "ui" && cfg!(feature = "ui"))
 }
 
 /// The extensions as `GET /v2/_oci/ext/discover` lists them (the OCI
@@ -29,6 +32,15 @@ pub fn discover() -> Vec<serde_json::Value> {
                 &["/v2/{name}/_berth/scan/{reference}"],
             ),
             "mirror" => ("Pull-through mirrors of upstream registries under configured prefixes", &[]),
+            "search" => (
+                "Repositories by name, tags with digests and push times, and image details (JSON)",
+                &[
+                    "/v2/_berth/search/repositories",
+                    "/v2/_berth/search/tags/{name}",
+                    "/v2/_berth/search/images/{name}/{reference}",
+                ],
+            ),
+            "ui" => ("Web pages: repositories, tags, image details, sign-in", &["/ui/"]),
             _ => ("", &[]),
         };
         out.push(serde_json::json!({

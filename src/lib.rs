@@ -9,7 +9,14 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod conn;
-#[cfg(any(feature = "metrics", feature = "mirror", feature = "otel", feature = "scan"))]
+#[cfg(any(
+    feature = "metrics",
+    feature = "mirror",
+    feature = "otel",
+    feature = "scan",
+    feature = "search",
+    feature = "ui"
+))]
 pub mod ext;
 pub mod flavor;
 pub mod glob;
@@ -20,4 +27,5 @@ pub mod ratelimit;
 pub mod registry;
 pub mod server;
 pub mod telemetry;
+pub mod timefmt;
 pub mod tls;

@@ -101,6 +101,12 @@ enum Command {
         #[command(subcommand)]
         command: MirrorCommand,
     },
+    /// Search index tools.
+    #[cfg(feature = "search")]
+    Search {
+        #[command(subcommand)]
+        command: SearchCommand,
+    },
     /// Storage used per repository: from the last collection pass, or with
     /// --fresh from a scan now.
     Usage {
@@ -129,6 +135,20 @@ enum MirrorCommand {
         #[arg(long)]
         upstream: Option<String>,
         /// Print the reports as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[cfg(feature = "search")]
+#[derive(Debug, Subcommand)]
+enum SearchCommand {
+    /// Build the search index from a listing of every record, write it as
+    /// the fleet's snapshot and tell every running replica to load it.
+    Reindex {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -297,6 +317,31 @@ fn main() -> ExitCode {
             };
             let _logs = berth::telemetry::init(&cfg.log, &Default::default());
             mirror_sync(&cfg, upstream, json)
+        }
+        #[cfg(feature = "search")]
+        Command::Search { command: SearchCommand::Reindex { config, json } } => {
+            let cfg = match load_valid(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let _logs = berth::telemetry::init(&cfg.log, &Default::default());
+            with_registry(&cfg, |registry| async move {
+                match berth::ext::search::reindex(&registry).await {
+                    Ok(stats) if json => print_json(&stats),
+                    Ok(stats) => {
+                        println!(
+                            "search index rebuilt: {} repositories, {} tags ({} records listed) in {:.1} s; \
+                             running replicas load it now",
+                            stats.repositories, stats.tags, stats.records_listed, stats.seconds
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("berth: cannot rebuild the search index: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
         }
         Command::Usage { config, repositories, fresh, json } => {
             let cfg = match load_valid(config.as_deref()) {

@@ -323,6 +323,14 @@ impl Server {
             }
             app.mirror = mirror.map(Arc::new);
         }
+        #[cfg(feature = "search")]
+        if config.search.enabled {
+            app.search = Some(Arc::new(crate::ext::search::Search::new(app.registry.clone(), config.search.clone())));
+        }
+        #[cfg(feature = "ui")]
+        if config.ui.enabled {
+            app.ui = Some(crate::ext::ui::UiSettings::from_config(&config.ui));
+        }
         let app = Arc::new(app);
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -415,6 +423,8 @@ impl Server {
         };
         #[cfg(feature = "scan")]
         let scan_tasks = self.app.scanner.as_ref().map(|s| s.spawn()).unwrap_or_default();
+        #[cfg(feature = "search")]
+        let search_tasks = self.app.search.as_ref().map(|s| s.spawn()).unwrap_or_default();
         let health = self.health_listener.map(|listener| {
             let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
             tracing::info!(%addr, "health listener (/livez, /readyz, /metrics) on plain HTTP");
@@ -500,6 +510,10 @@ impl Server {
         }
         #[cfg(feature = "scan")]
         for t in scan_tasks {
+            t.abort();
+        }
+        #[cfg(feature = "search")]
+        for t in search_tasks {
             t.abort();
         }
         tokio::select! {

@@ -82,6 +82,38 @@ fn environment_overrides_and_flags() {
     assert!(b.addr.starts_with("127.0.0.2:"), "{}", b.addr);
 }
 
+/// The search API exists exactly when the extension is built: the minimal
+/// flavor answers its paths as it answers any unknown path.
+#[tokio::test]
+async fn the_search_api_answers_only_in_builds_with_the_extension() {
+    let b = Berth::start("");
+    let c = client();
+    let discover: serde_json::Value = c.get(b.url("/v2/_oci/ext/discover")).send().await.unwrap().json().await.unwrap();
+    let listed = discover["extensions"].as_array().unwrap().iter().any(|e| e["name"] == "_berth.search");
+    assert_eq!(listed, cfg!(feature = "search"), "{discover}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = c.get(b.url("/v2/_berth/search/repositories?q=x")).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        if cfg!(feature = "search") {
+            // 503 only while the first index is being built.
+            if status == 503 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains("\"total\":0"), "{body}");
+        } else {
+            assert_eq!(status, 404, "{body}");
+            assert!(body.contains("NAME_UNKNOWN"), "{body}");
+        }
+        break;
+    }
+    let detail = c.get(b.url("/v2/_berth/search/images/a/latest")).send().await.unwrap();
+    assert_eq!(detail.status(), 404);
+}
+
 #[tokio::test]
 async fn health_endpoints() {
     let b = Berth::start("");

@@ -51,6 +51,13 @@ pub enum Endpoint {
     /// `GET /v2/<name>/_berth/scan/<reference>`: the scan report (the
     /// `scan` extension; builds without it answer 404).
     ScanReport { name: RepoName, reference: Reference },
+    /// `GET /v2/_berth/search/repositories`: repositories by name (the
+    /// `search` extension; builds without it answer 404).
+    SearchRepositories,
+    /// `GET /v2/_berth/search/tags/<name>`: a repository's tags.
+    SearchTags { name: RepoName },
+    /// `GET /v2/_berth/search/images/<name>/<reference>`: image details.
+    SearchImage { name: RepoName, reference: Reference },
 }
 
 /// Why a request matched no operation.
@@ -69,7 +76,7 @@ impl Endpoint {
     pub fn repo(&self) -> Option<&RepoName> {
         use Endpoint::*;
         match self {
-            Base | Catalog | Discover => None,
+            Base | Catalog | Discover | SearchRepositories => None,
             BlobGet { name, .. }
             | BlobHead { name, .. }
             | BlobDelete { name, .. }
@@ -84,7 +91,9 @@ impl Endpoint {
             | ManifestDelete { name, .. }
             | TagsList { name }
             | Referrers { name, .. }
-            | ScanReport { name, .. } => Some(name),
+            | ScanReport { name, .. }
+            | SearchTags { name }
+            | SearchImage { name, .. } => Some(name),
         }
     }
 
@@ -110,6 +119,9 @@ impl Endpoint {
             Referrers { .. } => "referrers",
             Discover => "discover",
             ScanReport { .. } => "scan_report",
+            SearchRepositories => "search_repositories",
+            SearchTags { .. } => "search_tags",
+            SearchImage { .. } => "search_image",
         }
     }
 }
@@ -158,6 +170,10 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ParseError> {
     // Bound the work done on hostile paths before splitting.
     if rest.len() > 2048 {
         return Err(ParseError::Invalid(OciError::NameInvalid("path too long".into())));
+    }
+    // _berth/search/...: `_berth` cannot be a name component.
+    if let Some(search) = rest.strip_prefix("_berth/search/") {
+        return parse_search(method, search);
     }
     let segs: Vec<&str> = rest.split('/').collect();
     let n = segs.len();
@@ -251,6 +267,31 @@ pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ParseError> {
     Err(ParseError::NotFound)
 }
 
+/// `repositories`, `tags/<name>`, `images/<name>/<reference>`: the name is
+/// the rest of the path (a reference never holds `/`).
+fn parse_search(method: &Method, path: &str) -> Result<Endpoint, ParseError> {
+    let endpoint = if path == "repositories" {
+        Endpoint::SearchRepositories
+    } else if let Some(n) = path.strip_prefix("tags/") {
+        Endpoint::SearchTags { name: name(n)? }
+    } else if let Some((n, r)) = path.strip_prefix("images/").and_then(|p| p.rsplit_once('/')) {
+        let name = name(n)?;
+        let reference = match reference(r) {
+            Err(ParseError::Invalid(OciError::ManifestInvalid(m))) => {
+                return Err(ParseError::Invalid(OciError::ManifestUnknown(m)))
+            }
+            r => r?,
+        };
+        Endpoint::SearchImage { name, reference }
+    } else {
+        return Err(ParseError::NotFound);
+    };
+    match *method {
+        Method::GET => Ok(endpoint),
+        _ => Err(ParseError::MethodNotAllowed("GET")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -302,6 +343,25 @@ mod tests {
         check("GET", "/v2/_berth/scan/latest", Err("404"));
         check("GET", "/v2/A/_berth/scan/latest", Err("NAME_INVALID"));
         check("GET", "/v2/a/_berth/scan/-bad", Err("MANIFEST_UNKNOWN"));
+        check("GET", "/v2/_berth/search/repositories", Ok(Endpoint::SearchRepositories));
+        check("POST", "/v2/_berth/search/repositories", Err("405"));
+        check("GET", "/v2/_berth/search/tags/a/images", Ok(Endpoint::SearchTags { name: n("a/images") }));
+        check(
+            "GET",
+            "/v2/_berth/search/images/a/tags/list",
+            Ok(Endpoint::SearchImage { name: n("a/tags"), reference: "list".parse().unwrap() }),
+        );
+        check(
+            "GET",
+            &format!("/v2/_berth/search/images/team/app/{D}"),
+            Ok(Endpoint::SearchImage { name: n("team/app"), reference: D.parse().unwrap() }),
+        );
+        check("GET", "/v2/_berth/search/images/app", Err("404"));
+        check("GET", "/v2/_berth/search/images/a/-bad", Err("MANIFEST_UNKNOWN"));
+        check("GET", "/v2/_berth/search/tags/A", Err("NAME_INVALID"));
+        check("GET", "/v2/_berth/search/tags/", Err("NAME_INVALID"));
+        check("GET", "/v2/_berth/search/other", Err("404"));
+        check("GET", "/v2/_berth/search/", Err("404"));
         check("GET", &format!("/v2/a/b/blobs/{D}"), Ok(Endpoint::BlobGet { name: n("a/b"), digest: d() })); // end-2
         check("HEAD", &format!("/v2/a/blobs/{D}"), Ok(Endpoint::BlobHead { name: n("a"), digest: d() }));
         check(

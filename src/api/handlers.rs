@@ -145,6 +145,9 @@ async fn handle(app: &App, id: &Identity, endpoint: Endpoint, parts: Parts, body
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response())
         }
         Endpoint::ScanReport { name, reference } => scan_report(app, id, &name, &reference, &query).await,
+        Endpoint::SearchRepositories => search::repositories(app, id, &query).await,
+        Endpoint::SearchTags { name } => search::tags(app, id, &name, &query).await,
+        Endpoint::SearchImage { name, reference } => search::image(app, id, &name, &reference).await,
         Endpoint::BlobGet { name, digest } => blob_get(app, id, &name, &digest, &parts.headers).await,
         Endpoint::BlobHead { name, digest } => blob_head(app, id, &name, &digest).await,
         Endpoint::BlobDelete { name, digest } => {
@@ -567,6 +570,118 @@ async fn scan_report(app: &App, id: &Identity, name: &RepoName, reference: &Refe
             };
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response())
         }
+    }
+}
+
+/// The search extension's JSON API (`/v2/_berth/search/...`): what the
+/// caller may read, filtered at every page with the catalog's rules.
+#[cfg(feature = "search")]
+mod search {
+    use super::*;
+    use crate::ext::search::{Search, TagOrder};
+
+    fn service(app: &App) -> Result<&Arc<Search>, OciError> {
+        app.search.as_ref().ok_or_else(|| {
+            OciError::Unsupported("search is disabled on this registry ([search] enabled = false)".into())
+        })
+    }
+
+    /// A JSON answer private to the caller, with a `Link` to the next page.
+    fn page(body: serde_json::Value, next: Option<(&str, Vec<(&str, String)>)>) -> Response {
+        let mut resp = (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "private, no-store")],
+            body.to_string(),
+        )
+            .into_response();
+        if let Some((path, params)) = next {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &params {
+                q.append_pair(k, v);
+            }
+            resp.headers_mut().insert(header::LINK, hv(&format!("<{path}?{}>; rel=\"next\"", q.finish())));
+        }
+        resp
+    }
+
+    pub(super) async fn repositories(app: &App, id: &Identity, query: &Query) -> HandlerResult {
+        app.gate.require_identity(id)?;
+        let search = service(app)?;
+        let q = query.get("q").unwrap_or("");
+        let n = query.page_size()?;
+        let found = search.repositories(q, &|repo| app.gate.may_list(id, repo), query.get("last"), n)?;
+        let items: Vec<serde_json::Value> = found
+            .items
+            .iter()
+            .map(|h| {
+                json!({
+                    "name": h.name,
+                    "tags": h.tags,
+                    "manifests": h.manifests,
+                    "last_push": crate::ext::search::index::rfc3339(h.last_push),
+                })
+            })
+            .collect();
+        let body = json!({ "query": q, "total": found.total, "repositories": items });
+        let next = found.next.map(|last| {
+            let mut params = vec![("q", q.to_owned()), ("last", last)];
+            if let Some(n) = n {
+                params.push(("n", n.to_string()));
+            }
+            ("/v2/_berth/search/repositories", params)
+        });
+        Ok(page(body, next))
+    }
+
+    pub(super) async fn tags(app: &App, id: &Identity, name: &RepoName, query: &Query) -> HandlerResult {
+        let access = app.gate.authorize(id, name)?;
+        let search = service(app)?;
+        let sort = query.get("sort").unwrap_or("name");
+        let order = match sort {
+            "name" => TagOrder::Name,
+            "pushed" => TagOrder::Pushed,
+            other => return Err(OciError::Unsupported(format!("sort {other:?}: name or pushed"))),
+        };
+        let q = query.get("q").unwrap_or("");
+        let n = query.page_size()?;
+        let found = search.tags(&access, q, order, query.get("last"), n).await?;
+        let path = format!("/v2/_berth/search/tags/{name}");
+        let next = found.next.clone().map(|last| {
+            let mut params = vec![("sort", sort.to_owned()), ("q", q.to_owned()), ("last", last)];
+            if let Some(n) = n {
+                params.push(("n", n.to_string()));
+            }
+            (path.as_str(), params)
+        });
+        let body = serde_json::to_value(&found).map_err(OciError::internal)?;
+        Ok(page(body, next))
+    }
+
+    pub(super) async fn image(app: &App, id: &Identity, name: &RepoName, reference: &Reference) -> HandlerResult {
+        let access = app.gate.authorize(id, name)?;
+        let details = service(app)?.image(&access, reference).await?;
+        Ok(page(serde_json::to_value(&details).map_err(OciError::internal)?, None))
+    }
+}
+
+#[cfg(not(feature = "search"))]
+mod search {
+    use super::*;
+
+    fn absent() -> HandlerResult {
+        Err(OciError::NameUnknown("no such API endpoint (this build has no search extension)".into()))
+    }
+
+    pub(super) async fn repositories(_: &App, _: &Identity, _: &Query) -> HandlerResult {
+        absent()
+    }
+
+    pub(super) async fn tags(_: &App, _: &Identity, _: &RepoName, _: &Query) -> HandlerResult {
+        absent()
+    }
+
+    pub(super) async fn image(_: &App, _: &Identity, _: &RepoName, _: &Reference) -> HandlerResult {
+        absent()
     }
 }
 

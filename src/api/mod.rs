@@ -54,6 +54,12 @@ pub struct App {
     /// The mirror extension's upstreams, when configured.
     #[cfg(feature = "mirror")]
     pub mirror: Option<Arc<crate::ext::mirror::Mirror>>,
+    /// The search extension's index, when enabled.
+    #[cfg(feature = "search")]
+    pub search: Option<Arc<crate::ext::search::Search>>,
+    /// The UI's settings, when enabled.
+    #[cfg(feature = "ui")]
+    pub ui: Option<crate::ext::ui::UiSettings>,
 }
 
 impl App {
@@ -70,6 +76,10 @@ impl App {
             scanner: None,
             #[cfg(feature = "mirror")]
             mirror: None,
+            #[cfg(feature = "search")]
+            search: None,
+            #[cfg(feature = "ui")]
+            ui: None,
             metrics_access: None,
             trust_trace_context: false,
         }
@@ -158,6 +168,13 @@ impl MetricsAccess {
     }
 }
 
+/// An audit record of a UI sign-in attempt (the API's own are written by
+/// the dispatcher).
+#[cfg(feature = "ui")]
+pub(crate) fn audit_login(identity: Option<&crate::auth::Identity>, client: std::net::IpAddr, status: StatusCode) {
+    handlers::audit(identity, client, None, "ui_login", status);
+}
+
 /// Where the token service's public keys are published.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 
@@ -178,6 +195,10 @@ pub fn router(app: Arc<App>) -> Router {
     if let Some(t) = app.gate.token_service() {
         router =
             router.route(&t.path, get(token::token_get).post(token::token_post)).route(JWKS_PATH, get(token::jwks));
+    }
+    #[cfg(feature = "ui")]
+    if app.ui.is_some() {
+        router = router.merge(crate::ext::ui::routes());
     }
     router
         .fallback(handlers::dispatch)
@@ -242,6 +263,10 @@ fn fixed_operation(app: &App, path: &str) -> &'static str {
         "/admin/scrub" => "admin_scrub",
         JWKS_PATH => "jwks",
         _ if app.gate.token_service().is_some_and(|t| t.path == path) => "token",
+        #[cfg(feature = "ui")]
+        _ if app.ui.is_some() && crate::ext::ui::operation(path).is_some() => {
+            crate::ext::ui::operation(path).unwrap_or("unknown")
+        }
         _ => "unknown",
     }
 }

@@ -59,7 +59,7 @@ fn check_service(app: &App, params: &[(String, String)]) -> Result<(), OciError>
 }
 
 fn token_json(issued: &IssuedToken, oauth: bool) -> Response {
-    let issued_at = rfc3339(issued.issued_at);
+    let issued_at = crate::timefmt::rfc3339(issued.issued_at);
     let mut body = if oauth {
         json!({ "access_token": issued.token, "expires_in": issued.expires_in, "issued_at": issued_at, "scope": "" })
     } else {
@@ -173,33 +173,4 @@ pub async fn jwks(State(app): State<Arc<App>>) -> Response {
     let keys: Vec<_> = app.gate.token_service().map(|t| t.key.public_jwk().clone()).into_iter().collect();
     let body = json!({ "keys": keys });
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
-}
-
-/// Unix seconds as RFC 3339 UTC.
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_796_083_199), "2026-11-30T23:59:59Z");
-    }
 }

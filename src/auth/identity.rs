@@ -195,6 +195,63 @@ impl Identity {
     }
 }
 
+/// An identity written down, to be restored on a later request (the UI's
+/// sign-in sessions keep one in shared state). Holds no credential.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedIdentity {
+    /// `htpasswd`, `ldap`, `cert` or `issuer:<id>`.
+    source: String,
+    name: String,
+    groups: Vec<String>,
+    method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_access: Option<Vec<ResourceActions>>,
+}
+
+impl Identity {
+    /// The identity written down; `None` for the anonymous caller.
+    pub fn save(&self) -> Option<SavedIdentity> {
+        let subject = self.subject.as_ref()?;
+        let source = match &subject.source {
+            Source::Issuer(id) => format!("issuer:{id}"),
+            other => other.claim()?.to_owned(),
+        };
+        Some(SavedIdentity {
+            source,
+            name: subject.name.clone(),
+            groups: self.groups.clone(),
+            method: self.method.name().to_owned(),
+            token_access: self.token_access.clone(),
+        })
+    }
+
+    /// The identity `saved` describes (`None` if it is not one this build
+    /// writes). Policy is checked on every use, so a restored identity has
+    /// exactly the rights its subject has now.
+    pub fn restore(saved: &SavedIdentity) -> Option<Identity> {
+        let source = match saved.source.strip_prefix("issuer:") {
+            Some(id) if !id.is_empty() => Source::Issuer(Arc::from(id)),
+            Some(_) => return None,
+            None => Source::from_claim(&saved.source)?,
+        };
+        let method = match saved.method.as_str() {
+            "htpasswd" => AuthMethod::Htpasswd,
+            "ldap" => AuthMethod::Ldap,
+            "bearer" => AuthMethod::Bearer,
+            "mtls" => AuthMethod::Mtls,
+            _ => return None,
+        };
+        if saved.name.is_empty() {
+            return None;
+        }
+        let id = Identity::authenticated(Subject::new(source, saved.name.clone()), saved.groups.clone(), method);
+        Some(match &saved.token_access {
+            Some(access) => id.with_token_access(access.clone()),
+            None => id,
+        })
+    }
+}
+
 /// Which sources a name in the configuration may refer to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Scope {
@@ -298,6 +355,33 @@ pub fn valid_issuer_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saved_identity_restores_as_it_was() {
+        let plain = Identity::authenticated(Subject::new(Source::Ldap, "alice"), vec!["devs".into()], AuthMethod::Ldap);
+        let token =
+            Identity::authenticated(Subject::new(Source::Issuer(Arc::from("sso")), "bot"), vec![], AuthMethod::Bearer)
+                .with_token_access(vec![ResourceActions {
+                    kind: "repository".into(),
+                    name: "team/app".into(),
+                    actions: vec!["pull".into()],
+                }]);
+        for id in [plain, token] {
+            let saved = id.save().unwrap();
+            let json = serde_json::to_string(&saved).unwrap();
+            let back: SavedIdentity = serde_json::from_str(&json).unwrap();
+            assert_eq!(Identity::restore(&back).unwrap(), id);
+        }
+        assert!(Identity::anonymous().save().is_none());
+        let mut odd = Identity::authenticated(Subject::new(Source::Htpasswd, "bob"), vec![], AuthMethod::Htpasswd)
+            .save()
+            .unwrap();
+        odd.method = "anonymous".into();
+        assert!(Identity::restore(&odd).is_none(), "a session never restores as anonymous or unknown");
+        odd.method = "htpasswd".into();
+        odd.source = "issuer:".into();
+        assert!(Identity::restore(&odd).is_none());
+    }
 
     fn user(s: &str) -> NameRef {
         NameRef::parse(s, NameKind::User, &["ci"]).unwrap()

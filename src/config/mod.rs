@@ -58,6 +58,52 @@ pub struct Config {
     pub mesh: Option<MeshConfig>,
     /// Pull-through mirrors of upstream registries (the `mirror` extension).
     pub mirror: MirrorConfig,
+    /// Repository search (the `search` extension).
+    pub search: SearchConfig,
+    /// The web UI (the `ui` extension).
+    pub ui: UiConfig,
+}
+
+/// `[search]`: an index of repositories and tags, derived from the records
+/// in the object store, answering `/v2/_berth/search/...`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    pub enabled: bool,
+    /// How often each replica lists every record again, catching up with
+    /// changes whose notices it missed (notices apply within a second).
+    pub rescan_interval: HumanDuration,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig { enabled: true, rescan_interval: HumanDuration(Duration::from_secs(600)) }
+    }
+}
+
+/// `[ui]`: the web pages at `/ui/` (needs `[search]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    pub enabled: bool,
+    /// How long a sign-in lasts without being used.
+    pub session_idle: HumanDuration,
+    /// How long a sign-in lasts at most.
+    pub session_max: HumanDuration,
+    /// The host name pull commands show (default: the Host the page was
+    /// asked with).
+    pub pull_host: Option<String>,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig {
+            enabled: true,
+            session_idle: HumanDuration(Duration::from_secs(3600)),
+            session_max: HumanDuration(Duration::from_secs(12 * 3600)),
+            pull_host: None,
+        }
+    }
 }
 
 /// `[mirror]`: local repository prefixes served from upstream registries,
@@ -1348,6 +1394,52 @@ impl Config {
         Ok(())
     }
 
+    fn validate_search_ui(&self) -> Result<(), ConfigError> {
+        if !cfg!(feature = "search") && self.search != SearchConfig::default() {
+            return Err(ConfigError::Key {
+                key: "search".into(),
+                message: "this build has no search extension (the minimal flavor); remove the section".into(),
+            });
+        }
+        if !cfg!(feature = "ui") && self.ui != UiConfig::default() {
+            return Err(ConfigError::Key {
+                key: "ui".into(),
+                message: "this build has no ui extension; remove the section".into(),
+            });
+        }
+        if self.search.rescan_interval.0 < Duration::from_secs(10) {
+            return Err(ConfigError::Key {
+                key: "search.rescan_interval".into(),
+                message: "must be at least 10s, e.g. rescan_interval = \"10m\"".into(),
+            });
+        }
+        if self.ui.enabled && cfg!(feature = "ui") && !self.search.enabled {
+            return Err(ConfigError::Key {
+                key: "ui.enabled".into(),
+                message: "the UI needs search: set [search] enabled = true, or [ui] enabled = false".into(),
+            });
+        }
+        let (idle, max) = (self.ui.session_idle.0, self.ui.session_max.0);
+        if idle < Duration::from_secs(60) || max < idle || max > Duration::from_secs(30 * 24 * 3600) {
+            return Err(ConfigError::Key {
+                key: "ui.session_idle".into(),
+                message: "session_idle must be at least 1m and at most session_max, which is at most 30d".into(),
+            });
+        }
+        if let Some(host) = &self.ui.pull_host {
+            let ok = !host.is_empty()
+                && host.len() <= 253
+                && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+            if !ok {
+                return Err(ConfigError::Key {
+                    key: "ui.pull_host".into(),
+                    message: format!("{host:?} is not a host[:port], e.g. pull_host = \"registry.example.com\""),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn validate_scan(&self) -> Result<(), ConfigError> {
         if !cfg!(feature = "scan") && self.scan != ScanConfig::default() {
             return Err(ConfigError::Key {
@@ -1476,6 +1568,7 @@ impl Config {
         }
         self.validate_scan()?;
         self.validate_mirror()?;
+        self.validate_search_ui()?;
         if self.uploads.session_ttl.0 < Duration::from_secs(60) {
             return Err(ConfigError::Key {
                 key: "uploads.session_ttl".into(),

@@ -11,3 +11,7 @@ pub mod otel;
 pub mod prometheus;
 #[cfg(feature = "scan")]
 pub mod scan;
+#[cfg(feature = "search")]
+pub mod search;
+#[cfg(feature = "ui")]
+pub mod ui;

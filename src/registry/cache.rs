@@ -174,6 +174,9 @@ impl Caches {
         match (parts.next(), parts.next(), parts.next()) {
             (Some("tag"), Some(repo), Some(tag)) => self.forget_tag(repo, tag),
             (Some("manifest"), Some(repo), Some(digest)) => self.forget_manifest(repo, digest),
+            // A repository changed in a way no cached entry depends on
+            // (records.rs): for derived indexes only.
+            (Some("repo"), Some(_), _) => {}
             _ => tracing::debug!("ignoring malformed cache invalidation"),
         }
     }

@@ -76,6 +76,19 @@ pub enum RepoKey {
     Pull { repo: RepoName, digest: Digest },
 }
 
+impl RepoKey {
+    /// The repository the record belongs to.
+    pub fn repo(&self) -> &RepoName {
+        match self {
+            RepoKey::Revision { repo, .. }
+            | RepoKey::Tag { repo, .. }
+            | RepoKey::Link { repo, .. }
+            | RepoKey::Referrer { repo, .. }
+            | RepoKey::Pull { repo, .. } => repo,
+        }
+    }
+}
+
 /// Parse a key under [`REPOSITORIES_PREFIX`]; `None` for anything this
 /// layout does not write. Name components start with `[a-z0-9]`, so the
 /// first `/_` ends the repository name.

@@ -77,7 +77,7 @@ impl From<ManifestError> for OciError {
 }
 
 impl Registry {
-    async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Digest> {
+    pub(super) async fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Digest> {
         let raw = match self.store.get_bytes(&keys::tag(repo, tag), 1024).await {
             Ok(raw) => raw,
             Err(e) if e.is_not_found() => return Err(OciError::ManifestUnknown(format!("{repo}:{tag}"))),
@@ -201,6 +201,9 @@ impl Registry {
             if self.gc_guard(&[key, keys::revision(repo, &digest)]).await?.is_some() {
                 return Err(collecting());
             }
+        } else {
+            // No tag message tells the other replicas' indexes of this one.
+            self.announce_change(repo).await;
         }
         Ok(PushedManifest { digest, subject: parsed.subject.map(|s| s.digest) })
     }

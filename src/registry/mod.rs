@@ -14,6 +14,7 @@ pub mod instrumented;
 pub mod instrumented_state;
 pub mod keys;
 mod manifests;
+pub mod records;
 pub mod revocations;
 mod uploads;
 

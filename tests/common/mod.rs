@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
+pub mod images;
 pub mod pki;
 
 use std::io::{BufRead, BufReader};

@@ -264,7 +264,7 @@ impl Registry {
     }
 
     /// List every object under `prefix`, page by page.
-    async fn list_all(&self, prefix: &str, mut each: impl FnMut(&ObjectMeta)) -> Result<u64> {
+    pub(super) async fn list_all(&self, prefix: &str, mut each: impl FnMut(&ObjectMeta)) -> Result<u64> {
         let mut after: Option<String> = None;
         let mut n = 0;
         loop {
@@ -763,11 +763,26 @@ impl Registry {
                         m.gc_reclaimed_bytes.fetch_add(d.bytes, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
+                let mut changed = std::collections::BTreeSet::new();
                 for d in batch {
-                    if let (Kind::Manifest, Some(repo)) = (d.kind, &d.repository) {
-                        if let Ok(digest) = d.target.parse::<Digest>() {
-                            self.caches.invalidate_manifest(self.state.as_ref(), repo, &digest).await;
+                    let Some(repo) = &d.repository else { continue };
+                    match d.kind {
+                        Kind::Manifest => {
+                            if let Ok(digest) = d.target.parse::<Digest>() {
+                                self.caches.invalidate_manifest(self.state.as_ref(), repo, &digest).await;
+                            }
                         }
+                        Kind::Tag => self.caches.invalidate_tag(self.state.as_ref(), repo, &d.target).await,
+                        Kind::Repository | Kind::Referrer => {
+                            changed.insert(repo.clone());
+                        }
+                        _ => {}
+                    }
+                }
+                // Derived indexes (search) re-read these repositories.
+                for repo in changed {
+                    if let Ok(name) = repo.parse::<RepoName>() {
+                        self.announce_change(&name).await;
                     }
                 }
                 report.items.extend(batch.iter().map(|d| (*d).clone()));
