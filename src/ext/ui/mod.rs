@@ -69,7 +69,9 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/ui/login", get(login_form).post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/assets/{file}", get(asset))
-        .fallback(not_found)
+        // Anything else under /ui/ is a page that does not exist (the
+        // main router's fallback answers API paths only).
+        .route("/ui/{*rest}", get(not_found).post(not_found))
         .layer(middleware::from_fn(security_headers))
 }
 
@@ -98,8 +100,8 @@ async fn security_headers(req: Request, next: Next) -> Response {
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
     h.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
-    if !is_asset {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if !is_asset || !resp.status().is_success() {
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
 }

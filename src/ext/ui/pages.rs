@@ -64,6 +64,8 @@ fn layout(v: Option<&Visitor>, title: &str, query: &str, main: Markup) -> Markup
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="color-scheme" content="light dark";
                 title { (title) " · Berth" }
+                // No icon request (none is served).
+                link rel="icon" href="data:,";
                 link rel="stylesheet" href="/ui/assets/app.css";
                 script src="/ui/assets/app.js" defer {}
             }
