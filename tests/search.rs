@@ -362,3 +362,81 @@ async fn the_index_follows_pushes_deletes_and_reindex() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+/// What a replica answers for a search and for a repository's tags
+/// (digests included), or `None` while its index is being built.
+async fn answer(base: &str) -> Option<serde_json::Value> {
+    let repos = client().get(format!("{base}/v2/_berth/search/repositories?q=&n=100")).send().await.unwrap();
+    if repos.status() != 200 {
+        return None;
+    }
+    let repos: serde_json::Value = repos.json().await.unwrap();
+    let mut tags = serde_json::Map::new();
+    for r in repos["repositories"].as_array().unwrap() {
+        let name = r["name"].as_str().unwrap();
+        let t: serde_json::Value = client()
+            .get(format!("{base}/v2/_berth/search/tags/{name}?sort=pushed"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tags.insert(name.to_owned(), t);
+    }
+    Some(serde_json::json!({ "repositories": repos, "tags": tags }))
+}
+
+/// Wait until every replica answers `expect(answer)` alike; the time it took.
+async fn agree(fleet: &common::LocalFleet, what: &str, expect: impl Fn(&serde_json::Value) -> bool) -> Duration {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    loop {
+        let mut answers = Vec::new();
+        for n in 1..=3 {
+            answers.push(answer(fleet.replica(n)).await);
+        }
+        let alike = answers.iter().all(|a| a.is_some() && a == &answers[0]);
+        if alike && expect(answers[0].as_ref().unwrap()) {
+            return started.elapsed();
+        }
+        assert!(Instant::now() < deadline, "{what}: the replicas never agreed:\n{answers:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Three replicas sharing S3 and Redis answer a search the same way, kept
+/// current by change notices alone (the periodic rescan is an hour away).
+#[tokio::test]
+async fn every_replica_of_a_fleet_answers_alike() {
+    let fleet = common::LocalFleet::up(3, &[("BERTH__SEARCH__RESCAN_INTERVAL", "1h")]);
+    let names = |a: &serde_json::Value| -> Vec<String> {
+        a["repositories"]["repositories"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect()
+    };
+    agree(&fleet, "start", |a| names(a).is_empty()).await;
+
+    // Pushes on different replicas: a new repository on each, a push by
+    // digest, a tag moved.
+    let on = |n: usize| Pusher::new(fleet.replica(n), None);
+    on(1).image("fleet/one", Some("v1"), ("linux", "amd64"), &[], &[b"one"]).await;
+    let lag_new = agree(&fleet, "a new repository", |a| names(a) == ["fleet/one"]).await;
+    on(2).image("fleet/two", Some("v1"), ("linux", "amd64"), &[], &[b"two"]).await;
+    on(3).image("fleet/two", None, ("linux", "arm64"), &[], &[b"by digest"]).await;
+    let lag_digest = agree(&fleet, "a push by digest", |a| {
+        a["repositories"]["repositories"].as_array().unwrap().iter().any(|r| r["name"] == "fleet/two" && r["manifests"] == 2)
+    })
+    .await;
+    let moved = on(3).image("fleet/one", Some("v1"), ("linux", "amd64"), &[("moved", "yes")], &[b"one"]).await;
+    let lag_moved = agree(&fleet, "a moved tag", |a| a["tags"]["fleet/one"]["tags"][0]["digest"] == moved.digest.as_str()).await;
+    // A tag deleted on one replica leaves every replica's answer.
+    on(2).image("fleet/one", Some("v2"), ("linux", "amd64"), &[], &[b"v2"]).await;
+    agree(&fleet, "a second tag", |a| a["tags"]["fleet/one"]["total"] == 2).await;
+    let resp = client().delete(format!("{}/v2/fleet/one/manifests/v2", fleet.replica(1))).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let lag_deleted = agree(&fleet, "a deleted tag", |a| a["tags"]["fleet/one"]["total"] == 1).await;
+    println!(
+        "replicas agreed after: new repository {lag_new:?}, push by digest {lag_digest:?}, moved tag {lag_moved:?}, \
+         deleted tag {lag_deleted:?}"
+    );
+    fleet.assert_no_server_errors();
+}
