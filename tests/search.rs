@@ -411,7 +411,12 @@ async fn agree(fleet: &common::LocalFleet, what: &str, expect: impl Fn(&serde_js
 async fn every_replica_of_a_fleet_answers_alike() {
     let fleet = common::LocalFleet::up(3, &[("BERTH__SEARCH__RESCAN_INTERVAL", "1h")]);
     let names = |a: &serde_json::Value| -> Vec<String> {
-        a["repositories"]["repositories"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect()
+        a["repositories"]["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect()
     };
     agree(&fleet, "start", |a| names(a).is_empty()).await;
 
@@ -423,11 +428,16 @@ async fn every_replica_of_a_fleet_answers_alike() {
     on(2).image("fleet/two", Some("v1"), ("linux", "amd64"), &[], &[b"two"]).await;
     on(3).image("fleet/two", None, ("linux", "arm64"), &[], &[b"by digest"]).await;
     let lag_digest = agree(&fleet, "a push by digest", |a| {
-        a["repositories"]["repositories"].as_array().unwrap().iter().any(|r| r["name"] == "fleet/two" && r["manifests"] == 2)
+        a["repositories"]["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "fleet/two" && r["manifests"] == 2)
     })
     .await;
     let moved = on(3).image("fleet/one", Some("v1"), ("linux", "amd64"), &[("moved", "yes")], &[b"one"]).await;
-    let lag_moved = agree(&fleet, "a moved tag", |a| a["tags"]["fleet/one"]["tags"][0]["digest"] == moved.digest.as_str()).await;
+    let lag_moved =
+        agree(&fleet, "a moved tag", |a| a["tags"]["fleet/one"]["tags"][0]["digest"] == moved.digest.as_str()).await;
     // A tag deleted on one replica leaves every replica's answer.
     on(2).image("fleet/one", Some("v2"), ("linux", "amd64"), &[], &[b"v2"]).await;
     agree(&fleet, "a second tag", |a| a["tags"]["fleet/one"]["total"] == 2).await;

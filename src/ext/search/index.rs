@@ -64,9 +64,51 @@ impl RepoEntry {
 }
 
 /// Every repository, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Index {
     repos: BTreeMap<Box<str>, RepoEntry>,
+    /// Every name in one string, for substring search in one pass; built
+    /// at the first query after a change.
+    haystack: std::sync::OnceLock<Haystack>,
+}
+
+impl PartialEq for Index {
+    fn eq(&self, other: &Index) -> bool {
+        self.repos == other.repos
+    }
+}
+
+impl Eq for Index {}
+
+/// The names, each followed by `\n` (no term holds one, so no match spans
+/// two names), and where each starts.
+#[derive(Debug, Clone, Default)]
+struct Haystack {
+    text: String,
+    starts: Vec<usize>,
+}
+
+impl Haystack {
+    fn build(repos: &BTreeMap<Box<str>, RepoEntry>) -> Haystack {
+        let mut h = Haystack {
+            text: String::with_capacity(repos.keys().map(|k| k.len() + 1).sum()),
+            starts: Vec::with_capacity(repos.len()),
+        };
+        for name in repos.keys() {
+            h.starts.push(h.text.len());
+            h.text.push_str(name);
+            h.text.push('\n');
+        }
+        h
+    }
+
+    /// The name holding byte `at`, and the next name's start.
+    fn name_at(&self, at: usize) -> (&str, usize) {
+        let i = self.starts.partition_point(|s| *s <= at) - 1;
+        let start = self.starts[i];
+        let end = self.starts.get(i + 1).copied().unwrap_or(self.text.len());
+        (&self.text[start..end - 1], end)
+    }
 }
 
 /// One repository in search results.
@@ -165,7 +207,7 @@ impl Index {
         for entry in repos.values_mut() {
             entry.finish();
         }
-        Index { repos }
+        Index { repos, haystack: Default::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -186,6 +228,9 @@ impl Index {
 
     /// Put a repository's entry, or remove it (`None`).
     pub fn set(&mut self, repo: &str, entry: Option<RepoEntry>) {
+        if entry.is_none() || !self.repos.contains_key(repo) {
+            self.haystack = Default::default();
+        }
         match entry {
             Some(e) => {
                 self.repos.insert(repo.into(), e);
@@ -205,31 +250,49 @@ impl Index {
     /// visible matches only, so nothing hidden shows through it.
     pub fn search(&self, q: &str, visible: &dyn Fn(&str) -> bool, last: Option<&str>, n: usize) -> RepoPage {
         let terms = terms(q);
-        let mut hits: Vec<((u32, usize, &str), &RepoEntry)> = self
-            .repos
-            .iter()
-            .filter_map(|(name, e)| sort_key(name, &terms).map(|k| (k, e)))
-            .filter(|((_, _, name), _)| visible(name))
-            .collect();
-        if !terms.is_empty() {
-            hits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        }
+        let hits: Vec<(u32, usize, &str)> = match terms.iter().max_by_key(|t| t.len()) {
+            None => self.repos.keys().map(|name| (0, 0, &**name)).filter(|(_, _, name)| visible(name)).collect(),
+            Some(longest) => {
+                // One pass over every name for the longest term; the
+                // names it finds are ranked on all terms.
+                let haystack = self.haystack.get_or_init(|| Haystack::build(&self.repos));
+                let mut hits = Vec::new();
+                let mut next_name = 0;
+                for (at, _) in haystack.text.match_indices(longest.as_str()) {
+                    if at < next_name {
+                        continue;
+                    }
+                    let (name, end) = haystack.name_at(at);
+                    next_name = end;
+                    if let Some(key) = sort_key(name, &terms) {
+                        if visible(name) {
+                            hits.push(key);
+                        }
+                    }
+                }
+                hits.sort_unstable();
+                hits
+            }
+        };
         let total = hits.len();
         // Where the previous page ended: its last name's key, whether or
         // not that name is still here (or was ever visible).
         let start = match last.and_then(|l| sort_key(l, &terms).map(|k| (k, l))) {
-            Some((key, _)) => hits.partition_point(|(k, _)| *k <= key),
+            Some((key, _)) => hits.partition_point(|k| *k <= key),
             None if last.is_some() => total,
             None => 0,
         };
         let page: Vec<RepoHit> = hits[start..]
             .iter()
             .take(n)
-            .map(|((_, _, name), e)| RepoHit {
-                name: (*name).to_owned(),
-                tags: e.tags.len(),
-                manifests: e.manifests,
-                last_push: e.last_push,
+            .filter_map(|(_, _, name)| {
+                let e = self.repos.get(*name)?;
+                Some(RepoHit {
+                    name: (*name).to_owned(),
+                    tags: e.tags.len(),
+                    manifests: e.manifests,
+                    last_push: e.last_push,
+                })
             })
             .collect();
         let next = (start + page.len() < total && !page.is_empty()).then(|| page[page.len() - 1].name.clone());
@@ -409,5 +472,14 @@ mod tests {
         idx.set("nginx", None);
         assert!(idx.get("nginx").is_none());
         assert_eq!(idx.len(), 6);
+        // Queries see names added and removed after an earlier query.
+        assert_eq!(
+            names(&idx.search("nginx", &|_| true, None, 10)),
+            ["library/nginx", "team-a/nginx-proxy", "tools/mynginx"]
+        );
+        idx.set("zeta/nginx", Some(RepoEntry::default()));
+        assert_eq!(names(&idx.search("zeta", &|_| true, None, 10)), ["zeta/nginx"]);
+        idx.set("zeta/nginx", None);
+        assert!(idx.search("zeta", &|_| true, None, 10).items.is_empty());
     }
 }

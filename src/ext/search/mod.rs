@@ -464,7 +464,7 @@ pub async fn reindex(registry: &Registry) -> Result<BuildStats, OciError> {
 /// repository `R\t<name>\t<last push ms>\t<manifests>` followed by its
 /// tags, `T\t<tag>\t<pushed ms>`; last `E\t<repositories>\t<tags>`, so a cut
 /// snapshot is refused. Names and tags never hold tabs or newlines.
-fn encode_snapshot(index: &Index, as_of_ms: u128) -> Bytes {
+pub fn encode_snapshot(index: &Index, as_of_ms: u128) -> Bytes {
     use std::fmt::Write;
     let mut out = String::with_capacity(64 + index.tag_count() * 32);
     let _ = writeln!(out, "{SNAPSHOT_MAGIC}\t{as_of_ms}");
@@ -478,7 +478,9 @@ fn encode_snapshot(index: &Index, as_of_ms: u128) -> Bytes {
     Bytes::from(out)
 }
 
-fn decode_snapshot(bytes: &[u8]) -> Option<(Index, SystemTime)> {
+/// The index a snapshot holds and when its listing began; `None` for a
+/// damaged or cut snapshot.
+pub fn decode_snapshot(bytes: &[u8]) -> Option<(Index, SystemTime)> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut lines = text.lines();
     let (magic, ms) = lines.next()?.split_once('\t')?;
