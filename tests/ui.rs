@@ -386,3 +386,58 @@ async fn a_browser_signs_in_searches_copies_and_runs_no_hostile_script() {
         assert!(png.starts_with(b"\x89PNG"), "{name} is no PNG");
     }
 }
+
+/// Sign-in with an access token from the token service: the session has
+/// the token's rights (no more), and ends when the token does.
+#[tokio::test]
+async fn sign_in_with_an_access_token_keeps_to_its_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let users: Vec<String> =
+        ["reader", "admin"].iter().map(|u| common::user_hash(u, &format!("{u}-password"))).collect();
+    std::fs::write(dir.path().join("users"), users.join("\n") + "\n").unwrap();
+    let key = dir.path().join("token.pem");
+    assert!(std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    let auth = format!(
+        "[auth]\nhtpasswd = {:?}\nadmins = [\"admin\"]\n[auth.token]\nkey_file = {:?}\n",
+        dir.path().join("users").display().to_string(),
+        key.display().to_string()
+    );
+    let b = Berth::start(&format!("{auth}{POLICY}"));
+    populate(&b).await;
+    let admin = Pusher::new(&b.base, Some(basic("admin")));
+    admin.image("team-a/web", Some("v1"), ("linux", "amd64"), &[], &[b"web"]).await;
+    // A token for the reader, for one repository only.
+    let token: serde_json::Value = client()
+        .get(b.url("/v2/token?service=berth&scope=repository:team-a/web:pull"))
+        .header("authorization", basic("reader"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap();
+    let form = fetch(&b, "/ui/login", None).await;
+    let csrf = cookie_value(&form, "__Host-berth_csrf").unwrap();
+    let cookie = format!("__Host-berth_csrf={csrf}");
+    let done = post(&b, "/ui/login", Some(&cookie), None, &[("csrf", &csrf), ("token", token)]).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let set = set_cookies(&done).into_iter().find(|c| c.starts_with("__Host-berth_session=")).unwrap();
+    let max_age: u64 = set.split("Max-Age=").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    assert!(max_age <= 3600, "the session outlives the token: {set}");
+    let session = format!("__Host-berth_session={}", cookie_value(&done, "__Host-berth_session").unwrap());
+    let home = fetch(&b, "/ui/", Some(&session)).await.body;
+    assert!(home.contains("team-a/web"), "{home}");
+    assert!(!home.contains("team-a/app"), "the token grants team-a/web only: {home}");
+    assert_eq!(fetch(&b, "/ui/repositories/team-a/web", Some(&session)).await.status, 200);
+    assert_eq!(fetch(&b, "/ui/repositories/team-a/app", Some(&session)).await.status, 403);
+    // A forged token is refused like a wrong password.
+    let bad = post(&b, "/ui/login", Some(&cookie), None, &[("csrf", &csrf), ("token", "e30.e30.c2ln")]).await;
+    assert_eq!(bad.status, 401, "{}", bad.body);
+    assert!(cookie_value(&bad, "__Host-berth_session").is_none());
+}
