@@ -423,7 +423,7 @@ impl Collector for Core {
         )?)?;
         ConstGauge::new(v(&m.state_subscriptions) as i64).encode(encoder.encode_descriptor(
             "berth_state_pubsub_subscriptions",
-            "Pub/sub subscriptions connected now (cache invalidation, and revocations when authentication is on).",
+            "Pub/sub subscriptions connected now (cache invalidation, the search index, and revocations when authentication is on).",
             None,
             MetricType::Gauge,
         )?)?;
