@@ -41,11 +41,14 @@ pub(crate) fn size(bytes: u64) -> String {
     }
 }
 
-/// `2026-11-30 12:00 UTC` from RFC 3339.
+/// `2026-11-30 12:00 UTC` from RFC 3339; anything else (an image config's
+/// `created` is whatever its author wrote) as it is.
 fn when(t: Option<&str>) -> String {
     match t {
-        Some(t) if t.len() >= 16 => format!("{} {} UTC", &t[..10], &t[11..16]),
-        Some(t) => t.to_owned(),
+        Some(t) => match (t.get(..10), t.get(11..16)) {
+            (Some(date), Some(time)) => format!("{date} {time} UTC"),
+            _ => t.to_owned(),
+        },
         None => "unknown".to_owned(),
     }
 }
@@ -477,6 +480,9 @@ mod tests {
         assert_eq!(size(3 * 1024 * 1024), "3.0 MiB");
         assert_eq!(when(Some("2026-11-30T12:00:00Z")), "2026-11-30 12:00 UTC");
         assert_eq!(when(None), "unknown");
+        // Written by an image's author: never sliced inside a character.
+        assert_eq!(when(Some("2026-11-3€ 12:00:00")), "2026-11-3€ 12:00:00");
+        assert_eq!(when(Some("yesterday")), "yesterday");
         assert_eq!(short("sha256:0123456789abcdef"), "0123456789ab");
     }
 }
