@@ -765,9 +765,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
 /// Re-read the configuration file when it changes or on SIGHUP and install
 /// its access policy. A file that does not load or validate is refused with
 /// a log line, and the policy in force stays.
+///
+/// A change is loaded only once the file has stayed the same for a whole
+/// interval and did not change while it was read: editors and `cp` truncate
+/// a file before they write it, and a policy read half-way (or from the
+/// empty file in between) must never be installed, not even for a moment.
+/// An empty file is refused outright. SIGHUP loads at once.
 async fn reload_policies(gate: crate::auth::Gate, path: std::path::PathBuf, every: Duration) {
     let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
     let mut last = stamp(&path);
+    let mut seen = last;
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -781,17 +788,24 @@ async fn reload_policies(gate: crate::auth::Gate, path: std::path::PathBuf, ever
             tokio::time::sleep(every).await;
             false
         };
-        let now = stamp(&path);
-        if !by_signal && now == last {
+        let before = stamp(&path);
+        if !by_signal {
+            let settled = before == seen;
+            seen = before;
+            if before == last || !settled {
+                continue;
+            }
+        }
+        let ids = gate.issuer_ids();
+        let loaded = load_policy(&path, &ids);
+        let after = stamp(&path);
+        if after != before {
+            // Written to while it was read: look again once it settles.
+            seen = after;
             continue;
         }
-        last = now;
-        let ids = gate.issuer_ids();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let loaded = crate::config::load(Some(&path), std::env::vars())
-            .and_then(|c| c.validate().map(|()| c))
-            .map_err(|e| e.to_string())
-            .and_then(|c| c.access.map(|a| crate::auth::policy::AccessPolicy::new(&a, &ids)).transpose());
+        last = after;
+        seen = after;
         match loaded {
             Ok(policy) => {
                 let rules = policy.is_some();
@@ -801,6 +815,21 @@ async fn reload_policies(gate: crate::auth::Gate, path: std::path::PathBuf, ever
             Err(e) => tracing::error!(error = %e, "access policy not reloaded; the previous one stays in force"),
         }
     }
+}
+
+/// The access policy of the configuration file at `path`, or why not.
+fn load_policy(path: &std::path::Path, ids: &[String]) -> Result<Option<crate::auth::policy::AccessPolicy>, String> {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        return Err(format!(
+            "{} is empty (being written?); to drop every access rule, remove the [access] section",
+            path.display()
+        ));
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    crate::config::load(Some(path), std::env::vars())
+        .and_then(|c| c.validate().map(|()| c))
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.access.map(|a| crate::auth::policy::AccessPolicy::new(&a, &ids)).transpose())
 }
 
 /// The Redis options `[state.redis]` describes.

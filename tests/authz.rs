@@ -416,10 +416,23 @@ async fn policy_changes_apply_while_requests_run() {
     }
     assert_eq!(send(b, "GET", "/v2/team/app/tags/list", Some(&basic("reader")), None).await.0, 403);
 
+    // The file as an editor leaves it between truncating and writing:
+    // empty. It is refused, never read as "no access rules" (a CI run once
+    // caught a reload in that gap and every user could read everything).
+    let refusals = |b: &Berth| b.stderr().matches("access policy not reloaded").count();
+    std::fs::write(&config_path, "").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while refusals(b) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the empty file was not reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.stderr().contains("is empty"), "{}", b.stderr());
+    assert_eq!(send(b, "GET", "/v2/team/app/tags/list", Some(&basic("reader")), None).await.0, 403);
+
     // A broken policy is refused and the one in force stays.
     std::fs::write(&config_path, text.replace("pattern = \"team/**\"", "pattern = \"/team\"")).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !b.stderr().contains("access policy not reloaded") {
+    while refusals(b) < 2 {
         assert!(tokio::time::Instant::now() < deadline, "the bad policy was not reported");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
