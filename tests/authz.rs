@@ -447,7 +447,9 @@ async fn policy_changes_apply_while_requests_run() {
         assert!(tokio::time::Instant::now() < deadline, "the restored policy never applied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let plain: String = {
+    // The timer may have applied the restored file before the signal came:
+    // wait for the signal's own reload.
+    let plain = |b: &Berth| -> String {
         // Drop ANSI colour codes of the text log format.
         let log = b.stderr();
         let mut out = String::new();
@@ -465,10 +467,11 @@ async fn policy_changes_apply_while_requests_run() {
         }
         out
     };
-    assert!(
-        plain.lines().any(|l| l.contains("access policy reloaded") && l.contains("by_signal=true")),
-        "SIGHUP did not reload the policy"
-    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !plain(b).lines().any(|l| l.contains("access policy reloaded") && l.contains("by_signal=true")) {
+        assert!(tokio::time::Instant::now() < deadline, "SIGHUP did not reload the policy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, denied, other) = background.await.unwrap();
     assert_eq!(other, 0, "requests failed during reloads ({ok} ok, {denied} denied)");

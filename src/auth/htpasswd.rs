@@ -47,6 +47,8 @@ pub enum HtpasswdError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: {message}")]
     Line { path: PathBuf, line: usize, message: String },
+    #[error("htpasswd file {path} is empty (being written?); to remove every user, leave a comment line in it")]
+    Empty { path: PathBuf },
 }
 
 #[derive(Debug, Clone)]
@@ -221,7 +223,7 @@ impl Htpasswd {
     /// truncates, then writes) is never loaded, since it changes again
     /// before the next call. Returns whether new contents took effect; a
     /// broken file is reported and the old contents stay.
-    pub fn reload_if_changed(&self) -> Result<bool, HtpasswdError> {
+    pub fn reload_if_changed(&self, on_change: impl FnOnce()) -> Result<bool, HtpasswdError> {
         let meta =
             std::fs::metadata(&self.path).map_err(|source| HtpasswdError::Read { path: self.path.clone(), source })?;
         let stamp = (meta.modified().ok(), meta.len());
@@ -240,10 +242,31 @@ impl Htpasswd {
         if !settled {
             return Ok(false);
         }
+        if stamp.1 == 0 {
+            // An editor's truncate before its write, or a mistake: a file
+            // that shuts everyone out is not taken from an empty read.
+            return Err(HtpasswdError::Empty { path: self.path.clone() });
+        }
         let (users, modified, len) = read(&self.path)?;
+        if (modified, len) != stamp {
+            // Written to again since it looked settled: wait for the next call.
+            return Ok(false);
+        }
         let decoy = decoy_for(&users);
-        *self.loaded.write().unwrap_or_else(|p| p.into_inner()) = Loaded { users, decoy, modified, len };
+        let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
+        *loaded = Loaded { users, decoy, modified, len };
+        on_change();
         Ok(true)
+    }
+
+    /// A fingerprint of `user`'s entry (SHA-256 of its hash, 128 bits in
+    /// hex), `None` if there is no such user: it changes when the user is
+    /// given a new password. It reveals nothing about the password.
+    pub fn fingerprint(&self, user: &str) -> Option<String> {
+        use sha2::Digest as _;
+        let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
+        let entry = loaded.users.get(user)?;
+        Some(hex::encode(&sha2::Sha256::digest(entry.hash.as_bytes())[..16]))
     }
 
     /// Check a user's password. Takes the same path and about the same
@@ -382,24 +405,29 @@ mod tests {
         assert!(h.check("alice", "one"));
         assert!(!h.check("alice", "two"));
         assert!(!h.check("bob", "one"));
-        assert!(!h.reload_if_changed().unwrap());
+        assert!(!h.reload_if_changed(|| ()).unwrap());
         // Caught half-written (truncated, nothing yet): not loaded, and the
         // finished file is loaded once it stayed the same between checks.
         std::fs::write(&path, "").unwrap();
-        assert!(!h.reload_if_changed().unwrap());
+        assert!(!h.reload_if_changed(|| ()).unwrap());
+        // Left empty (settled): refused, never read as "no users".
+        assert!(matches!(h.reload_if_changed(|| panic!("not loaded")), Err(HtpasswdError::Empty { .. })));
+        assert!(h.check("alice", "one"));
         std::fs::write(
             &path,
             format!("alice:{}\nbob:{}\n", hash_password("two").unwrap(), hash_password("b").unwrap()),
         )
         .unwrap();
-        assert!(!h.reload_if_changed().unwrap(), "changed since the last check: not settled yet");
+        assert!(!h.reload_if_changed(|| ()).unwrap(), "changed since the last check: not settled yet");
         assert!(h.check("alice", "one"), "the old contents stay until then");
-        assert!(h.reload_if_changed().unwrap());
+        let mut told = false;
+        assert!(h.reload_if_changed(|| told = true).unwrap());
+        assert!(told, "the caller hears of the new contents while they are installed");
         assert!(h.check("alice", "two") && h.check("bob", "b") && !h.check("alice", "one"));
         // A broken edit keeps the last good contents.
         std::fs::write(&path, "alice:plaintext\n").unwrap();
-        assert!(!h.reload_if_changed().unwrap());
-        assert!(h.reload_if_changed().is_err());
+        assert!(!h.reload_if_changed(|| ()).unwrap());
+        assert!(h.reload_if_changed(|| ()).is_err());
         assert!(h.check("alice", "two"));
     }
 }

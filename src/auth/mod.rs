@@ -68,6 +68,9 @@ const CREDENTIAL_CACHE_MAX: usize = 10_000;
 struct CredentialCache {
     key: [u8; 32],
     entries: Mutex<HashMap<[u8; 32], (Verified, Instant)>>,
+    /// Bumped by every `clear`: a check that began before a clear (against
+    /// the old htpasswd file) must not put its result in afterwards.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for CredentialCache {
@@ -83,7 +86,7 @@ impl CredentialCache {
         // uuid v4 draws from the OS random source.
         key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        CredentialCache { key, entries: Mutex::new(HashMap::new()) }
+        CredentialCache { key, entries: Mutex::new(HashMap::new()), generation: std::sync::atomic::AtomicU64::new(0) }
     }
 
     fn tag(&self, user: &str, password: &str) -> [u8; 32] {
@@ -99,8 +102,18 @@ impl CredentialCache {
         entries.get(tag).filter(|(_, at)| at.elapsed() < CREDENTIAL_CACHE_TTL).map(|(v, _)| v.clone())
     }
 
-    fn put(&self, tag: [u8; 32], user: Verified) {
+    /// The generation a check starting now belongs to.
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Remember `user` for `tag`, unless the cache was cleared since the
+    /// check began (`generation`).
+    fn put(&self, tag: [u8; 32], user: Verified, generation: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation() != generation {
+            return;
+        }
         if entries.len() >= CREDENTIAL_CACHE_MAX {
             entries.retain(|_, (_, at)| at.elapsed() < CREDENTIAL_CACHE_TTL);
             if entries.len() >= CREDENTIAL_CACHE_MAX {
@@ -111,7 +124,9 @@ impl CredentialCache {
     }
 
     fn clear(&self) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        entries.clear();
     }
 }
 
@@ -391,10 +406,11 @@ impl Gate {
             loop {
                 tick.tick().await;
                 let Some(h) = gate.inner.htpasswd.clone() else { return };
-                match tokio::task::spawn_blocking(move || h.reload_if_changed()).await {
+                let g = gate.clone();
+                // Removed users and changed passwords apply at once: the
+                // cache is emptied while the new table is installed.
+                match tokio::task::spawn_blocking(move || h.reload_if_changed(|| g.inner.cache.clear())).await {
                     Ok(Ok(true)) => {
-                        // Removed users and changed passwords apply at once.
-                        gate.inner.cache.clear();
                         tracing::info!("htpasswd file reloaded");
                     }
                     Ok(Ok(false)) => {}
@@ -590,6 +606,7 @@ impl Gate {
         if let Some(v) = self.inner.cache.get(&tag) {
             return Ok(v.identity());
         }
+        let generation = self.inner.cache.generation();
         // The throttle is asked before anything is hashed.
         if let Some(t) = self.throttle() {
             if let Err(retry_after) = t.check(user, Some(client)).await {
@@ -603,7 +620,7 @@ impl Gate {
                 if let Some(t) = self.throttle() {
                     t.succeeded(user).await;
                 }
-                self.inner.cache.put(tag, verified.clone());
+                self.inner.cache.put(tag, verified.clone(), generation);
                 Ok(verified.identity())
             }
             Checked::Refused => {
@@ -1043,10 +1060,18 @@ mod tests {
             groups: vec!["g".into()],
             method: AuthMethod::Htpasswd,
         };
-        c.put(t, v.clone());
-        assert_eq!(c.get(&t), Some(v));
+        c.put(t, v.clone(), c.generation());
+        assert_eq!(c.get(&t), Some(v.clone()));
         c.clear();
         assert_eq!(c.get(&t), None);
+        // A check that began before a clear (against the file the clear
+        // replaced) does not put its result in after it.
+        let began = c.generation();
+        c.clear();
+        c.put(t, v.clone(), began);
+        assert_eq!(c.get(&t), None, "a check from before the reload was remembered");
+        c.put(t, v.clone(), c.generation());
+        assert_eq!(c.get(&t), Some(v));
     }
 
     fn gate_with_users(users: &[(&str, &str)], config: &str) -> (Gate, tempfile::TempDir) {
