@@ -158,20 +158,57 @@ async fn populate(b: &Berth) {
 }
 
 async fn sign_in(b: &Berth, user: &str) -> String {
+    sign_in_with(b, &[("username", user), ("password", &format!("{user}-password"))]).await
+}
+
+/// Sign in with these form fields (user name and password, or token);
+/// the session cookie to send.
+async fn sign_in_with(b: &Berth, credentials: &[(&str, &str)]) -> String {
     let form = fetch(b, "/ui/login", None).await;
     let csrf = cookie_value(&form, "__Host-berth_csrf").unwrap();
     let cookie = format!("__Host-berth_csrf={csrf}");
-    let password = format!("{user}-password");
-    let done = post(
-        b,
-        "/ui/login",
-        Some(&cookie),
-        None,
-        &[("csrf", &csrf), ("username", user), ("password", &password), ("next", "/ui/")],
-    )
-    .await;
+    let mut fields = vec![("csrf", csrf.as_str()), ("next", "/ui/")];
+    fields.extend_from_slice(credentials);
+    let done = post(b, "/ui/login", Some(&cookie), None, &fields).await;
     assert_eq!(done.status, 303, "{}", done.body);
     format!("__Host-berth_session={}", cookie_value(&done, "__Host-berth_session").unwrap())
+}
+
+/// A Berth with the token service and an htpasswd file re-read every
+/// 100 ms, users `reader` and `admin`.
+fn start_with_token_service() -> (tempfile::TempDir, Berth) {
+    let dir = tempfile::tempdir().unwrap();
+    let users: Vec<String> =
+        ["reader", "admin"].iter().map(|u| common::user_hash(u, &format!("{u}-password"))).collect();
+    std::fs::write(dir.path().join("users"), users.join("\n") + "\n").unwrap();
+    let key = dir.path().join("token.pem");
+    assert!(std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    let auth = format!(
+        "[auth]\nhtpasswd = {:?}\nadmins = [\"admin\"]\nreload_interval = \"100ms\"\n[auth.token]\nkey_file = {:?}\n",
+        dir.path().join("users").display().to_string(),
+        key.display().to_string()
+    );
+    let b = Berth::start(&format!("{auth}{POLICY}"));
+    (dir, b)
+}
+
+/// A token for `user` (password `<user>-password`) with `scope`.
+async fn token_for(b: &Berth, user: &str, scope: &str) -> String {
+    let token: serde_json::Value = client()
+        .get(b.url(&format!("/v2/token?service=berth&scope={scope}")))
+        .header("authorization", basic(user))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    token["token"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -391,37 +428,13 @@ async fn a_browser_signs_in_searches_copies_and_runs_no_hostile_script() {
 /// the token's rights (no more), and ends when the token does.
 #[tokio::test]
 async fn sign_in_with_an_access_token_keeps_to_its_scope() {
-    let dir = tempfile::tempdir().unwrap();
-    let users: Vec<String> =
-        ["reader", "admin"].iter().map(|u| common::user_hash(u, &format!("{u}-password"))).collect();
-    std::fs::write(dir.path().join("users"), users.join("\n") + "\n").unwrap();
-    let key = dir.path().join("token.pem");
-    assert!(std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
-    let auth = format!(
-        "[auth]\nhtpasswd = {:?}\nadmins = [\"admin\"]\n[auth.token]\nkey_file = {:?}\n",
-        dir.path().join("users").display().to_string(),
-        key.display().to_string()
-    );
-    let b = Berth::start(&format!("{auth}{POLICY}"));
+    let (_dir, b) = start_with_token_service();
     populate(&b).await;
     let admin = Pusher::new(&b.base, Some(basic("admin")));
     admin.image("team-a/web", Some("v1"), ("linux", "amd64"), &[], &[b"web"]).await;
     // A token for the reader, for one repository only.
-    let token: serde_json::Value = client()
-        .get(b.url("/v2/token?service=berth&scope=repository:team-a/web:pull"))
-        .header("authorization", basic("reader"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["token"].as_str().unwrap();
+    let token = token_for(&b, "reader", "repository:team-a/web:pull").await;
+    let token = token.as_str();
     let form = fetch(&b, "/ui/login", None).await;
     let csrf = cookie_value(&form, "__Host-berth_csrf").unwrap();
     let cookie = format!("__Host-berth_csrf={csrf}");
@@ -440,4 +453,82 @@ async fn sign_in_with_an_access_token_keeps_to_its_scope() {
     let bad = post(&b, "/ui/login", Some(&cookie), None, &[("csrf", &csrf), ("token", "e30.e30.c2ln")]).await;
     assert_eq!(bad.status, 401, "{}", bad.body);
     assert!(cookie_value(&bad, "__Host-berth_session").is_none());
+}
+
+/// A session ends as soon as its credential does, on its next use: its
+/// token or its subject revoked, its htpasswd user given a new password or
+/// removed. Other sessions go on.
+#[tokio::test]
+async fn a_session_ends_with_its_credential() {
+    let (dir, b) = start_with_token_service();
+    let signed_in = |b: &Berth, session: String| {
+        let url = b.url("/ui/");
+        async move {
+            let body = client().get(url).header("cookie", session).send().await.unwrap().text().await.unwrap();
+            body.contains("Signed in as")
+        }
+    };
+    async fn until_signed_out<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while check().await {
+            assert!(Instant::now() < deadline, "the session outlived {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let revoke = |body: serde_json::Value| {
+        let url = b.url("/admin/revocations");
+        async move {
+            let resp = client().post(url).header("authorization", basic("admin")).json(&body).send().await.unwrap();
+            assert_eq!(resp.status(), 201);
+        }
+    };
+    let by_password = sign_in(&b, "reader").await;
+    let token = token_for(&b, "reader", "repository:team-a/web:pull").await;
+    let by_token = sign_in_with(&b, &[("token", &token)]).await;
+    let admin = sign_in(&b, "admin").await;
+    for s in [&by_password, &by_token, &admin] {
+        assert!(signed_in(&b, s.clone()).await);
+    }
+
+    // The token revoked: its session ends, the password one goes on.
+    let claims = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
+    )
+    .unwrap();
+    revoke(serde_json::json!({"jti": claims["jti"]})).await;
+    until_signed_out("its token's revocation", || signed_in(&b, by_token.clone())).await;
+    assert!(signed_in(&b, by_password.clone()).await);
+
+    // A new password for the reader: the session signed in with the old
+    // one ends; the new one signs in.
+    let users = dir.path().join("users");
+    // The admin's line stays as it was (a new hash of the same password
+    // would count as a new password).
+    let before = std::fs::read_to_string(&users).unwrap();
+    let admin_line = before.lines().find(|l| l.starts_with("admin:")).unwrap().to_owned();
+    let write_users = |lines: &[&str]| {
+        // Written aside and renamed, as an operator's tool should.
+        let aside = dir.path().join("users.new");
+        std::fs::write(&aside, lines.join("\n") + "\n").unwrap();
+        std::fs::rename(&aside, &users).unwrap();
+    };
+    write_users(&[&common::user_hash("reader", "new-password"), &admin_line]);
+    until_signed_out("its password", || signed_in(&b, by_password.clone())).await;
+    let again = sign_in_with(&b, &[("username", "reader"), ("password", "new-password")]).await;
+    assert!(signed_in(&b, again.clone()).await);
+    assert!(signed_in(&b, admin.clone()).await, "another user's session ended");
+
+    // Every token of the reader revoked: the reader's session ends too.
+    revoke(serde_json::json!({"subject": "reader"})).await;
+    until_signed_out("its subject's revocation", || signed_in(&b, again.clone())).await;
+    assert!(signed_in(&b, admin.clone()).await);
+
+    // The admin removed from the file: the admin's session ends.
+    write_users(&[&common::user_hash("reader", "new-password")]);
+    until_signed_out("its user", || signed_in(&b, admin.clone())).await;
+    let log = b.stderr();
+    for why in ["its token was revoked", "its user was removed or has a new password", "every token of its subject"] {
+        assert!(log.contains(why), "no log line says a session ended because {why}");
+    }
 }

@@ -130,6 +130,29 @@ impl CredentialCache {
     }
 }
 
+/// What a sign-in session keeps of the credential it began with
+/// ([`Gate::session_credential`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionCredential {
+    /// The token's `jti` and `iat`, for a session begun with a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<(String, u64)>,
+    /// The fingerprint of the user's htpasswd entry, for a session begun
+    /// with an htpasswd password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+}
+
+/// The verdict of [`Gate::session_check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionCheck {
+    Valid,
+    /// Over, and why.
+    Ended(&'static str),
+    /// Cannot tell yet (the revocations are not loaded).
+    Unknown,
+}
+
 /// HMAC-SHA256 takes keys of any length; this cannot happen.
 fn unreachable_key() -> hmac::Hmac<sha2::Sha256> {
     #[allow(clippy::expect_used)]
@@ -359,6 +382,56 @@ impl Gate {
 
     fn policy(&self) -> Option<Arc<policy::AccessPolicy>> {
         self.inner.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What a sign-in session begun now by `identity` keeps of its
+    /// credential, so that it ends when the credential does: the token's
+    /// `jti` and issue time when it was signed in with `token`, the
+    /// fingerprint of the user's htpasswd entry when with an htpasswd
+    /// password. (An LDAP password leaves nothing to check later: such a
+    /// session ends by its time limits, and policy applies on every use.)
+    pub fn session_credential(&self, identity: &Identity, token: Option<&str>) -> SessionCredential {
+        let mut credential = SessionCredential::default();
+        if let Some(claims) = token.and_then(|t| self.verify_token(t).ok()) {
+            credential.token = Some((claims.jti, claims.iat));
+        }
+        if identity.method() == AuthMethod::Htpasswd {
+            if let (Some(h), Some(subject)) = (&self.inner.htpasswd, identity.subject()) {
+                credential.entry = h.fingerprint(subject.name());
+            }
+        }
+        credential
+    }
+
+    /// Whether a session begun at `began` (Unix seconds) by `identity` with
+    /// `credential` may go on: not if its token or its subject was revoked
+    /// since, or its htpasswd user was removed or given a new password.
+    pub fn session_check(&self, identity: &Identity, credential: &SessionCredential, began: u64) -> SessionCheck {
+        let Some(subject) = identity.subject() else { return SessionCheck::Ended("no subject") };
+        let revocations = &self.inner.revocations;
+        match &credential.token {
+            Some((jti, issued)) => {
+                if !revocations.is_loaded() {
+                    // As for the token itself: fail closed until known.
+                    return SessionCheck::Unknown;
+                }
+                if revocations.is_revoked(jti, subject.name(), *issued) {
+                    return SessionCheck::Ended("its token was revoked");
+                }
+            }
+            None => {
+                if revocations.is_revoked("", subject.name(), began) {
+                    return SessionCheck::Ended("every token of its subject was revoked");
+                }
+            }
+        }
+        if identity.method() == AuthMethod::Htpasswd {
+            let now = self.inner.htpasswd.as_ref().and_then(|h| h.fingerprint(subject.name()));
+            if now.is_none() || now != credential.entry {
+                return SessionCheck::Ended("its user was removed or has a new password");
+            }
+        }
+        SessionCheck::Valid
     }
 
     /// Count failed logins in shared state and slow down, then refuse,

@@ -160,7 +160,7 @@ fn pull_host(app: &App, headers: &HeaderMap) -> String {
 /// page when the request cannot go on.
 async fn visitor(app: &App, headers: &HeaderMap, ext: &http::Extensions) -> Result<Visitor, Response> {
     let client = crate::api::client_of(ext);
-    let found = session::lookup(app.registry.state().as_ref(), headers, settings(app).limits).await;
+    let found = session::lookup(app.registry.state().as_ref(), &app.gate, headers, settings(app).limits).await;
     let session = match found {
         Ok(s) => s,
         Err(e) => {
@@ -453,7 +453,8 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
     };
     let expires = if token.is_empty() { None } else { token_expiry(token) };
     let limits = settings(&app).limits;
-    let created = session::create(app.registry.state().as_ref(), &identity, limits, expires).await;
+    let credential = app.gate.session_credential(&identity, (!token.is_empty()).then_some(token));
+    let created = session::create(app.registry.state().as_ref(), &identity, credential, limits, expires).await;
     let s = match created {
         Ok(s) => s,
         Err(e) => {

@@ -5,8 +5,10 @@
 //! SHA-256 of the id (a leaked state dump holds no usable cookie), the
 //! identity the sign-in established, when it began, and the session's CSRF
 //! token. With Redis every replica knows every session. A session ends after
-//! `session_idle` unused, `session_max` after the sign-in, at sign-out, or
-//! when the token it was made from expires.
+//! `session_idle` unused, `session_max` after the sign-in, at sign-out,
+//! when the token it was made from expires, and as soon as its credential
+//! ends: the token or the subject revoked, the htpasswd user removed or
+//! given a new password ([`crate::auth::Gate::session_check`], on every use).
 //!
 //! CSRF: every state-changing form carries a token that must equal the
 //! session's (signed in) or the `__Host-berth_csrf` cookie's (the sign-in
@@ -23,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::auth::identity::SavedIdentity;
-use crate::auth::Identity;
+use crate::auth::{Gate, Identity, SessionCheck, SessionCredential};
 use berth_state::SharedState;
 
 pub const SESSION_COOKIE: &str = "__Host-berth_session";
@@ -65,6 +67,9 @@ struct Stored {
     created: u64,
     touched: u64,
     ends: u64,
+    /// What the session keeps of its credential.
+    #[serde(default)]
+    credential: SessionCredential,
 }
 
 /// A signed-in visitor.
@@ -113,6 +118,7 @@ pub fn clear_cookie(name: &str) -> String {
 pub async fn create(
     state: &dyn SharedState,
     identity: &Identity,
+    credential: SessionCredential,
     limits: Limits,
     token_expires: Option<u64>,
 ) -> Result<Session, String> {
@@ -126,16 +132,22 @@ pub async fn create(
     if let Some(t) = token_expires {
         ends = ends.min(t);
     }
-    let stored = Stored { identity: saved, csrf: csrf.clone(), created: now, touched: now, ends };
+    let stored = Stored { identity: saved, csrf: csrf.clone(), created: now, touched: now, ends, credential };
     let value = serde_json::to_vec(&stored).map_err(|e| e.to_string())?;
     let ttl = limits.idle.min(Duration::from_secs(ends.saturating_sub(now).max(1)));
     state.set(&state_key(&id), Bytes::from(value), ttl).await.map_err(|e| e.to_string())?;
     Ok(Session { id, identity: identity.clone(), csrf })
 }
 
-/// The session the request's cookie names, if it is live. Pushes its
-/// idle expiry when a quarter of `idle` passed since the last push.
-pub async fn lookup(state: &dyn SharedState, headers: &HeaderMap, limits: Limits) -> Result<Option<Session>, String> {
+/// The session the request's cookie names, if it is live and `gate` says
+/// its credential still holds. Pushes its idle expiry when a quarter of
+/// `idle` passed since the last push.
+pub async fn lookup(
+    state: &dyn SharedState,
+    gate: &Gate,
+    headers: &HeaderMap,
+    limits: Limits,
+) -> Result<Option<Session>, String> {
     let Some(id) = cookie(headers, SESSION_COOKIE).filter(|v| well_formed(v)) else { return Ok(None) };
     let key = state_key(id);
     let Some(raw) = state.get(&key).await.map_err(|e| e.to_string())? else { return Ok(None) };
@@ -146,6 +158,20 @@ pub async fn lookup(state: &dyn SharedState, headers: &HeaderMap, limits: Limits
         return Ok(None);
     }
     let Some(identity) = Identity::restore(&stored.identity) else { return Ok(None) };
+    match gate.session_check(&identity, &stored.credential, stored.created) {
+        SessionCheck::Valid => {}
+        SessionCheck::Ended(why) => {
+            tracing::info!(
+                target: "berth::auth",
+                subject = identity.qualified_subject().unwrap_or_default(),
+                why,
+                "UI session ended"
+            );
+            let _ = state.delete(&key).await;
+            return Ok(None);
+        }
+        SessionCheck::Unknown => return Err("token revocations not loaded yet".into()),
+    }
     if now.saturating_sub(stored.touched) >= limits.idle.as_secs() / 4 {
         stored.touched = now;
         if let Ok(value) = serde_json::to_vec(&stored) {
@@ -231,27 +257,39 @@ mod tests {
     #[tokio::test]
     async fn sessions_live_end_and_expire() {
         let state = berth_state::MemoryState::new();
+        let gate = Gate::anonymous();
         let limits = Limits { idle: Duration::from_secs(60), max: Duration::from_secs(600) };
         let id = Identity::restore(
-            &Identity::for_tests(Source::Htpasswd, "alice", &["devs"], AuthMethod::Htpasswd).save().unwrap(),
+            &Identity::for_tests(Source::Certificate, "alice", &["devs"], AuthMethod::Mtls).save().unwrap(),
         )
         .unwrap();
-        let s = create(&state, &id, limits, None).await.unwrap();
+        let none = SessionCredential::default;
+        let s = create(&state, &id, none(), limits, None).await.unwrap();
         let h = headers(&[("cookie", &format!("{SESSION_COOKIE}={}", s.id))]);
-        let found = lookup(&state, &h, limits).await.unwrap().unwrap();
+        let found = lookup(&state, &gate, &h, limits).await.unwrap().unwrap();
         assert_eq!(found.identity, id);
         assert_eq!(found.csrf, s.csrf);
         // A token already expired gives a session that is over at once.
-        let expired = create(&state, &id, limits, Some(now_secs() - 1)).await.unwrap();
+        let expired = create(&state, &id, none(), limits, Some(now_secs() - 1)).await.unwrap();
         let h2 = headers(&[("cookie", &format!("{SESSION_COOKIE}={}", expired.id))]);
-        assert!(lookup(&state, &h2, limits).await.unwrap().is_none());
+        assert!(lookup(&state, &gate, &h2, limits).await.unwrap().is_none());
         end(&state, &s.id).await.unwrap();
-        assert!(lookup(&state, &h, limits).await.unwrap().is_none());
+        assert!(lookup(&state, &gate, &h, limits).await.unwrap().is_none());
         // Forged or malformed ids find nothing.
         let forged = headers(&[("cookie", &format!("{SESSION_COOKIE}={}", random_token().unwrap()))]);
-        assert!(lookup(&state, &forged, limits).await.unwrap().is_none());
+        assert!(lookup(&state, &gate, &forged, limits).await.unwrap().is_none());
         let junk = headers(&[("cookie", &format!("{SESSION_COOKIE}=../../etc"))]);
-        assert!(lookup(&state, &junk, limits).await.unwrap().is_none());
-        assert!(create(&state, &Identity::anonymous(), limits, None).await.is_err());
+        assert!(lookup(&state, &gate, &junk, limits).await.unwrap().is_none());
+        assert!(create(&state, &Identity::anonymous(), none(), limits, None).await.is_err());
+        // An htpasswd session whose user this gate does not know is over.
+        let htpasswd = Identity::for_tests(Source::Htpasswd, "bob", &[], AuthMethod::Htpasswd);
+        let gone = create(&state, &htpasswd, none(), limits, None).await.unwrap();
+        let h3 = headers(&[("cookie", &format!("{SESSION_COOKIE}={}", gone.id))]);
+        assert!(lookup(&state, &gate, &h3, limits).await.unwrap().is_none());
+        // A token session before the revocations are known: cannot tell.
+        let token = SessionCredential { token: Some(("j1".into(), now_secs())), entry: None };
+        let early = create(&state, &id, token, limits, None).await.unwrap();
+        let h4 = headers(&[("cookie", &format!("{SESSION_COOKIE}={}", early.id))]);
+        assert!(lookup(&state, &gate, &h4, limits).await.is_err());
     }
 }
