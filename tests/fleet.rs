@@ -367,6 +367,13 @@ async fn status_with(base: &str, token: &str) -> u16 {
 }
 
 /// Poll every replica until each refuses `token`; returns the slowest time.
+/// How soon every replica must refuse a revoked token. The replicas re-read
+/// the revocations only every 30 s (`auth.revocation_reload`); well within
+/// that, only the announcement on the revocation channel can have done it.
+/// The measured lag is printed (tens of milliseconds on this machine); the
+/// bound leaves room for a busy one.
+const ANNOUNCED: Duration = Duration::from_secs(5);
+
 async fn refused_everywhere(fleet: &LocalFleet, replicas: usize, token: &str) -> Duration {
     let started = tokio::time::Instant::now();
     let mut slowest = Duration::ZERO;
@@ -381,7 +388,7 @@ async fn refused_everywhere(fleet: &LocalFleet, replicas: usize, token: &str) ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_token_is_refused_by_every_replica_within_a_second() {
+async fn a_revoked_token_is_refused_by_every_replica_through_the_announcement() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("token.pem");
     let out = Command::new("openssl")
@@ -442,7 +449,7 @@ async fn a_revoked_token_is_refused_by_every_replica_within_a_second() {
     assert_eq!(resp.status(), 201);
     let slowest = refused_everywhere(&fleet, 3, &token).await;
     println!("jti revocation refused by all 3 replicas after {slowest:?}");
-    assert!(slowest < Duration::from_secs(1), "a revocation took {slowest:?} to reach every replica");
+    assert!(slowest < ANNOUNCED, "a revocation took {slowest:?} to reach every replica");
     // Another token of the same user is unaffected.
     let other = token_for(fleet.replica(2), "alice", "alice-pw").await;
     assert_eq!(status_with(fleet.replica(3), &other).await, 200);
@@ -462,7 +469,7 @@ async fn a_revoked_token_is_refused_by_every_replica_within_a_second() {
     assert!(out.status.success(), "berth token revoke: {}", String::from_utf8_lossy(&out.stderr));
     let slowest = refused_everywhere(&fleet, 3, &other).await;
     println!("subject revocation (CLI) refused by all 3 replicas after {slowest:?}");
-    assert!(slowest < Duration::from_secs(1), "a subject revocation took {slowest:?}");
+    assert!(slowest < ANNOUNCED, "a subject revocation took {slowest:?}");
 
     // Revocations are durable: a replica started afterwards knows them.
     fleet.run(&["kill", "3"]);

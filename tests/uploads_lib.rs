@@ -25,7 +25,7 @@ async fn expired_sessions_are_cleaned_up() {
     let dir = tempfile::tempdir().unwrap();
     let store = fs_store(dir.path());
     let state = Arc::new(berth_state::MemoryState::new());
-    let options = RegistryOptions { upload_ttl: Duration::from_secs(1), ..RegistryOptions::default() };
+    let options = RegistryOptions { upload_ttl: Duration::from_secs(3), ..RegistryOptions::default() };
     let registry = Registry::new(Arc::new(store), state, options);
     let gate = Gate::anonymous();
     let access = gate.authorize(&Identity::anonymous(), &"expiry/test".parse().unwrap()).unwrap();
