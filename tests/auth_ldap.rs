@@ -254,14 +254,7 @@ fn plain_ldap_must_be_asked_for_and_skopeo_and_oras_log_in() {
 
 /// A token-service key (P-256, PKCS#8 PEM) in `dir`.
 fn token_key(dir: &Path) -> PathBuf {
-    let key = dir.join("token.pem");
-    let out = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-    key
+    common::token_key(&dir.join("token.pem"), common::KeyKind::P256)
 }
 
 /// `podman` with storage of its own under `dir` (vfs: no kernel overlay).

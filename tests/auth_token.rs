@@ -26,13 +26,7 @@ struct Setup {
 
 fn start() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("token.pem");
-    let out = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
-        .arg(&key_file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    let key_file = common::token_key(&dir.path().join("token.pem"), common::KeyKind::P256);
     let htpasswd = dir.path().join("users");
     std::fs::write(&htpasswd, format!("{}\n", common::user_hash("alice", PW))).unwrap();
     let toml = format!(
@@ -350,9 +344,7 @@ fn auth_examples_pass_config_check() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("users.htpasswd"), format!("{}\n", common::user_hash("alice", PW))).unwrap();
-    let key = dir.path().join("token-key.pem");
-    let out = Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&key).output().unwrap();
-    assert!(out.status.success());
+    common::token_key(&dir.path().join("token-key.pem"), common::KeyKind::Ed25519);
     // TLS material for the mTLS example.
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

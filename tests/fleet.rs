@@ -390,13 +390,7 @@ async fn refused_everywhere(fleet: &LocalFleet, replicas: usize, token: &str) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_refused_by_every_replica_through_the_announcement() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("token.pem");
-    let out = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let key = common::token_key(&dir.path().join("token.pem"), common::KeyKind::P256);
     let users = dir.path().join("users");
     std::fs::write(
         &users,

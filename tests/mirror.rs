@@ -523,13 +523,7 @@ fn skopeo_and_podman_pull_through_from_a_berth_with_the_token_service() {
         assert!(found.status.success(), "{program} is not installed: run scripts/install-test-deps");
     }
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("token.pem");
-    let out = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    let key = common::token_key(&dir.path().join("token.pem"), common::KeyKind::P256);
     let htpasswd = dir.path().join("users");
     std::fs::write(&htpasswd, format!("{}\n", common::user_hash("mirror", "Upstream-pw1"))).unwrap();
     let upstream = Berth::start(&format!(

@@ -43,16 +43,8 @@ struct Setup {
 
 fn start() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let users: Vec<String> =
-        ["reader", "admin", "nobody"].iter().map(|u| common::user_hash(u, &format!("{u}-password"))).collect();
-    std::fs::write(dir.path().join("users"), users.join("\n") + "\n").unwrap();
-    let key = dir.path().join("token.pem");
-    assert!(std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
+    common::users_file(dir.path(), &["reader", "admin", "nobody"]);
+    let key = common::token_key(&dir.path().join("token.pem"), common::KeyKind::Ed25519);
     let auth = format!(
         "[auth]\nhtpasswd = {:?}\nadmins = [\"admin\"]\n[auth.throttle]\nuser_lockout = 1000\n[auth.token]\nkey_file = {:?}\n",
         dir.path().join("users").display().to_string(),

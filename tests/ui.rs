@@ -38,9 +38,7 @@ fn basic(user: &str) -> String {
 
 fn start() -> (tempfile::TempDir, Berth) {
     let dir = tempfile::tempdir().unwrap();
-    let users: Vec<String> =
-        ["reader", "admin"].iter().map(|u| common::user_hash(u, &format!("{u}-password"))).collect();
-    std::fs::write(dir.path().join("users"), users.join("\n") + "\n").unwrap();
+    common::users_file(dir.path(), &["reader", "admin"]);
     let auth = format!(
         "[auth]\nhtpasswd = {:?}\nadmins = [\"admin\"]\n[auth.throttle]\nuser_lockout = 1000\n",
         dir.path().join("users").display().to_string()
@@ -178,16 +176,8 @@ async fn sign_in_with(b: &Berth, credentials: &[(&str, &str)]) -> String {
 /// 100 ms, users `reader` and `admin`.
 fn start_with_token_service() -> (tempfile::TempDir, Berth) {
     let dir = tempfile::tempdir().unwrap();
-    let users: Vec<String> =
-        ["reader", "admin"].iter().map(|u| common::user_hash(u, &format!("{u}-password"))).collect();
-    std::fs::write(dir.path().join("users"), users.join("\n") + "\n").unwrap();
-    let key = dir.path().join("token.pem");
-    assert!(std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
+    common::users_file(dir.path(), &["reader", "admin"]);
+    let key = common::token_key(&dir.path().join("token.pem"), common::KeyKind::Ed25519);
     let auth = format!(
         "[auth]\nhtpasswd = {:?}\nadmins = [\"admin\"]\nreload_interval = \"100ms\"\n[auth.token]\nkey_file = {:?}\n",
         dir.path().join("users").display().to_string(),

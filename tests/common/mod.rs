@@ -355,6 +355,35 @@ impl Drop for LocalFleet {
     }
 }
 
+/// The signature algorithm of a token-service key [`token_key`] makes.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyKind {
+    /// ECDSA P-256 (ES256).
+    P256,
+    /// Ed25519 (EdDSA).
+    Ed25519,
+}
+
+/// A token-service signing key (PKCS#8 PEM, made by openssl) at `path`.
+pub fn token_key(path: &Path, kind: KeyKind) -> PathBuf {
+    let algorithm: &[&str] = match kind {
+        KeyKind::P256 => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        KeyKind::Ed25519 => &["-algorithm", "ed25519"],
+    };
+    let out = Command::new("openssl").arg("genpkey").args(algorithm).arg("-out").arg(path).output().unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    path.to_owned()
+}
+
+/// An htpasswd file `dir/users` where each of `users` has the password
+/// `<name>-password`.
+pub fn users_file(dir: &Path, users: &[&str]) -> PathBuf {
+    let lines: Vec<String> = users.iter().map(|u| user_hash(u, &format!("{u}-password"))).collect();
+    let path = dir.join("users");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
 /// `berth user hash NAME` with `password` on stdin: the htpasswd line.
 pub fn user_hash(name: &str, password: &str) -> String {
     use std::io::Write as _;
