@@ -162,6 +162,20 @@ async fn ldap_logins_injection_and_outage() {
         assert_eq!(status(&b, hostile, "alice-ldap-pw").await, 401, "{hostile:?}");
     }
 
+    // The UI's sign-in goes through the same directory.
+    #[cfg(feature = "ui")]
+    {
+        use common::ui::{fetch, sign_in_with, try_sign_in};
+        let session = sign_in_with(&b, &[("username", "alice"), ("password", "alice-ldap-pw")]).await;
+        let home = fetch(&b, "/ui/", Some(&session)).await;
+        assert!(home.body.contains("Signed in as"), "{}", home.body);
+        assert!(home.body.contains("alice"), "{}", home.body);
+        let wrong = try_sign_in(&b, &[("username", "alice"), ("password", "wrong")]).await;
+        assert_eq!(wrong.status, 401, "{}", wrong.body);
+        let hostile = try_sign_in(&b, &[("username", "*"), ("password", "alice-ldap-pw")]).await;
+        assert_eq!(hostile.status, 401, "{}", hostile.body);
+    }
+
     // The directory goes away: unknown credentials get 503, never access.
     slapd.stop();
     let resp =
@@ -169,6 +183,13 @@ async fn ldap_logins_injection_and_outage() {
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
     assert_eq!(status(&b, "carol", "nope").await, 503);
+    // The UI says so too, and signs nobody in.
+    #[cfg(feature = "ui")]
+    {
+        let down = common::ui::try_sign_in(&b, &[("username", "bob"), ("password", "bob-ldap-pw")]).await;
+        assert_eq!(down.status, 503, "{}", down.body);
+        assert!(common::ui::cookie_value(&down, "__Host-berth_session").is_none());
+    }
     // Back again: logins work once the pool reconnects.
     slapd.run();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -12,6 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::images::Pusher;
+use common::ui::{cookie_value, fetch, post, set_cookies, sign_in_with, Page};
 use common::{client, Berth};
 
 const POLICY: &str = r#"
@@ -45,47 +46,6 @@ fn start() -> (tempfile::TempDir, Berth) {
     );
     let berth = Berth::start(&format!("{auth}{POLICY}"));
     (dir, berth)
-}
-
-struct Page {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-async fn fetch(b: &Berth, path: &str, cookie: Option<&str>) -> Page {
-    let mut r = client().get(b.url(path));
-    if let Some(c) = cookie {
-        r = r.header("cookie", c);
-    }
-    let resp = r.send().await.unwrap();
-    Page { status: resp.status().as_u16(), headers: resp.headers().clone(), body: resp.text().await.unwrap() }
-}
-
-async fn post(b: &Berth, path: &str, cookie: Option<&str>, origin: Option<&str>, form: &[(&str, &str)]) -> Page {
-    let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
-    let mut r = client().post(b.url(path)).header("content-type", "application/x-www-form-urlencoded").body(body);
-    if let Some(c) = cookie {
-        r = r.header("cookie", c);
-    }
-    if let Some(o) = origin {
-        r = r.header("origin", o);
-    }
-    let resp = r.send().await.unwrap();
-    Page { status: resp.status().as_u16(), headers: resp.headers().clone(), body: resp.text().await.unwrap() }
-}
-
-fn set_cookies(p: &Page) -> Vec<String> {
-    p.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect()
-}
-
-/// The value of `name` among `Set-Cookie` headers.
-fn cookie_value(p: &Page, name: &str) -> Option<String> {
-    set_cookies(p).iter().find_map(|c| {
-        let (pair, _) = c.split_once(';').unwrap_or((c, ""));
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| v.to_owned())
-    })
 }
 
 /// A hidden form field's value in a page.
@@ -157,19 +117,6 @@ async fn populate(b: &Berth) {
 
 async fn sign_in(b: &Berth, user: &str) -> String {
     sign_in_with(b, &[("username", user), ("password", &format!("{user}-password"))]).await
-}
-
-/// Sign in with these form fields (user name and password, or token);
-/// the session cookie to send.
-async fn sign_in_with(b: &Berth, credentials: &[(&str, &str)]) -> String {
-    let form = fetch(b, "/ui/login", None).await;
-    let csrf = cookie_value(&form, "__Host-berth_csrf").unwrap();
-    let cookie = format!("__Host-berth_csrf={csrf}");
-    let mut fields = vec![("csrf", csrf.as_str()), ("next", "/ui/")];
-    fields.extend_from_slice(credentials);
-    let done = post(b, "/ui/login", Some(&cookie), None, &fields).await;
-    assert_eq!(done.status, 303, "{}", done.body);
-    format!("__Host-berth_session={}", cookie_value(&done, "__Host-berth_session").unwrap())
 }
 
 /// A Berth with the token service and an htpasswd file re-read every

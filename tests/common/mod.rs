@@ -7,6 +7,7 @@
 
 pub mod images;
 pub mod pki;
+pub mod ui;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
