@@ -365,12 +365,14 @@ impl Mirror {
                     return Ok(Prepared::Current);
                 }
                 let lock = lock_name("tag", repo, tag.as_str());
-                let here = match self.registry.manifest_get(access, reference).await {
-                    Ok(_) => true,
-                    Err(OciError::ManifestUnknown(_)) => false,
+                // Where the tag points here, read once: the check below
+                // compares it with the upstream's answer.
+                let local = match self.registry.manifest_get(access, reference).await {
+                    Ok(m) => Some(m.digest),
+                    Err(OciError::ManifestUnknown(_)) => None,
                     Err(e) => return Err(e),
                 };
-                let lease = if here {
+                let lease = if local.is_some() {
                     // A copy is here: while another pull asks the upstream
                     // (however long a hung upstream makes it), serve it as
                     // last seen rather than queue behind that pull.
@@ -388,77 +390,63 @@ impl Mirror {
                         Turn::Lead(lease) => Held::new(state.clone(), lease),
                     }
                 };
-                let checked = self.check_tag(route, &remote, access, &writer, tag, &key).await;
+                // (A pull that waited its turn and leads now may find the tag
+                // stored by the one before it: fetching it again is harmless.)
+                let checked = self.check_tag(route, &remote, repo, local, &writer, tag).await;
                 lease.release().await;
                 checked
             }
         }
     }
 
-    /// Ask the upstream where `tag` points now and follow it when it moved.
+    /// Ask the upstream where `tag` points now (here it points to `local`)
+    /// and follow it when it moved.
     async fn check_tag(
         &self,
         route: &Route,
         remote: &str,
-        access: &Access<Pull>,
+        repo: &RepoName,
+        local: Option<Digest>,
         writer: &Access<Push>,
         tag: &crate::oci::Tag,
-        key: &str,
     ) -> Result<Prepared, OciError> {
-        let repo = access.repo();
-        let reference = Reference::Tag(tag.clone());
-        let state = self.registry.state();
-        {
-            {
-                let local = match self.registry.manifest_get(access, &reference).await {
-                    Ok(m) => Some(m.digest),
-                    Err(OciError::ManifestUnknown(_)) => None,
-                    Err(e) => return Err(e),
-                };
-                let head = route.client.head_manifest(remote, tag.as_str()).await;
-                count(&head);
-                let head = match head {
-                    Ok(head) => head,
-                    Err(UpstreamError::NotFound) if local.is_none() => {
-                        return Err(OciError::ManifestUnknown(format!("{repo}:{tag}")))
-                    }
-                    Err(e) => {
-                        if local.is_some() {
-                            tracing::warn!(upstream = %route.name, %repo, %tag, error = %e,
-                                "upstream cannot be asked; serving the tag as last seen");
-                            crate::metrics::inc(&crate::metrics::get().mirror_stale);
-                            return Ok(Prepared::Stale);
-                        }
-                        return Err(map_error(&route.name, e, &format!("{repo}:{tag}")));
-                    }
-                };
-                let upstream_digest: Digest = head
-                    .digest
-                    .parse()
-                    .map_err(|_| map_error(&route.name, UpstreamError::Protocol("bad digest".into()), tag.as_str()))?;
-                if local.as_ref() != Some(&upstream_digest) {
-                    let fetched = route.client.get_manifest(remote, &upstream_digest.to_string()).await;
-                    count(&fetched);
-                    let fetched = fetched.map_err(|e| map_error(&route.name, e, &format!("{repo}:{tag}")))?;
-                    self.registry
-                        .manifest_put_mirrored(
-                            writer,
-                            &upstream_digest,
-                            Some(tag),
-                            Some(&fetched.media_type),
-                            fetched.bytes,
-                        )
-                        .await?;
-                    self.stored(repo, &upstream_digest);
-                    tracing::info!(upstream = %route.name, %repo, %tag, digest = %upstream_digest,
-                        moved = local.is_some(), "mirrored a tag");
-                }
-                if let Err(e) = state.set(key, Bytes::from_static(b"1"), route.tag_ttl).await {
-                    tracing::debug!(error = %e, "cannot record the tag check; the next pull checks again");
-                }
-                Ok(Prepared::Current)
+        let head = route.client.head_manifest(remote, tag.as_str()).await;
+        count(&head);
+        let head = match head {
+            Ok(head) => head,
+            Err(UpstreamError::NotFound) if local.is_none() => {
+                return Err(OciError::ManifestUnknown(format!("{repo}:{tag}")))
             }
+            Err(e) => {
+                if local.is_some() {
+                    tracing::warn!(upstream = %route.name, %repo, %tag, error = %e,
+                        "upstream cannot be asked; serving the tag as last seen");
+                    crate::metrics::inc(&crate::metrics::get().mirror_stale);
+                    return Ok(Prepared::Stale);
+                }
+                return Err(map_error(&route.name, e, &format!("{repo}:{tag}")));
+            }
+        };
+        let upstream_digest: Digest = head
+            .digest
+            .parse()
+            .map_err(|_| map_error(&route.name, UpstreamError::Protocol("bad digest".into()), tag.as_str()))?;
+        if local.as_ref() != Some(&upstream_digest) {
+            let fetched = route.client.get_manifest(remote, &upstream_digest.to_string()).await;
+            count(&fetched);
+            let fetched = fetched.map_err(|e| map_error(&route.name, e, &format!("{repo}:{tag}")))?;
+            self.registry
+                .manifest_put_mirrored(writer, &upstream_digest, Some(tag), Some(&fetched.media_type), fetched.bytes)
+                .await?;
+            self.stored(repo, &upstream_digest);
+            tracing::info!(upstream = %route.name, %repo, %tag, digest = %upstream_digest,
+                moved = local.is_some(), "mirrored a tag");
         }
+        let key = checked_key(repo, tag.as_str());
+        if let Err(e) = self.registry.state().set(&key, Bytes::from_static(b"1"), route.tag_ttl).await {
+            tracing::debug!(error = %e, "cannot record the tag check; the next pull checks again");
+        }
+        Ok(Prepared::Current)
     }
 
     /// HEAD of a blob of a mirrored repository that is not here: its size

@@ -149,9 +149,8 @@ impl Mirror {
         let work = self.select(route, sync, &mut report).await;
         report.tags_selected = work.len();
         for (i, item) in work.iter().enumerate() {
-            let before = (report.manifests_fetched, report.blobs_fetched);
             let outcome = match self.sync_tag(route, sync, item, &mut report).await {
-                Ok(moved) if moved || before != (report.manifests_fetched, report.blobs_fetched) => {
+                Ok(true) => {
                     report.tags_copied += 1;
                     "copied"
                 }
@@ -229,7 +228,8 @@ impl Mirror {
         work
     }
 
-    /// Copy what one tag names; whether the local tag moved.
+    /// Copy what one tag names; whether anything was copied (the tag moved,
+    /// or something under it was fetched).
     async fn sync_tag(
         &self,
         route: &Route,
@@ -243,14 +243,15 @@ impl Mirror {
         let digest: Digest = head.digest.parse().map_err(|_| format!("upstream digest {:?}", head.digest))?;
         let before = (report.manifests_fetched, report.blobs_fetched);
         let moved = self.sync_manifest(route, sync, item, &digest, true, 0, report).await?;
-        if moved || before != (report.manifests_fetched, report.blobs_fetched) {
+        let copied = moved || before != (report.manifests_fetched, report.blobs_fetched);
+        if copied {
             self.stored(&item.repo, &digest);
         }
         let key = checked_key(&item.repo, item.tag.as_str());
         if let Err(e) = self.registry.state().set(&key, Bytes::from_static(b"1"), route.tag_ttl).await {
             tracing::debug!(error = %e, "cannot record the tag check");
         }
-        Ok(moved)
+        Ok(copied)
     }
 
     /// Make `digest` and everything under it present, storing the manifest
