@@ -35,20 +35,29 @@ fn tree(features: &[&str]) -> BTreeSet<String> {
 /// `search` indexes the records with the standard library's collections.
 const CODE_ONLY: &[&str] = &["search"];
 
+/// The berth package's `features` table, as `cargo metadata` reads it
+/// (read once per test process).
+fn features() -> &'static serde_json::Map<String, serde_json::Value> {
+    static FEATURES: std::sync::OnceLock<serde_json::Map<String, serde_json::Value>> = std::sync::OnceLock::new();
+    FEATURES.get_or_init(|| {
+        let meta: serde_json::Value =
+            serde_json::from_str(&cargo(&["metadata", "--offline", "--locked", "--no-deps", "--format-version", "1"]))
+                .unwrap();
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let berth = meta["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "berth" && Path::new(p["manifest_path"].as_str().unwrap()) == manifest)
+            .unwrap();
+        berth["features"].as_object().unwrap().clone()
+    })
+}
+
 /// The optional dependencies of the berth package, by the feature enabling
 /// them (with the dependencies of the extensions it enables).
 fn extension_dependencies() -> Vec<(String, Vec<String>)> {
-    let meta: serde_json::Value =
-        serde_json::from_str(&cargo(&["metadata", "--offline", "--locked", "--no-deps", "--format-version", "1"]))
-            .unwrap();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let berth = meta["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "berth" && Path::new(p["manifest_path"].as_str().unwrap()) == manifest)
-        .unwrap();
-    let features = berth["features"].as_object().unwrap();
+    let features = features();
     let mut out = Vec::new();
     for (feature, enables) in features {
         // `test-helpers` is no extension: it compiles nothing but test
@@ -69,17 +78,7 @@ fn extension_dependencies() -> Vec<(String, Vec<String>)> {
 
 /// The extensions `feature` enables besides itself (`ui` needs `search`).
 fn implied(feature: &str) -> Vec<String> {
-    let meta: serde_json::Value =
-        serde_json::from_str(&cargo(&["metadata", "--offline", "--locked", "--no-deps", "--format-version", "1"]))
-            .unwrap();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let berth = meta["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "berth" && Path::new(p["manifest_path"].as_str().unwrap()) == manifest)
-        .unwrap();
-    berth["features"][feature]
+    features()[feature]
         .as_array()
         .unwrap()
         .iter()
@@ -98,12 +97,7 @@ fn every_extension_is_a_feature_of_the_default_build_listed_by_the_binary() {
         let code_only = CODE_ONLY.contains(&feature.as_str());
         assert_eq!(deps.is_empty(), code_only, "extension {feature}: crates {deps:?}, code only: {code_only}");
     }
-    let meta: serde_json::Value =
-        serde_json::from_str(&cargo(&["metadata", "--offline", "--locked", "--no-deps", "--format-version", "1"]))
-            .unwrap();
-    let berth = meta["packages"].as_array().unwrap().iter().find(|p| p["name"] == "berth").unwrap();
-    let default: Vec<&str> =
-        berth["features"]["default"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let default: Vec<&str> = features()["default"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(default, names, "the default build must have every extension");
 
     let out = Command::new(env!("CARGO_BIN_EXE_berth")).arg("--version").output().unwrap();

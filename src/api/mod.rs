@@ -264,9 +264,7 @@ fn fixed_operation(app: &App, path: &str) -> &'static str {
         JWKS_PATH => "jwks",
         _ if app.gate.token_service().is_some_and(|t| t.path == path) => "token",
         #[cfg(feature = "ui")]
-        _ if app.ui.is_some() && crate::ext::ui::operation(path).is_some() => {
-            crate::ext::ui::operation(path).unwrap_or("unknown")
-        }
+        _ if app.ui.is_some() => crate::ext::ui::operation(path).unwrap_or("unknown"),
         _ => "unknown",
     }
 }
