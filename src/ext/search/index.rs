@@ -192,22 +192,42 @@ fn sort_key<'a>(name: &'a str, terms: &[String]) -> Option<(u32, usize, &'a str)
     rank(name, terms).map(|r| (r, name.len(), name))
 }
 
+/// An index under construction: the catalog first, then the records one
+/// at a time as a listing produces them (none is kept), then `finish`.
+#[derive(Debug)]
+pub struct IndexBuilder {
+    repos: BTreeMap<Box<str>, RepoEntry>,
+}
+
+impl IndexBuilder {
+    pub fn new(catalog: impl IntoIterator<Item = RepoName>) -> IndexBuilder {
+        IndexBuilder { repos: catalog.into_iter().map(|n| (Box::from(n.as_str()), RepoEntry::default())).collect() }
+    }
+
+    /// Take in one record. Records of a repository the catalog no longer
+    /// names are leftovers the collector will remove: skipped.
+    pub fn add(&mut self, record: &Record) {
+        if let Some(entry) = self.repos.get_mut(record.key.repo().as_str()) {
+            entry.add(record);
+        }
+    }
+
+    pub fn finish(mut self) -> Index {
+        for entry in self.repos.values_mut() {
+            entry.finish();
+        }
+        Index { repos: self.repos, haystack: Default::default() }
+    }
+}
+
 impl Index {
     /// Build from the catalog and a listing of records.
     pub fn build(catalog: impl IntoIterator<Item = RepoName>, records: impl IntoIterator<Item = Record>) -> Index {
-        let mut repos: BTreeMap<Box<str>, RepoEntry> =
-            catalog.into_iter().map(|n| (Box::from(n.as_str()), RepoEntry::default())).collect();
+        let mut builder = IndexBuilder::new(catalog);
         for record in records {
-            // Records of a repository the catalog no longer names are
-            // leftovers the collector will remove.
-            if let Some(entry) = repos.get_mut(record.key.repo().as_str()) {
-                entry.add(&record);
-            }
+            builder.add(&record);
         }
-        for entry in repos.values_mut() {
-            entry.finish();
-        }
-        Index { repos, haystack: Default::default() }
+        builder.finish()
     }
 
     pub fn len(&self) -> usize {

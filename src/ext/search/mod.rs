@@ -33,7 +33,7 @@ use crate::oci::{Digest, OciError, Reference, RepoName, Tag};
 use crate::registry::access::{Access, Pull};
 use crate::registry::cache::INVALIDATION_CHANNEL;
 use crate::registry::derived::DerivedStore;
-use crate::registry::records::{changed_repository, Record};
+use crate::registry::records::changed_repository;
 use crate::registry::Registry;
 pub use index::{Index, RepoEntry, RepoPage, TagOrder};
 
@@ -238,18 +238,20 @@ impl Search {
         let started = Instant::now();
         let mut catalog = Vec::new();
         registry.catalog_names(|n| catalog.push(n)).await?;
-        let mut records: Vec<Record> = Vec::new();
+        // Each record goes into the index as the listing produces it: a
+        // million tags are never held as a list of records too.
+        let mut builder = index::IndexBuilder::new(catalog);
         let listed = registry
             .all_records(|r| {
                 if matches!(
                     r.key,
                     crate::registry::keys::RepoKey::Tag { .. } | crate::registry::keys::RepoKey::Revision { .. }
                 ) {
-                    records.push(r);
+                    builder.add(&r);
                 }
             })
             .await?;
-        let index = Index::build(catalog, records);
+        let index = builder.finish();
         let stats = BuildStats {
             repositories: index.len(),
             tags: index.tag_count(),
@@ -529,6 +531,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Option<(Index, SystemTime)> {
 mod tests {
     use super::*;
     use crate::registry::keys::RepoKey;
+    use crate::registry::records::Record;
 
     #[test]
     fn a_snapshot_reads_back_as_the_index_it_was() {
