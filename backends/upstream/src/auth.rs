@@ -90,25 +90,39 @@ pub(crate) struct TokenAnswer {
 }
 
 /// Tokens by scope, each until shortly before it expires.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct TokenCache {
     tokens: HashMap<String, (String, Instant)>,
+}
+
+/// Scopes only: the tokens are credentials.
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache").field("scopes", &self.tokens.keys().collect::<Vec<_>>()).finish()
+    }
 }
 
 /// A token without `expires_in` lives 60 s (the token specification's
 /// default); each is used only until 90% of its life has passed.
 pub(crate) const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(60);
 
+/// No token is used longer than this, whatever its `expires_in` says.
+pub(crate) const MAX_TOKEN_LIFE: Duration = Duration::from_secs(24 * 3600);
+
 impl TokenCache {
     pub fn get(&self, scope: &str) -> Option<String> {
         self.tokens.get(scope).filter(|(_, until)| Instant::now() < *until).map(|(t, _)| t.clone())
     }
 
+    /// Remember `token` for 90% of `life`, and for a day at most, whatever
+    /// the token endpoint claims.
     pub fn put(&mut self, scope: &str, token: String, life: Duration) {
         if self.tokens.len() > 1024 {
             self.tokens.retain(|_, (_, until)| Instant::now() < *until);
         }
-        self.tokens.insert(scope.to_owned(), (token, Instant::now() + life.mul_f64(0.9)));
+        let now = Instant::now();
+        let until = now.checked_add(life.min(MAX_TOKEN_LIFE).mul_f64(0.9)).unwrap_or(now);
+        self.tokens.insert(scope.to_owned(), (token, until));
     }
 
     pub fn forget(&mut self, scope: &str) {

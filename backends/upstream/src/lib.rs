@@ -286,8 +286,10 @@ impl Upstream {
             .connect_timeout(options.connect_timeout)
             .user_agent(options.user_agent.clone())
             // Blob GETs of large registries redirect to a CDN or a bucket;
-            // reqwest drops Authorization when the host changes.
-            .redirect(reqwest::redirect::Policy::limited(5))
+            // reqwest drops Authorization when the host changes. Never to
+            // plain http from https, nor into an internal network the
+            // upstream is not in.
+            .redirect(redirect_policy(&base))
             .build()
             .map_err(|e| UpstreamError::Setup(format!("HTTP client: {e}")))?;
         Ok(Upstream {
@@ -364,18 +366,7 @@ impl Upstream {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned())
             .unwrap_or_default();
-        if resp.content_length().is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
-            return Err(UpstreamError::Protocol(format!("manifest over {MAX_MANIFEST_BYTES} bytes")));
-        }
-        let mut bytes = Vec::new();
-        let mut body = self.idle_bounded(resp);
-        while let Some(piece) = body.next().await {
-            let piece = piece?;
-            if bytes.len() + piece.len() > MAX_MANIFEST_BYTES {
-                return Err(UpstreamError::Protocol(format!("manifest over {MAX_MANIFEST_BYTES} bytes")));
-            }
-            bytes.extend_from_slice(&piece);
-        }
+        let bytes = self.read_capped(resp, MAX_MANIFEST_BYTES, "manifest").await?;
         let expected = if valid_digest(reference) { Some(reference.to_owned()) } else { announced.clone() };
         let digest = match &expected {
             Some(e) => {
@@ -437,6 +428,24 @@ impl Upstream {
         Ok(BlobBody { size, body: verified(body, digest.to_owned(), size) })
     }
 
+    /// The whole body of `resp`: at most `cap` bytes, none of its pieces
+    /// later than `idle_timeout`.
+    async fn read_capped(&self, resp: reqwest::Response, cap: usize, what: &str) -> Result<Vec<u8>> {
+        if resp.content_length().is_some_and(|n| n > cap as u64) {
+            return Err(UpstreamError::Protocol(format!("{what} over {cap} bytes")));
+        }
+        let mut bytes = Vec::new();
+        let mut body = self.idle_bounded(resp);
+        while let Some(piece) = body.next().await {
+            let piece = piece?;
+            if bytes.len() + piece.len() > cap {
+                return Err(UpstreamError::Protocol(format!("{what} over {cap} bytes")));
+            }
+            bytes.extend_from_slice(&piece);
+        }
+        Ok(bytes)
+    }
+
     /// The body of `resp`, failing when no byte arrives for `idle_timeout`.
     fn idle_bounded(&self, resp: reqwest::Response) -> BoxStream<'static, Result<Bytes>> {
         let idle = self.inner.options.idle_timeout;
@@ -477,8 +486,16 @@ impl Upstream {
                 Ok(())
             }
             Challenge::Bearer { realm, service, scope: asked } => {
-                if !(realm.starts_with("https://") || realm.starts_with("http://")) {
+                let Some(realm_url) =
+                    reqwest::Url::parse(&realm).ok().filter(|u| matches!(u.scheme(), "https" | "http"))
+                else {
                     return Err(UpstreamError::Protocol(format!("token realm {realm:?} is not an http(s) URL")));
+                };
+                if self.inner.options.credentials.is_some() && !credentials_may_go_to(&self.inner.base, &realm_url) {
+                    return Err(UpstreamError::Protocol(format!(
+                        "token realm {realm:?}: the credentials go only over https, or to the upstream's own \
+                         host when it is plain http"
+                    )));
                 }
                 let mut url = realm.clone();
                 let mut sep = if url.contains('?') { '&' } else { '?' };
@@ -511,7 +528,7 @@ impl Upstream {
                     }
                     s => return Err(unavailable(format!("the token endpoint answered {s}"))),
                 }
-                let body = resp.bytes().await.map_err(|e| unavailable(format!("token endpoint: {e}")))?;
+                let body = self.read_capped(resp, MAX_TOKEN_ANSWER_BYTES, "token endpoint answer").await?;
                 let answer: auth::TokenAnswer = serde_json::from_slice(&body)
                     .map_err(|e| UpstreamError::Protocol(format!("token endpoint answer: {e}")))?;
                 let token = answer
@@ -551,10 +568,18 @@ impl Upstream {
         }
         let mut out = Vec::new();
         let mut next = Some(first.to_owned());
+        let mut asked = std::collections::HashSet::new();
         while let Some(path) = next.take() {
+            // A `next` link seen before, or pages without end, would loop
+            // for ever.
+            if asked.len() >= MAX_LIST_PAGES || !asked.insert(path.clone()) {
+                return Err(UpstreamError::Protocol(format!(
+                    "the upstream's {field} pages do not end (a next link repeats, or over {MAX_LIST_PAGES} pages)"
+                )));
+            }
             let resp = self.send(http::Method::GET, scope, &path, false).await?;
             next = next_link(resp.headers());
-            let body = resp.bytes().await.map_err(|e| unavailable(format!("reading {path}: {e}")))?;
+            let body = self.read_capped(resp, MAX_LIST_PAGE_BYTES, &format!("a page of {field}")).await?;
             let page: Page =
                 serde_json::from_slice(&body).map_err(|e| UpstreamError::Protocol(format!("{path}: {e}")))?;
             let items = if field == "tags" { page.tags } else { page.repositories };
@@ -645,6 +670,91 @@ impl Upstream {
 
 /// Most names a tag or catalog listing may return.
 pub const MAX_LIST_ENTRIES: usize = 100_000;
+
+/// At most this many pages of a list are asked for.
+pub const MAX_LIST_PAGES: usize = 2_000;
+
+/// At most this many bytes in one page of a list.
+pub const MAX_LIST_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// At most this many bytes in a token endpoint's answer.
+pub const MAX_TOKEN_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Whether credentials may be sent to the token realm `realm` of the
+/// upstream at `base`: over https, or to the upstream's own host and port
+/// when the upstream is plain http anyway (never over plain http to
+/// another host).
+fn credentials_may_go_to(base: &str, realm: &reqwest::Url) -> bool {
+    match realm.scheme() {
+        "https" => true,
+        "http" => reqwest::Url::parse(base).is_ok_and(|b| {
+            b.scheme() == "http"
+                && b.host_str() == realm.host_str()
+                && b.port_or_known_default() == realm.port_or_known_default()
+        }),
+        _ => false,
+    }
+}
+
+/// Whether `host` (as a URL writes it) names this machine or a private,
+/// link-local or otherwise internal network.
+fn internal_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                // 100.64.0.0/10, shared address space.
+                || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                // fc00::/7 unique local, fe80::/10 link-local.
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip.to_ipv4_mapped().is_some_and(|v4| internal_host(&v4.to_string()))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether a redirect from a URL of scheme `from` to `to` may be followed
+/// for an upstream whose own host is `internal` or not: never from https
+/// to http, and to an internal address only when the upstream is one.
+fn redirect_allowed(from: &str, to: &reqwest::Url, internal: bool) -> Result<(), &'static str> {
+    if from == "https" && to.scheme() != "https" {
+        return Err("a redirect from https to plain http");
+    }
+    if !matches!(to.scheme(), "https" | "http") {
+        return Err("a redirect to something other than http(s)");
+    }
+    if !internal && to.host_str().is_none_or(internal_host) {
+        return Err("a redirect to an internal address");
+    }
+    Ok(())
+}
+
+/// Follow at most 5 redirects, each [`redirect_allowed`].
+fn redirect_policy(base: &str) -> reqwest::redirect::Policy {
+    let internal = reqwest::Url::parse(base).ok().and_then(|u| u.host_str().map(internal_host)).unwrap_or(false);
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > 5 {
+            return attempt.error("more than 5 redirects");
+        }
+        let from = attempt.previous().last().map(|u| u.scheme().to_owned()).unwrap_or_default();
+        match redirect_allowed(&from, attempt.url(), internal) {
+            Ok(()) => attempt.follow(),
+            Err(why) => attempt.error(why),
+        }
+    })
+}
 
 fn pull_scope(repo: &str) -> String {
     format!("repository:{repo}:pull")
@@ -845,5 +955,55 @@ mod tests {
         let d512 = format!("sha512:{}", hex::encode(sha2::Sha512::digest(b"hello upstream world")));
         let (out, err, _) = collect(verified(pieces(data), d512, None)).await;
         assert_eq!((out.len(), err.is_none()), (20, true));
+    }
+
+    #[test]
+    fn credentials_go_only_where_they_are_safe() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        // Over https, anywhere (Docker Hub's realm is another host).
+        assert!(credentials_may_go_to("https://registry-1.docker.io", &url("https://auth.docker.io/token")));
+        // Plain http: only the upstream's own host and port.
+        assert!(credentials_may_go_to("http://10.0.0.5:5000", &url("http://10.0.0.5:5000/token")));
+        assert!(!credentials_may_go_to("http://10.0.0.5:5000", &url("http://10.0.0.6:5000/token")));
+        assert!(!credentials_may_go_to("http://10.0.0.5:5000", &url("http://10.0.0.5:5001/token")));
+        assert!(!credentials_may_go_to("https://r.example", &url("http://r.example/token")), "a downgrade");
+        assert!(!credentials_may_go_to("https://r.example", &url("ftp://r.example/token")));
+    }
+
+    #[test]
+    fn redirects_neither_downgrade_nor_reach_inside() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(redirect_allowed("https", &url("https://cdn.example/blob"), false).is_ok());
+        assert!(redirect_allowed("https", &url("http://cdn.example/blob"), false).is_err());
+        assert!(redirect_allowed("http", &url("http://cdn.example/blob"), false).is_ok());
+        for inside in [
+            "http://127.0.0.1/x",
+            "http://localhost:8080/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.1.2.3/x",
+            "http://192.168.0.1/x",
+            "http://172.16.0.1/x",
+            "http://100.64.0.1/x",
+            "http://[::1]/x",
+            "http://[fd00::1]/x",
+            "http://[fe80::1]/x",
+            "http://[::ffff:127.0.0.1]/x",
+            "http://0.0.0.0/x",
+        ] {
+            assert!(redirect_allowed("http", &url(inside), false).is_err(), "{inside}");
+            assert!(redirect_allowed("http", &url(inside), true).is_ok(), "{inside}: the upstream is inside too");
+        }
+        assert!(redirect_allowed("http", &url("http://172.32.0.1/x"), false).is_ok(), "not private");
+        assert!(redirect_allowed("https", &url("file:///etc/passwd"), true).is_err());
+        assert!(internal_host("[::1]") && !internal_host("registry.example"));
+    }
+
+    #[test]
+    fn token_lives_are_bounded() {
+        let mut cache = auth::TokenCache::default();
+        // An absurd expires_in neither panics nor keeps the token past a day.
+        cache.put("s", "secret-token-value".into(), Duration::from_secs(u64::MAX));
+        assert_eq!(cache.get("s").as_deref(), Some("secret-token-value"));
+        assert!(!format!("{cache:?}").contains("secret-token-value"), "a token in Debug output");
     }
 }

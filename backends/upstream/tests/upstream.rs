@@ -431,3 +431,90 @@ async fn distribution_with_htpasswd_is_read_with_basic_credentials() {
     let none = client(&d.url, None);
     assert!(matches!(none.head_manifest("library/base", "3.21").await, Err(UpstreamError::Unauthorized(_))));
 }
+
+/// An upstream whose token endpoint and lists misbehave: a realm on
+/// another host over plain http, an absurd `expires_in`, an oversized
+/// token answer, a `next` link that points back at its own page.
+#[tokio::test]
+async fn a_hostile_token_endpoint_or_list_is_refused_without_leaking_or_hanging() {
+    #[derive(Default)]
+    struct Seen {
+        elsewhere: Vec<String>,
+        pages: usize,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    // Another host on loopback that would collect credentials.
+    let thief = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let thief_addr = thief.local_addr().unwrap();
+    let app = Router::new().fallback(|State(s): State<Arc<Mutex<Seen>>>, headers: HeaderMap| async move {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+        s.lock().unwrap().elsewhere.push(auth);
+        ([("content-type", "application/json")], r#"{"token":"stolen"}"#)
+    });
+    let app = app.with_state(seen.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(thief, app).await;
+    });
+
+    // realm: where the token is asked for; what the token endpoint answers.
+    let upstream = |realm: String, answer: String| {
+        let seen = seen.clone();
+        async move {
+            let app = Router::new()
+                .route("/token", get(move || async move { ([("content-type", "application/json")], answer) }))
+                .fallback(move |headers: HeaderMap, uri: Uri| {
+                    let (seen, realm) = (seen.clone(), realm.clone());
+                    async move {
+                        let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                        if headers.get("authorization").is_none() {
+                            let realm = realm.replace("HOST", &host);
+                            let challenge = format!("Bearer realm=\"{realm}\",service=\"s\"");
+                            return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response();
+                        }
+                        // Every page of tags names itself as the next one.
+                        seen.lock().unwrap().pages += 1;
+                        let link = format!("<{}>; rel=\"next\"", uri);
+                        ([("content-type", "application/json"), ("link", link.as_str())], r#"{"tags":["a"]}"#)
+                            .into_response()
+                    }
+                });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            url
+        }
+    };
+    let creds = Some((TOKEN_USER, TOKEN_PASSWORD));
+
+    // Credentials are not sent over plain http to another host.
+    let url = upstream(format!("http://{thief_addr}/token"), "{}".into()).await;
+    let listed = tokio::time::timeout(Duration::from_secs(60), client(&url, creds).tags("team/app")).await;
+    let err = listed.expect("the pages were followed for a minute").unwrap_err();
+    assert!(matches!(&err, UpstreamError::Protocol(m) if m.contains("token realm")), "{err:?}");
+    assert!(
+        seen.lock().unwrap().elsewhere.is_empty(),
+        "the other host was asked: {:?}",
+        seen.lock().unwrap().elsewhere
+    );
+    // Without credentials to lose, an anonymous token may come from there.
+    let _ = tokio::time::timeout(Duration::from_secs(60), client(&url, None).tags("team/app")).await;
+    assert_eq!(seen.lock().unwrap().elsewhere, vec!["-".to_owned()]);
+    let pages_before = seen.lock().unwrap().pages;
+
+    // An expires_in no clock can add: the token is used, nothing panics.
+    // The tags list then names itself as its next page: refused, once.
+    let url = upstream("http://HOST/token".into(), r#"{"token":"t","expires_in":18446744073709551615}"#.into()).await;
+    // (A bound on the wait, so a loop fails the test instead of hanging it.)
+    let listed = tokio::time::timeout(Duration::from_secs(60), client(&url, creds).tags("team/app")).await;
+    let err = listed.expect("the pages were followed for a minute").unwrap_err();
+    assert!(matches!(&err, UpstreamError::Protocol(m) if m.contains("do not end")), "{err:?}");
+    assert_eq!(seen.lock().unwrap().pages, pages_before + 1, "the repeated page was asked for again");
+
+    // A token answer of a megabyte is refused.
+    let huge = format!(r#"{{"token":"{}"}}"#, "x".repeat(1024 * 1024));
+    let url = upstream("http://HOST/token".into(), huge).await;
+    let err = client(&url, creds).tags("team/app").await.unwrap_err();
+    assert!(matches!(&err, UpstreamError::Protocol(m) if m.contains("over")), "{err:?}");
+}
