@@ -1030,8 +1030,15 @@ async fn a_root_upstream_serves_unprefixed_names() {
     let auth = basic("mirror", "Upstream-pw1");
     let (digest, _, layer) = push(&up.url(), &auth, "library/base", "3.21", 1).await;
     let (other_digest, _, _) = push(&other.url(), &basic("other", "Other-pw1"), "team/tool", "1", 2).await;
+    // The root upstream also has a repository under the other upstream's
+    // prefix: its sync must leave that name to the other upstream.
+    // (Under the other upstream's remote name too, so a sync that took the
+    // name would copy the root's image over the other's.)
+    push(&up.url(), &auth, "other/team/tool", "1", 3).await;
+    push(&up.url(), &auth, "team/tool", "1", 4).await;
     let b = Berth::start(&format!(
         "[[mirror.upstreams]]\nname = \"hub\"\nprefix = \"\"\nurl = \"{}\"\nusername = \"mirror\"\npassword = \"Upstream-pw1\"\n\
+         [mirror.upstreams.sync]\nrepositories = [\"**\"]\n\
          [[mirror.upstreams]]\nname = \"other\"\nprefix = \"other\"\nurl = \"{}\"\nusername = \"other\"\npassword = \"Other-pw1\"\n",
         up.url(),
         other.url()
@@ -1049,6 +1056,18 @@ async fn a_root_upstream_serves_unprefixed_names() {
     // Unknown upstream names are unknown here too.
     let missing = c.get(b.url("/v2/library/nothing/manifests/1")).header("accept", ACCEPT).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+
+    // The root upstream's sync copies its own repository and skips the
+    // one under the other upstream's prefix, saying so.
+    let out = sync_command(&b).args(["--upstream", "hub", "--json"]).output().unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let errors = report[0]["errors"].to_string();
+    assert!(errors.contains("other/team/tool belongs to upstream other"), "{report}");
+    assert_eq!(report[0]["repositories"], 2, "library/base and team/tool are the root upstream's: {report}");
+    assert_eq!(report[0]["tags_failed"], 0, "{report}");
+    let m = c.get(b.url("/v2/other/team/tool/manifests/1")).header("accept", ACCEPT).send().await.unwrap();
+    assert_eq!(m.headers()["docker-content-digest"], other_digest.as_str());
 }
 
 /// Access control applies to mirrored repositories like any other: who

@@ -141,7 +141,10 @@ enum Turn {
     Lead(Option<Lease>),
 }
 
-/// A fill's lock, renewed in the background until released.
+/// A fill's lock, renewed in the background until released, or until the
+/// fill has run for its route's `fill_wait`: a fill slower than that (an
+/// upstream trickling bytes) lets its lock lapse, so the pulls waiting for
+/// it are not kept from fetching for ever.
 struct Held {
     state: SharedStateRef,
     lease: Option<Lease>,
@@ -149,12 +152,18 @@ struct Held {
 }
 
 impl Held {
-    fn new(state: SharedStateRef, lease: Option<Lease>) -> Held {
+    fn new(state: SharedStateRef, lease: Option<Lease>, renew_for: Option<Duration>) -> Held {
         let keeper = lease.clone().map(|lease| {
             let state = state.clone();
             tokio::spawn(async move {
+                let until = renew_for.and_then(|d| tokio::time::Instant::now().checked_add(d));
                 loop {
                     tokio::time::sleep(FILL_LOCK_TTL / 3).await;
+                    if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+                        tracing::warn!(lock = %lease.name, ?renew_for,
+                            "a mirror fill outlasted fill_wait; its lock lapses and another pull may fetch");
+                        return;
+                    }
                     match state.extend(&lease, FILL_LOCK_TTL).await {
                         Ok(true) => {}
                         Ok(false) => {
@@ -339,7 +348,7 @@ impl Mirror {
                 }
                 let lease = match self.turn(route, &lock_name("manifest", repo, &digest.to_string()), here).await? {
                     Turn::Done => return Ok(Prepared::Current),
-                    Turn::Lead(lease) => Held::new(self.registry.state(), lease),
+                    Turn::Lead(lease) => Held::new(self.registry.state(), lease, Some(route.fill_wait)),
                 };
                 let stored = async {
                     let fetched = route.client.get_manifest(&remote, &digest.to_string()).await;
@@ -377,9 +386,9 @@ impl Mirror {
                     // (however long a hung upstream makes it), serve it as
                     // last seen rather than queue behind that pull.
                     match state.try_lock(&lock, FILL_LOCK_TTL).await {
-                        Ok(Some(lease)) => Held::new(state.clone(), Some(lease)),
+                        Ok(Some(lease)) => Held::new(state.clone(), Some(lease), Some(route.fill_wait)),
                         Ok(None) => return Ok(Prepared::Current),
-                        Err(_) => Held::new(state.clone(), None),
+                        Err(_) => Held::new(state.clone(), None, Some(route.fill_wait)),
                     }
                 } else {
                     match self.turn(route, &lock, fresh).await? {
@@ -387,7 +396,7 @@ impl Mirror {
                             crate::metrics::inc(&crate::metrics::get().mirror_fresh_hits);
                             return Ok(Prepared::Current);
                         }
-                        Turn::Lead(lease) => Held::new(state.clone(), lease),
+                        Turn::Lead(lease) => Held::new(state.clone(), lease, Some(route.fill_wait)),
                     }
                 };
                 // (A pull that waited its turn and leads now may find the tag
@@ -479,7 +488,7 @@ impl Mirror {
         };
         let lease = match self.turn(route, &lock_name("blob", repo, &digest.to_string()), here).await? {
             Turn::Done => return Ok(Some(MirrorBlob::Stored)),
-            Turn::Lead(lease) => Held::new(self.registry.state(), lease),
+            Turn::Lead(lease) => Held::new(self.registry.state(), lease, Some(route.fill_wait)),
         };
         let blob = route.client.get_blob(&remote, &digest.to_string()).await;
         count(&blob);

@@ -22,8 +22,12 @@ use crate::glob::Glob;
 /// How long a sync's lease lives without being renewed.
 const SYNC_LOCK_TTL: Duration = Duration::from_secs(30);
 
-/// Indexes nested deeper than this are not followed.
+/// Indexes nested deeper than this fail their tag.
 const MAX_DEPTH: usize = 2;
+
+/// At most this many manifests under one tag (an index of indexes of a
+/// hostile upstream could name millions); the tag fails beyond it.
+const MAX_MANIFESTS_PER_TAG: usize = 1_000;
 
 /// What one run did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -61,6 +65,8 @@ struct Item {
     repo: RepoName,
     remote: String,
     tag: crate::oci::Tag,
+    /// Manifests visited under this tag so far (see [`MAX_MANIFESTS_PER_TAG`]).
+    visited: std::sync::atomic::AtomicUsize,
 }
 
 /// Tag order for `newest`: numeric runs compare as numbers, the rest as
@@ -139,7 +145,7 @@ impl Mirror {
         let mut report = SyncReport { upstream: name.to_owned(), ..SyncReport::default() };
         let state = self.registry.state();
         let lease = match state.try_lock(&format!("mirror:sync:{name}"), SYNC_LOCK_TTL).await {
-            Ok(Some(lease)) => Held::new(state, Some(lease)),
+            Ok(Some(lease)) => Held::new(state, Some(lease), None),
             Ok(None) => {
                 report.busy = true;
                 return Ok(report);
@@ -208,7 +214,13 @@ impl Mirror {
                 report.errors.push(format!("{name:?} is not a repository name here"));
                 continue;
             };
-            let Some((_, remote)) = self.route(&repo) else { continue };
+            // A root upstream's catalog may name repositories under
+            // another upstream's prefix: those are that upstream's alone.
+            let Some((owner, remote)) = self.route(&repo) else { continue };
+            if !std::ptr::eq(owner, route) {
+                report.errors.push(format!("{repo} belongs to upstream {}; skipped", owner.name));
+                continue;
+            }
             report.repositories += 1;
             let tags = route.client.tags(&remote).await;
             count(&tags);
@@ -221,7 +233,7 @@ impl Mirror {
             };
             for tag in select_tags(sync, &tags) {
                 if let Ok(tag) = tag.parse::<crate::oci::Tag>() {
-                    work.push(Item { repo: repo.clone(), remote: remote.clone(), tag });
+                    work.push(Item { repo: repo.clone(), remote: remote.clone(), tag, visited: Default::default() });
                 }
             }
         }
@@ -268,6 +280,9 @@ impl Mirror {
         report: &'a mut SyncReport,
     ) -> futures::future::BoxFuture<'a, Result<bool, String>> {
         Box::pin(async move {
+            if item.visited.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= MAX_MANIFESTS_PER_TAG {
+                return Err(format!("more than {MAX_MANIFESTS_PER_TAG} manifests under one tag"));
+            }
             let reader: Access<Pull> = crate::auth::internal_access(&item.repo, "mirror");
             let writer: Access<Push> = crate::auth::internal_access(&item.repo, "mirror");
             let (bytes, media_type, here) =
@@ -285,11 +300,13 @@ impl Mirror {
             let parsed: serde_json::Value =
                 serde_json::from_slice(&bytes).map_err(|e| format!("manifest {digest}: {e}"))?;
             if let Some(children) = parsed["manifests"].as_array() {
-                if depth < MAX_DEPTH {
-                    for child in children.iter().filter(|c| platform_wanted(&sync.platforms, c)) {
-                        let Some(Ok(d)) = child["digest"].as_str().map(str::parse::<Digest>) else { continue };
-                        self.sync_manifest(route, sync, item, &d, false, depth + 1, report).await?;
-                    }
+                // Nothing is stored whose children were not all copied.
+                if depth >= MAX_DEPTH {
+                    return Err(format!("manifest {digest}: indexes nested deeper than {MAX_DEPTH}"));
+                }
+                for child in children.iter().filter(|c| platform_wanted(&sync.platforms, c)) {
+                    let Some(Ok(d)) = child["digest"].as_str().map(str::parse::<Digest>) else { continue };
+                    self.sync_manifest(route, sync, item, &d, false, depth + 1, report).await?;
                 }
             } else {
                 let blobs = std::iter::once(&parsed["config"])
