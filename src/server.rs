@@ -635,6 +635,18 @@ async fn serve_io<S>(
     // Who each request comes from is resolved here, once, from the
     // connection and the request's forwarding headers.
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        // HTTP/2 carries the host in the request's authority and browsers
+        // send no `Host` header with it: give the handlers one, as
+        // HTTP/1.1 would (without any user info the authority holds).
+        if !req.headers().contains_key(http::header::HOST) {
+            let host = req.uri().authority().map(|a| match a.port_u16() {
+                Some(port) => format!("{}:{port}", a.host()),
+                None => a.host().to_owned(),
+            });
+            if let Some(v) = host.and_then(|h| http::HeaderValue::from_str(&h).ok()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
         let client = ClientInfo::resolve(&connection, req.headers(), &app.trusted_proxies);
         req.extensions_mut().insert(client);
         router.clone().oneshot(req)
