@@ -456,6 +456,20 @@ async fn a_session_ends_with_its_credential() {
     assert!(signed_in(&b, again.clone()).await);
     assert!(signed_in(&b, admin.clone()).await, "another user's session ended");
 
+    // Signing in again from the same browser (its session cookie sent
+    // along) ends the session it had.
+    let form = fetch(&b, "/ui/login", Some(&again)).await;
+    let csrf = cookie_value(&form, "__Host-berth_csrf").unwrap();
+    let cookies = format!("{again}; __Host-berth_csrf={csrf}");
+    let fields = [("csrf", csrf.as_str()), ("username", "reader"), ("password", "new-password")];
+    let done = post(&b, "/ui/login", Some(&cookies), None, &fields).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let replaced = again;
+    let again = format!("__Host-berth_session={}", cookie_value(&done, "__Host-berth_session").unwrap());
+    assert_ne!(again, replaced);
+    assert!(!signed_in(&b, replaced.clone()).await, "the replaced session lives on");
+    assert!(signed_in(&b, again.clone()).await);
+
     // Every token of the reader revoked: the reader's session ends too.
     revoke(serde_json::json!({"subject": "reader"})).await;
     until_signed_out("its subject's revocation", || signed_in(&b, again.clone())).await;

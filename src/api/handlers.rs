@@ -609,7 +609,8 @@ mod search {
         let search = service(app)?;
         let q = query.get("q").unwrap_or("");
         let n = query.page_size()?;
-        let found = search.repositories(q, &|repo| app.gate.may_list(id, repo), query.get("last"), n)?;
+        let (gate, who) = (app.gate.clone(), id.clone());
+        let found = search.repositories(q, move |repo| gate.may_list(&who, repo), query.get("last"), n).await?;
         let items: Vec<serde_json::Value> = found
             .items
             .iter()

@@ -326,16 +326,20 @@ impl Index {
         let filter = filter.trim().to_ascii_lowercase();
         let mut tags: Vec<&TagEntry> =
             entry.tags.iter().filter(|t| filter.is_empty() || t.name.to_ascii_lowercase().contains(&filter)).collect();
-        let key = |t: &TagEntry| (std::cmp::Reverse(t.pushed), t.name.clone());
+        // Newest first, then by name; compared by reference (no copy of a
+        // name per comparison).
+        fn key(t: &TagEntry) -> (std::cmp::Reverse<Millis>, &str) {
+            (std::cmp::Reverse(t.pushed), &t.name)
+        }
         if order == TagOrder::Pushed {
-            tags.sort_by_key(|t| key(t));
+            tags.sort_by(|a, b| key(a).cmp(&key(b)));
         }
         let total = tags.len();
         let start = match (order, last) {
             (_, None) => 0,
             (TagOrder::Name, Some(l)) => tags.partition_point(|t| &*t.name <= l),
             (TagOrder::Pushed, Some(cursor)) => match parse_pushed_cursor(cursor) {
-                Some(after) => tags.partition_point(|t| key(t) <= after),
+                Some((pushed, name)) => tags.partition_point(|t| key(t) <= (pushed, &*name)),
                 None => total,
             },
         };

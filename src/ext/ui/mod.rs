@@ -230,8 +230,11 @@ async fn home(State(app): State<Arc<App>>, req: Request) -> Response {
     if let Err(e) = app.gate.require_identity(&v.identity) {
         return refused(&v, &e, &here);
     }
-    let found = search(&app)
-        .and_then(|s| s.repositories(&text, &|repo| app.gate.may_list(&v.identity, repo), param(&q, "last"), Some(50)));
+    let (gate, who) = (app.gate.clone(), v.identity.clone());
+    let found = match search(&app) {
+        Ok(s) => s.repositories(&text, move |repo| gate.may_list(&who, repo), param(&q, "last"), Some(50)).await,
+        Err(e) => Err(e),
+    };
     match found {
         Ok(page) => html(StatusCode::OK, pages::home(&v, &text, &page)),
         Err(e) => refused(&v, &e, &here),
@@ -453,6 +456,12 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
     };
     let expires = if token.is_empty() { None } else { token_expiry(token) };
     let limits = settings(&app).limits;
+    // A new sign-in replaces the session this browser had: the old id ends.
+    if let Some(old) = &v.session {
+        if let Err(e) = session::end(app.registry.state().as_ref(), &old.id, settings(&app).limits).await {
+            tracing::debug!(error = %e, "cannot end the session a new sign-in replaces; it expires by itself");
+        }
+    }
     let credential = app.gate.session_credential(&identity, (!token.is_empty()).then_some(token));
     let created = session::create(app.registry.state().as_ref(), &identity, credential, limits, expires).await;
     let s = match created {
@@ -490,7 +499,7 @@ async fn logout(State(app): State<Arc<App>>, req: Request) -> Response {
     if !session::same_origin(&parts.headers) || !session::same_token(&s.csrf, param(&form, "csrf").unwrap_or("")) {
         return csrf_refused(Some(&v));
     }
-    if let Err(e) = session::end(app.registry.state().as_ref(), &s.id).await {
+    if let Err(e) = session::end(app.registry.state().as_ref(), &s.id, settings(&app).limits).await {
         tracing::warn!(error = %e, "cannot end a UI session");
         return pages::error_page(
             Some(&v),

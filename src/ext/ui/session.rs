@@ -57,6 +57,12 @@ fn state_key(id: &str) -> String {
     format!("ui:session:{}", hex::encode(Sha256::digest(id.as_bytes())))
 }
 
+/// Where a signed-out session's mark is kept, so that a page view racing
+/// the sign-out cannot write the session back.
+fn ended_key(id: &str) -> String {
+    format!("ui:ended:{}", hex::encode(Sha256::digest(id.as_bytes())))
+}
+
 /// What shared state holds per session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stored {
@@ -178,16 +184,25 @@ pub async fn lookup(
             let ttl = limits.idle.min(Duration::from_secs(stored.ends - now));
             // Best effort: a failed push only shortens the session.
             let _ = state.set(&key, Bytes::from(value), ttl).await;
+            // A sign-out between the read above and this write must win:
+            // it marks the id before deleting it, so looking after writing
+            // sees the mark whenever the write could have undone it.
+            if matches!(state.get(&ended_key(id)).await, Ok(Some(_))) {
+                let _ = state.delete(&key).await;
+                return Ok(None);
+            }
         }
     }
     Ok(Some(Session { id: id.to_owned(), identity, csrf: stored.csrf }))
 }
 
-/// End a session.
-pub async fn end(state: &dyn SharedState, id: &str) -> Result<(), String> {
+/// End a session: mark the id ended (for as long as a session could
+/// live), then delete it.
+pub async fn end(state: &dyn SharedState, id: &str, limits: Limits) -> Result<(), String> {
     if !well_formed(id) {
         return Ok(());
     }
+    state.set(&ended_key(id), Bytes::from_static(b"1"), limits.max).await.map_err(|e| e.to_string())?;
     state.delete(&state_key(id)).await.map_err(|e| e.to_string())
 }
 
@@ -273,7 +288,7 @@ mod tests {
         let expired = create(&state, &id, none(), limits, Some(now_secs() - 1)).await.unwrap();
         let h2 = headers(&[("cookie", &format!("{SESSION_COOKIE}={}", expired.id))]);
         assert!(lookup(&state, &gate, &h2, limits).await.unwrap().is_none());
-        end(&state, &s.id).await.unwrap();
+        end(&state, &s.id, limits).await.unwrap();
         assert!(lookup(&state, &gate, &h, limits).await.unwrap().is_none());
         // Forged or malformed ids find nothing.
         let forged = headers(&[("cookie", &format!("{SESSION_COOKIE}={}", random_token().unwrap()))]);
@@ -291,5 +306,36 @@ mod tests {
         let early = create(&state, &id, token, limits, None).await.unwrap();
         let h4 = headers(&[("cookie", &format!("{SESSION_COOKIE}={}", early.id))]);
         assert!(lookup(&state, &gate, &h4, limits).await.is_err());
+    }
+
+    /// A page view that read the session just before a sign-out and pushes
+    /// its expiry just after it does not bring the session back.
+    #[tokio::test]
+    async fn a_sign_out_wins_over_a_racing_page_view() {
+        let state = berth_state::MemoryState::new();
+        let gate = Gate::anonymous();
+        let limits = Limits { idle: Duration::from_secs(60), max: Duration::from_secs(600) };
+        let id = Identity::for_tests(Source::Certificate, "alice", &[], AuthMethod::Mtls);
+        let s = create(&state, &id, SessionCredential::default(), limits, None).await.unwrap();
+        let h = headers(&[("cookie", &format!("{SESSION_COOKIE}={}", s.id))]);
+        // What the page view read: last pushed long ago, so it pushes again.
+        let raw = state.get(&state_key(&s.id)).await.unwrap().unwrap();
+        let mut stale: Stored = serde_json::from_slice(&raw).unwrap();
+        stale.touched = 0;
+        end(&state, &s.id, limits).await.unwrap();
+        // Its write-back lands after the sign-out...
+        let back = Bytes::from(serde_json::to_vec(&stale).unwrap());
+        state.set(&state_key(&s.id), back, limits.idle).await.unwrap();
+        // ...and the look after the write finds the mark.
+        assert!(lookup(&state, &gate, &h, limits).await.unwrap().is_none());
+        assert!(state.get(&state_key(&s.id)).await.unwrap().is_none(), "the session was left in shared state");
+        // Without a sign-out, the same push keeps the session.
+        let live = create(&state, &id, SessionCredential::default(), limits, None).await.unwrap();
+        let raw = state.get(&state_key(&live.id)).await.unwrap().unwrap();
+        let mut due: Stored = serde_json::from_slice(&raw).unwrap();
+        due.touched = 0;
+        state.set(&state_key(&live.id), Bytes::from(serde_json::to_vec(&due).unwrap()), limits.idle).await.unwrap();
+        let h2 = headers(&[("cookie", &format!("{SESSION_COOKIE}={}", live.id))]);
+        assert!(lookup(&state, &gate, &h2, limits).await.unwrap().is_some());
     }
 }
