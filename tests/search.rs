@@ -42,15 +42,8 @@ struct Setup {
 }
 
 fn start() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    common::users_file(dir.path(), &["reader", "admin", "nobody"]);
-    let key = common::token_key(&dir.path().join("token.pem"), common::KeyKind::Ed25519);
-    let auth = format!(
-        "[auth]\nhtpasswd = {:?}\nadmins = [\"admin\"]\n[auth.throttle]\nuser_lockout = 1000\n[auth.token]\nkey_file = {:?}\n",
-        dir.path().join("users").display().to_string(),
-        key.display().to_string()
-    );
-    let berth = Berth::start(&format!("{auth}{POLICY}"));
+    let (dir, berth) =
+        common::token_service_berth(&["reader", "admin", "nobody"], "[auth.throttle]\nuser_lockout = 1000", POLICY);
     Setup { _dir: dir, berth }
 }
 

@@ -122,16 +122,7 @@ async fn sign_in(b: &Berth, user: &str) -> String {
 /// A Berth with the token service and an htpasswd file re-read every
 /// 100 ms, users `reader` and `admin`.
 fn start_with_token_service() -> (tempfile::TempDir, Berth) {
-    let dir = tempfile::tempdir().unwrap();
-    common::users_file(dir.path(), &["reader", "admin"]);
-    let key = common::token_key(&dir.path().join("token.pem"), common::KeyKind::Ed25519);
-    let auth = format!(
-        "[auth]\nhtpasswd = {:?}\nadmins = [\"admin\"]\nreload_interval = \"100ms\"\n[auth.token]\nkey_file = {:?}\n",
-        dir.path().join("users").display().to_string(),
-        key.display().to_string()
-    );
-    let b = Berth::start(&format!("{auth}{POLICY}"));
-    (dir, b)
+    common::token_service_berth(&["reader", "admin"], "reload_interval = \"100ms\"", POLICY)
 }
 
 /// A token for `user` (password `<user>-password`) with `scope`.

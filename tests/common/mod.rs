@@ -385,6 +385,22 @@ pub fn users_file(dir: &Path, users: &[&str]) -> PathBuf {
     path
 }
 
+/// A Berth with the htpasswd `users` ([`users_file`]), `admin` as its
+/// admin, and the token service (an Ed25519 key): `auth_extra` goes into
+/// `[auth]` (keys, or whole `[auth.*]` tables), `rest` after it all.
+pub fn token_service_berth(users: &[&str], auth_extra: &str, rest: &str) -> (tempfile::TempDir, Berth) {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = users_file(dir.path(), users);
+    let key = token_key(&dir.path().join("token.pem"), KeyKind::Ed25519);
+    let config = format!(
+        "[auth]\nhtpasswd = {:?}\nadmins = [\"admin\"]\n{auth_extra}\n[auth.token]\nkey_file = {:?}\n{rest}",
+        htpasswd.display().to_string(),
+        key.display().to_string()
+    );
+    let berth = Berth::start(&config);
+    (dir, berth)
+}
+
 /// `berth user hash NAME` with `password` on stdin: the htpasswd line.
 pub fn user_hash(name: &str, password: &str) -> String {
     use std::io::Write as _;
