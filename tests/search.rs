@@ -135,16 +135,7 @@ async fn search_answers_each_caller_with_only_what_it_may_read() {
     let (v1, index) = populate(b).await;
 
     // A token for the reader, scoped to one repository.
-    let token: serde_json::Value = client()
-        .get(b.url("/v2/token?service=berth&scope=repository:team-a/web:pull"))
-        .header("authorization", basic("reader"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+    let bearer = format!("Bearer {}", common::token_for(b, "reader", "repository:team-a/web:pull").await);
 
     // Who sees what, for several queries and page sizes.
     let matrix: [(&str, Option<String>, &[&str]); 5] = [

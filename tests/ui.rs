@@ -125,20 +125,6 @@ fn start_with_token_service() -> (tempfile::TempDir, Berth) {
     common::token_service_berth(&["reader", "admin"], "reload_interval = \"100ms\"", POLICY)
 }
 
-/// A token for `user` (password `<user>-password`) with `scope`.
-async fn token_for(b: &Berth, user: &str, scope: &str) -> String {
-    let token: serde_json::Value = client()
-        .get(b.url(&format!("/v2/token?service=berth&scope={scope}")))
-        .header("authorization", basic(user))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    token["token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn pages_carry_the_security_headers_and_escape_what_they_show() {
     let (_dir, b) = start();
@@ -361,7 +347,7 @@ async fn sign_in_with_an_access_token_keeps_to_its_scope() {
     let admin = Pusher::new(&b.base, Some(basic("admin")));
     admin.image("team-a/web", Some("v1"), ("linux", "amd64"), &[], &[b"web"]).await;
     // A token for the reader, for one repository only.
-    let token = token_for(&b, "reader", "repository:team-a/web:pull").await;
+    let token = common::token_for(&b, "reader", "repository:team-a/web:pull").await;
     let token = token.as_str();
     let form = fetch(&b, "/ui/login", None).await;
     let csrf = cookie_value(&form, "__Host-berth_csrf").unwrap();
@@ -411,7 +397,7 @@ async fn a_session_ends_with_its_credential() {
         }
     };
     let by_password = sign_in(&b, "reader").await;
-    let token = token_for(&b, "reader", "repository:team-a/web:pull").await;
+    let token = common::token_for(&b, "reader", "repository:team-a/web:pull").await;
     let by_token = sign_in_with(&b, &[("token", &token)]).await;
     let admin = sign_in(&b, "admin").await;
     for s in [&by_password, &by_token, &admin] {

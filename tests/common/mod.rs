@@ -401,6 +401,21 @@ pub fn token_service_berth(users: &[&str], auth_extra: &str, rest: &str) -> (tem
     (dir, berth)
 }
 
+/// A token from `b`'s token service for `user` (password
+/// `<user>-password`, as [`users_file`] writes it) with `scope`.
+pub async fn token_for(b: &Berth, user: &str, scope: &str) -> String {
+    let token: serde_json::Value = client()
+        .get(b.url(&format!("/v2/token?service=berth&scope={scope}")))
+        .header("authorization", basic(user, &format!("{user}-password")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    token["token"].as_str().unwrap().to_owned()
+}
+
 /// `berth user hash NAME` with `password` on stdin: the htpasswd line.
 pub fn user_hash(name: &str, password: &str) -> String {
     use std::io::Write as _;
