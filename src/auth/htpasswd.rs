@@ -289,8 +289,10 @@ impl Htpasswd {
 type ReadFile = (HashMap<String, Entry>, Option<SystemTime>, u64);
 
 fn read(path: &Path) -> Result<ReadFile, HtpasswdError> {
-    let meta = std::fs::metadata(path).map_err(|source| HtpasswdError::Read { path: path.to_owned(), source })?;
     let text = std::fs::read_to_string(path).map_err(|source| HtpasswdError::Read { path: path.to_owned(), source })?;
+    // Taken after the read: compared with the stamp seen before it, a
+    // write during the read shows (see `reload_if_changed`).
+    let meta = std::fs::metadata(path).map_err(|source| HtpasswdError::Read { path: path.to_owned(), source })?;
     Ok((parse(&text, path)?, meta.modified().ok(), meta.len()))
 }
 

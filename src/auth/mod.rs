@@ -171,9 +171,12 @@ enum Checked {
 
 type PendingCheck = Shared<BoxFuture<'static, Checked>>;
 
-/// Password checks under way, by credential tag.
+/// Password checks under way, by credential tag and the credential cache's
+/// generation when they began: a check that began before a reload is not
+/// joined by one that begins after it (its answer may come from the old
+/// file, and the later caller would cache it).
 #[derive(Default)]
-struct PendingChecks(Mutex<HashMap<[u8; 32], PendingCheck>>);
+struct PendingChecks(Mutex<HashMap<([u8; 32], u64), PendingCheck>>);
 
 impl std::fmt::Debug for PendingChecks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -687,7 +690,7 @@ impl Gate {
                 return Err(OciError::TooManyRequests { retry_after });
             }
         }
-        let outcome = self.shared_check(tag, user, password, client).await;
+        let outcome = self.shared_check((tag, generation), user, password, client).await;
         match outcome {
             Checked::Verified(verified) => {
                 if let Some(t) = self.throttle() {
@@ -722,7 +725,7 @@ impl Gate {
 
     /// The check of these credentials: the one already under way, or a new
     /// one that later arrivals with the same credentials will share.
-    async fn shared_check(&self, tag: [u8; 32], user: &str, password: String, client: IpAddr) -> Checked {
+    async fn shared_check(&self, tag: ([u8; 32], u64), user: &str, password: String, client: IpAddr) -> Checked {
         let pending = {
             let mut map = self.inner.pending.0.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(&tag) {
