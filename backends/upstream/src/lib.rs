@@ -287,8 +287,8 @@ impl Upstream {
             .user_agent(options.user_agent.clone())
             // Blob GETs of large registries redirect to a CDN or a bucket;
             // reqwest drops Authorization when the host changes. Never to
-            // plain http from https, nor into an internal network the
-            // upstream is not in.
+            // plain http from https, nor to this machine or a link-local
+            // address unless the upstream is there.
             .redirect(redirect_policy(&base))
             .build()
             .map_err(|e| UpstreamError::Setup(format!("HTTP client: {e}")))?;
@@ -491,6 +491,10 @@ impl Upstream {
                 else {
                     return Err(UpstreamError::Protocol(format!("token realm {realm:?} is not an http(s) URL")));
                 };
+                // The realm is a place the upstream sends us, like a redirect.
+                if let Err(why) = redirect_allowed("", &realm_url, upstream_is_local(&self.inner.base)) {
+                    return Err(UpstreamError::Protocol(format!("token realm {realm:?}: {why}")));
+                }
                 if self.inner.options.credentials.is_some() && !credentials_may_go_to(&self.inner.base, &realm_url) {
                     return Err(UpstreamError::Protocol(format!(
                         "token realm {realm:?}: the credentials go only over https, or to the upstream's own \
@@ -696,60 +700,60 @@ fn credentials_may_go_to(base: &str, realm: &reqwest::Url) -> bool {
     }
 }
 
-/// Whether `host` (as a URL writes it) names this machine or a private,
-/// link-local or otherwise internal network.
-fn internal_host(host: &str) -> bool {
+/// Whether `host` (as a URL writes it) names this machine or a link-local
+/// address (where cloud metadata services answer). Private networks are
+/// not included: registries on a LAN hand out redirects to a bucket there.
+fn local_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
     if host == "localhost" || host.ends_with(".localhost") {
         return true;
     }
     match host.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(ip)) => {
-            ip.is_loopback()
-                || ip.is_private()
-                || ip.is_link_local()
-                || ip.is_unspecified()
-                || ip.is_broadcast()
-                // 100.64.0.0/10, shared address space.
-                || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
+            ip.is_loopback() || ip.is_link_local() || ip.is_unspecified() || ip.is_broadcast()
         }
         Ok(std::net::IpAddr::V6(ip)) => {
             ip.is_loopback()
                 || ip.is_unspecified()
-                // fc00::/7 unique local, fe80::/10 link-local.
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                // fe80::/10 link-local.
                 || (ip.segments()[0] & 0xffc0) == 0xfe80
-                || ip.to_ipv4_mapped().is_some_and(|v4| internal_host(&v4.to_string()))
+                || ip.to_ipv4_mapped().is_some_and(|v4| local_host(&v4.to_string()))
         }
         Err(_) => false,
     }
 }
 
+/// Whether the upstream at `base` is itself on this machine or link-local
+/// (then requests there are its own business).
+fn upstream_is_local(base: &str) -> bool {
+    reqwest::Url::parse(base).ok().and_then(|u| u.host_str().map(local_host)).unwrap_or(false)
+}
+
 /// Whether a redirect from a URL of scheme `from` to `to` may be followed
-/// for an upstream whose own host is `internal` or not: never from https
-/// to http, and to an internal address only when the upstream is one.
-fn redirect_allowed(from: &str, to: &reqwest::Url, internal: bool) -> Result<(), &'static str> {
+/// for an upstream that is `local` or not: never from https to http, and
+/// to this machine or a link-local address only when the upstream is one.
+fn redirect_allowed(from: &str, to: &reqwest::Url, local: bool) -> Result<(), &'static str> {
     if from == "https" && to.scheme() != "https" {
         return Err("a redirect from https to plain http");
     }
     if !matches!(to.scheme(), "https" | "http") {
         return Err("a redirect to something other than http(s)");
     }
-    if !internal && to.host_str().is_none_or(internal_host) {
-        return Err("a redirect to an internal address");
+    if !local && to.host_str().is_none_or(local_host) {
+        return Err("a redirect to this machine or a link-local address");
     }
     Ok(())
 }
 
 /// Follow at most 5 redirects, each [`redirect_allowed`].
 fn redirect_policy(base: &str) -> reqwest::redirect::Policy {
-    let internal = reqwest::Url::parse(base).ok().and_then(|u| u.host_str().map(internal_host)).unwrap_or(false);
+    let local = upstream_is_local(base);
     reqwest::redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() > 5 {
             return attempt.error("more than 5 redirects");
         }
         let from = attempt.previous().last().map(|u| u.scheme().to_owned()).unwrap_or_default();
-        match redirect_allowed(&from, attempt.url(), internal) {
+        match redirect_allowed(&from, attempt.url(), local) {
             Ok(()) => attempt.follow(),
             Err(why) => attempt.error(why),
         }
@@ -980,22 +984,22 @@ mod tests {
             "http://127.0.0.1/x",
             "http://localhost:8080/x",
             "http://169.254.169.254/latest/meta-data",
-            "http://10.1.2.3/x",
-            "http://192.168.0.1/x",
-            "http://172.16.0.1/x",
-            "http://100.64.0.1/x",
             "http://[::1]/x",
-            "http://[fd00::1]/x",
             "http://[fe80::1]/x",
             "http://[::ffff:127.0.0.1]/x",
             "http://0.0.0.0/x",
         ] {
             assert!(redirect_allowed("http", &url(inside), false).is_err(), "{inside}");
-            assert!(redirect_allowed("http", &url(inside), true).is_ok(), "{inside}: the upstream is inside too");
+            assert!(redirect_allowed("http", &url(inside), true).is_ok(), "{inside}: the upstream is there too");
         }
-        assert!(redirect_allowed("http", &url("http://172.32.0.1/x"), false).is_ok(), "not private");
+        // A bucket on the registry's own private network is where LAN
+        // registries send blob GETs.
+        for lan in ["http://10.0.0.7:9000/b", "http://192.168.1.5/b", "http://[fd00::7]/b", "http://172.16.0.1/b"] {
+            assert!(redirect_allowed("http", &url(lan), false).is_ok(), "{lan}");
+        }
         assert!(redirect_allowed("https", &url("file:///etc/passwd"), true).is_err());
-        assert!(internal_host("[::1]") && !internal_host("registry.example"));
+        assert!(local_host("[::1]") && !local_host("registry.example"));
+        assert!(upstream_is_local("http://127.0.0.1:5000") && !upstream_is_local("https://registry-1.docker.io"));
     }
 
     #[test]

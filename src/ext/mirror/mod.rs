@@ -141,10 +141,11 @@ enum Turn {
     Lead(Option<Lease>),
 }
 
-/// A fill's lock, renewed in the background until released, or until the
-/// fill has run for its route's `fill_wait`: a fill slower than that (an
-/// upstream trickling bytes) lets its lock lapse, so the pulls waiting for
-/// it are not kept from fetching for ever.
+/// A fill's lock, renewed in the background until released, or (tag checks
+/// and manifests, given `renew_for`) until the fill has run for its route's
+/// `fill_wait`: a manifest fill slower than that (an upstream trickling
+/// bytes) lets its lock lapse, so the pulls waiting for it are not kept
+/// from fetching for ever.
 struct Held {
     state: SharedStateRef,
     lease: Option<Lease>,
@@ -488,7 +489,10 @@ impl Mirror {
         };
         let lease = match self.turn(route, &lock_name("blob", repo, &digest.to_string()), here).await? {
             Turn::Done => return Ok(Some(MirrorBlob::Stored)),
-            Turn::Lead(lease) => Held::new(self.registry.state(), lease, Some(route.fill_wait)),
+            // A layer may take longer than fill_wait over a slow link: its
+            // lock is renewed for as long as bytes keep coming (a stall is
+            // bounded by the idle timeout).
+            Turn::Lead(lease) => Held::new(self.registry.state(), lease, None),
         };
         let blob = route.client.get_blob(&remote, &digest.to_string()).await;
         count(&blob);
