@@ -809,7 +809,7 @@ async fn reload_policies(gate: crate::auth::Gate, path: std::path::PathBuf, ever
             }
         }
         let ids = gate.issuer_ids();
-        let loaded = load_policy(&path, &ids);
+        let loaded = load_policy(&path, before.map(|(_, len)| len), &ids);
         let after = stamp(&path);
         if after != before {
             // Written to while it was read: look again once it settles.
@@ -829,9 +829,14 @@ async fn reload_policies(gate: crate::auth::Gate, path: std::path::PathBuf, ever
     }
 }
 
-/// The access policy of the configuration file at `path`, or why not.
-fn load_policy(path: &std::path::Path, ids: &[String]) -> Result<Option<crate::auth::policy::AccessPolicy>, String> {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+/// The access policy of the configuration file at `path` (`len` bytes long
+/// when it was last looked at), or why not.
+fn load_policy(
+    path: &std::path::Path,
+    len: Option<u64>,
+    ids: &[String],
+) -> Result<Option<crate::auth::policy::AccessPolicy>, String> {
+    if len == Some(0) {
         return Err(format!(
             "{} is empty (being written?); to drop every access rule, remove the [access] section",
             path.display()

@@ -163,6 +163,9 @@ struct Inner {
     tokens: Mutex<auth::TokenCache>,
     /// The upstream challenged with Basic once: send credentials up front.
     basic: AtomicBool,
+    /// The upstream is on this machine or link-local ([`local_host`]): it
+    /// may send us there.
+    local: bool,
 }
 
 /// `docker.io` and its aliases, as people write them.
@@ -281,6 +284,7 @@ impl Upstream {
         if options.max_attempts == 0 {
             return Err(UpstreamError::Setup("max_attempts must be at least 1".into()));
         }
+        let local = upstream_is_local(&base);
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls_config(options.ca_file.as_deref())?)
             .connect_timeout(options.connect_timeout)
@@ -289,7 +293,7 @@ impl Upstream {
             // reqwest drops Authorization when the host changes. Never to
             // plain http from https, nor to this machine or a link-local
             // address unless the upstream is there.
-            .redirect(redirect_policy(&base))
+            .redirect(redirect_policy(local))
             .build()
             .map_err(|e| UpstreamError::Setup(format!("HTTP client: {e}")))?;
         Ok(Upstream {
@@ -300,6 +304,7 @@ impl Upstream {
                 options,
                 tokens: Mutex::new(auth::TokenCache::default()),
                 basic: AtomicBool::new(false),
+                local,
             }),
         })
     }
@@ -492,7 +497,7 @@ impl Upstream {
                     return Err(UpstreamError::Protocol(format!("token realm {realm:?} is not an http(s) URL")));
                 };
                 // The realm is a place the upstream sends us, like a redirect.
-                if let Err(why) = redirect_allowed("", &realm_url, upstream_is_local(&self.inner.base)) {
+                if let Err(why) = redirect_allowed("", &realm_url, self.inner.local) {
                     return Err(UpstreamError::Protocol(format!("token realm {realm:?}: {why}")));
                 }
                 if self.inner.options.credentials.is_some() && !credentials_may_go_to(&self.inner.base, &realm_url) {
@@ -745,9 +750,9 @@ fn redirect_allowed(from: &str, to: &reqwest::Url, local: bool) -> Result<(), &'
     Ok(())
 }
 
-/// Follow at most 5 redirects, each [`redirect_allowed`].
-fn redirect_policy(base: &str) -> reqwest::redirect::Policy {
-    let local = upstream_is_local(base);
+/// Follow at most 5 redirects, each [`redirect_allowed`] for an upstream
+/// that is `local` or not.
+fn redirect_policy(local: bool) -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() > 5 {
             return attempt.error("more than 5 redirects");

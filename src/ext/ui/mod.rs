@@ -458,7 +458,7 @@ async fn login(State(app): State<Arc<App>>, req: Request) -> Response {
     let limits = settings(&app).limits;
     // A new sign-in replaces the session this browser had: the old id ends.
     if let Some(old) = &v.session {
-        if let Err(e) = session::end(app.registry.state().as_ref(), &old.id, settings(&app).limits).await {
+        if let Err(e) = session::end(app.registry.state().as_ref(), &old.id, limits).await {
             tracing::debug!(error = %e, "cannot end the session a new sign-in replaces; it expires by itself");
         }
     }
